@@ -1,0 +1,103 @@
+"""The visual cache model: one interface, one blend.
+
+ImageBind-LLM pulls a (non-image) ImageBind feature toward the image features the LLM was
+trained on by retrieving its nearest image features and mixing them in (paper §3.3).
+Every backend (FAISS in process, Chroma local or server) implements `VisualCache.search`;
+the math lives only in `blend` so all backends give the same result on the same neighbours.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class CacheError(ValueError):
+    """A cache that cannot serve a request (wrong dimension, empty, unreadable, unreachable)."""
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    """One retrieved cache item: its id, inner-product score, softmax weight in the blend, metadata."""
+
+    id: str
+    score: float
+    weight: float = 0.0
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class SearchResult:
+    """Top-k of a batch of queries. `vectors` are the stored features, so the blend needs no second lookup."""
+
+    scores: np.ndarray  # (B, k) float32 inner products, best first
+    vectors: np.ndarray  # (B, k, D) float32
+    ids: list[list[str]]
+    metadatas: list[list[dict]]
+
+
+class VisualCache(ABC):
+    """A store of ImageBind features searched by inner product."""
+
+    dim: int
+
+    @abstractmethod
+    def search(self, queries: np.ndarray, k: int) -> SearchResult:
+        """Exact or approximate top-k by inner product for float32 queries of shape (B, dim)."""
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    def check_query(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """Validate a query batch against this cache; returns a contiguous float32 (B, dim) array."""
+        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise CacheError(f"cache query must have shape (batch, {self.dim}), got {tuple(q.shape)}")
+        if not np.isfinite(q).all():
+            raise CacheError("cache query contains NaN or inf")
+        n = len(self)
+        if n == 0:
+            raise CacheError(f"{self!r} is empty: add features before using it")
+        if k < 1:
+            raise CacheError(f"cache_size must be >= 1, got {k}")
+        return q
+
+
+def blend(query: torch.Tensor, scores: torch.Tensor, vectors: torch.Tensor, cache_t: float,
+          cache_weight: float) -> torch.Tensor:
+    """The upstream cache formula, per sample.
+
+    query (B, D) is the *un-normalised* weighted sum of modality features; scores (B, k) its inner
+    products with the retrieved vectors (B, k, D). Upstream: softmax(scores * t) mixes the
+    neighbours, the mix is L2-normalised, blended (1-w)*query + w*mix and normalised again.
+    Upstream multiplies (B, k) by (B, k, D) with `@`, which broadcasts to (B, B, D) and mixes the
+    batch for B > 1; we compute the per-sample mix (identical at B = 1).
+    """
+    weights = F.softmax(scores.float() * cache_t, dim=-1)  # (B, k)
+    mix = torch.einsum("bk,bkd->bd", weights, vectors.float())  # (B, D)
+    mix = F.normalize(mix, dim=-1)
+    out = (1 - cache_weight) * query.float() + cache_weight * mix
+    return F.normalize(out, dim=-1).to(query.dtype)
+
+
+def retrieve_and_blend(cache: VisualCache, query: torch.Tensor, cache_size: int = 10, cache_t: float = 20.0,
+                       cache_weight: float = 0.5) -> tuple[torch.Tensor, list[list[Neighbor]]]:
+    """Search `cache` with `query` (B, D) and blend; returns the blended features and the neighbours used."""
+    if not 0.0 <= cache_weight <= 1.0:
+        raise CacheError(f"cache_weight must be in [0, 1], got {cache_weight}")
+    q = cache.check_query(query.detach().float().cpu().numpy(), cache_size)
+    res = cache.search(q, min(cache_size, len(cache)))
+    scores = torch.from_numpy(np.ascontiguousarray(res.scores, dtype=np.float32)).to(query.device)
+    vectors = torch.from_numpy(np.ascontiguousarray(res.vectors, dtype=np.float32)).to(query.device)
+    out = blend(query, scores, vectors, cache_t, cache_weight)
+    weights = F.softmax(scores.float() * cache_t, dim=-1).cpu().numpy()
+    neighbors = [
+        [Neighbor(id=i, score=float(s), weight=float(w), metadata=m)
+         for i, s, w, m in zip(ids, srow, wrow, metas)]
+        for ids, srow, wrow, metas in zip(res.ids, res.scores, weights, res.metadatas)
+    ]
+    return out, neighbors
