@@ -9,6 +9,7 @@ the math lives only in `blend` so all backends give the same result on the same 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +52,14 @@ class VisualCache(ABC):
 
     @abstractmethod
     def __len__(self) -> int: ...
+
+    def add(self, vectors: np.ndarray, *, ids: Sequence[str] | None = None,
+            metadatas: Sequence[dict] | None = None) -> int:
+        """Store vectors (N, dim) with optional ids and metadata; items whose id is present are skipped.
+
+        Returns how many were added. Backends that can grow override this; the default is read-only.
+        """
+        raise CacheError(f"{type(self).__name__} is read-only")
 
     def check_query(self, queries: np.ndarray, k: int) -> np.ndarray:
         """Validate a query batch against this cache; returns a contiguous float32 (B, dim) array."""
