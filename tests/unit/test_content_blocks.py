@@ -1,0 +1,91 @@
+"""LangChain content blocks -> question text, media parts and embedding parts."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+import torch
+from langchain_core.messages import HumanMessage
+from langchain_core.messages.content import create_audio_block, create_file_block, create_image_block
+
+from ibllm_agent.content_blocks import ContentError, EmbeddingPart, MediaPart, embedding_block, parse_message
+from ibllm_agent.sources import SourcePolicy
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
+
+
+@pytest.fixture()
+def policy(tmp_path):
+    (tmp_path / "dog.png").write_bytes(PNG)
+    (tmp_path / "cloud.ply").write_bytes(b"ply\nformat ascii 1.0\n")
+    return SourcePolicy(roots=(tmp_path,))
+
+
+def test_standard_blocks_base64_and_local_files(policy, tmp_path):
+    b64 = base64.b64encode(PNG).decode()
+    msg = HumanMessage(content=[
+        {"type": "text", "text": "What is this?"},
+        create_image_block(base64=b64, mime_type="image/png", weight=0.25),
+        create_audio_block(url=(tmp_path / "dog.png").as_uri()),
+        create_file_block(url="cloud.ply", mime_type="model/ply"),
+        {"type": "video", "url": str(tmp_path / "dog.png")},
+        {"type": "file", "base64": b64, "mime_type": "application/octet-stream"},
+        {"type": "file", "base64": b64, "mime_type": "text/plain", "extras": {"modality": "point"}},
+    ])
+    turn = parse_message(msg, policy)
+    assert turn.text == "What is this?"
+    assert [type(p) for p in turn.parts] == [MediaPart] * 6
+    image, audio, cloud, video, unknown, forced = turn.parts
+    assert image.source == PNG and image.modality == "image" and image.weight == 0.25
+    assert audio.source == tmp_path / "dog.png" and audio.modality == "audio"
+    assert cloud.source == tmp_path / "cloud.ply" and cloud.modality == "point" and cloud.name == "cloud.ply"
+    assert video.modality == "video"
+    assert unknown.modality is None  # detected from content later
+    assert forced.modality == "point"
+
+
+def test_openai_image_url_data_uri_and_local_path(policy, tmp_path):
+    b64 = base64.b64encode(PNG).decode()
+    msg = HumanMessage(content=[
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{b64}"}},
+        {"type": "image_url", "image_url": {"url": "dog.png"}},
+        {"type": "image_url", "image_url": "dog.png"},
+        "and a question",
+    ])
+    turn = parse_message(msg, policy)
+    assert [p.source for p in turn.parts] == [PNG, tmp_path / "dog.png", tmp_path / "dog.png"]
+    assert all(p.modality == "image" for p in turn.parts)
+    assert turn.text == "and a question"
+
+
+def test_embedding_block():
+    block = embedding_block(torch.tensor([0.5, -1.0, 2.0]), weight=0.7, name="emb_1")
+    turn = parse_message(HumanMessage(content=["describe", block]), SourcePolicy())
+    (part,) = turn.parts
+    assert isinstance(part, EmbeddingPart)
+    torch.testing.assert_close(part.vector, torch.tensor([0.5, -1.0, 2.0]))
+    assert part.weight == pytest.approx(0.7) and part.name == "emb_1"
+
+
+@pytest.mark.parametrize("block, message", [
+    ({"type": "image", "url": "../etc/passwd"}, "content block 0: .*'\\.\\.'"),
+    ({"type": "image", "url": "http://example.com/a.png"}, "URLs are disabled"),
+    ({"type": "image", "base64": "!!notbase64!!", "mime_type": "image/png"}, "malformed"),
+    ({"type": "image", "file_id": "file-123"}, "file_id"),
+    ({"type": "image", "url": "dog.png", "extras": {"weight": "heavy"}}, "weight must be a number"),
+    ({"type": "image", "url": "dog.png", "extras": {"modality": "smell"}}, "extras.modality"),
+    ({"type": "imagebind_embedding", "embedding": [[1.0], [2.0]]}, "flat list"),
+    ({"type": "imagebind_embedding", "embedding": [float("nan")]}, "finite"),
+    ({"type": "point_cloud", "data": "x"}, "unsupported non-standard"),
+])
+def test_bad_blocks_say_which_and_why(policy, block, message):
+    with pytest.raises(ContentError, match=message):
+        parse_message(HumanMessage(content=[block]), policy)
+
+
+def test_inline_size_limit(tmp_path):
+    small = SourcePolicy(roots=(tmp_path,), max_bytes=8)
+    block = {"type": "image", "base64": base64.b64encode(PNG).decode(), "mime_type": "image/png"}
+    with pytest.raises(ContentError, match="larger than the limit"):
+        parse_message(HumanMessage(content=[block]), small)
