@@ -1,0 +1,85 @@
+"""The model behind the app: loading it, describing it, and the LangChain objects built on it.
+
+One `ImageBindLLM` serves every browser session (the app wraps `load_model` in `st.cache_resource`);
+each answer holds `model.lock`, so concurrent users take turns on it instead of mixing KV caches.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import torch
+
+import ibllm_agent
+from ibllm_agent import ChatImageBindLLM
+
+from .settings import CacheSettings, GenerationSettings, ModelSpec
+
+log = logging.getLogger(__name__)
+
+OFFICIAL_WEIGHTS_HINT = (
+    "To use the official ImageBind-LLM 7B weights, enter their paths under **Model** in the sidebar, "
+    "or start the app with a config file: `ibllm ui -- --config ibllm-ui.toml` "
+    "(see the README, section *Streamlit app and notebooks*)."
+)
+
+
+def load_model(spec: ModelSpec):
+    """Load the model a spec names; errors (missing files, bad checkpoints) propagate to the caller."""
+    log.info("loading %s", spec)
+    return ibllm_agent.load(spec.name, **spec.load_kwargs())
+
+
+def toy_concepts() -> list[str]:
+    """The toy world's concepts as short noun phrases ("a dog", "rain", ...), for the notice and the explorer."""
+    from ibllm_agent.train.toy_world import CONCEPTS
+
+    return [c.noun for c in CONCEPTS]
+
+
+def status_line(model) -> str:
+    """`toy · cpu · float32 · visual cache: 1,234 images` — what is answering, where, at which precision."""
+    dtype = str(model.dtype).removeprefix("torch.")
+    cache = getattr(model, "cache", None)
+    cache_text = f"visual cache: {len(cache):,} images" if cache is not None else "no visual cache"
+    return f"**{model.name}** · {model.device} · {dtype} · {cache_text}"
+
+
+def toy_notice(model) -> str | None:
+    """A plain notice that the toy model knows only its synthetic world (None for real weights)."""
+    if not model.is_toy:
+        return None
+    concepts = toy_concepts()
+    listed = f" It knows {len(concepts)} concepts: {', '.join(concepts)}." if concepts else ""
+    return ("**Toy world.** This is the small embedded model, trained on a synthetic world of procedurally "
+            f"generated pictures, sounds, clips and 3D shapes; it answers only about that world.{listed} "
+            + OFFICIAL_WEIGHTS_HINT)
+
+
+def chat_model(model, generation: GenerationSettings, cache: CacheSettings) -> ChatImageBindLLM:
+    """The LangChain chat model over the shared ImageBindLLM with this session's settings."""
+    return ChatImageBindLLM(
+        model=model, temperature=generation.temperature, top_p=generation.top_p,
+        max_tokens=generation.max_tokens, cache=cache.enabled and getattr(model, "cache", None) is not None,
+        cache_size=cache.size, cache_t=cache.t, cache_weight=cache.weight)
+
+
+@contextmanager
+def model_turn(model, on_wait=None):
+    """Hold the model's lock for one answer; `on_wait()` is called first if another session holds it."""
+    lock = model.lock
+    if not lock.acquire(blocking=False):
+        if on_wait is not None:
+            on_wait()
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def embed(model, items) -> torch.Tensor:
+    """ImageBind embeddings (N, 1024) of MediaInputs, under the model's lock."""
+    with model.lock:
+        return model.encode(items)

@@ -1,0 +1,93 @@
+"""Streamlit drawing helpers: attachments shown back, cache neighbours, one chat turn.
+
+Kept apart from `app.py` so the script reads as the page layout, top to bottom.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import streamlit as st
+
+from ibllm_agent.cache.base import Neighbor
+
+from .attachments import Attachment, browser_video
+from .conversation import Turn
+
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
+
+
+def point_cloud_figure(points: np.ndarray, *, max_points: int = 3000, height: int = 300) -> go.Figure:
+    """A rotatable 3D scatter of a point cloud (N, 3), coloured by height, evenly subsampled for speed."""
+    pts = np.asarray(points, dtype=np.float32)
+    if len(pts) > max_points:
+        pts = pts[np.linspace(0, len(pts) - 1, max_points).astype(int)]
+    fig = go.Figure(go.Scatter3d(
+        x=pts[:, 0], y=pts[:, 1], z=pts[:, 2], mode="markers", hoverinfo="skip",
+        marker={"size": 2, "color": pts[:, 2], "colorscale": "Viridis", "opacity": 0.9}))
+    axis = {"visible": False}
+    fig.update_layout(height=height, margin={"l": 0, "r": 0, "t": 0, "b": 0},
+                      scene={"xaxis": axis, "yaxis": axis, "zaxis": axis, "aspectmode": "data"})
+    return fig
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _playable(data: bytes, suffix: str) -> bytes:
+    return browser_video(data, suffix)
+
+
+def attachment(att: Attachment, *, key: str, width: int = 220) -> None:
+    """Show a file back: image thumbnail, audio or video player, or a 3D view of the point cloud."""
+    if att.modality == "image":
+        st.image(att.data, width=width)
+    elif att.modality == "audio":
+        st.audio(att.data, format=att.mime)
+    elif att.modality == "video":
+        st.video(_playable(att.data, Path(att.name).suffix or ".mp4"), format="video/mp4")
+    elif att.modality == "point":
+        st.plotly_chart(point_cloud_figure(att.media.tensor.numpy()), key=key, config={"displaylogo": False})
+    st.caption(att.label)
+
+
+def _neighbor_image(meta: dict) -> str | None:
+    for name in ("uri", "source", "path"):
+        value = meta.get(name)
+        if isinstance(value, str) and Path(value).suffix.lower() in _IMAGE_SUFFIXES and Path(value).is_file():
+            return value
+    return None
+
+
+def neighbors(items: list[Neighbor], *, limit: int = 5) -> None:
+    """The cache items an answer leaned on: thumbnail when the item is an image, caption, score, blend weight."""
+    if not items:
+        return
+    with st.expander(f"Visual cache: {len(items)} neighbours", icon="🗂️"):
+        cols = st.columns(limit)
+        for col, item in zip(cols, items[:limit]):
+            with col:
+                image = _neighbor_image(item.metadata)
+                if image is not None:
+                    st.image(image, width="stretch")
+                title = item.metadata.get("caption") or item.metadata.get("concept") or item.id
+                st.markdown(f"**{title}**")
+                st.caption(f"similarity {item.score:.3f} · weight {item.weight:.0%}")
+
+
+def turn(t: Turn, *, index: int) -> None:
+    """One message of the history, with its attachments or its cache neighbours."""
+    avatar = "🧑" if t.role == "user" else "🤖"
+    with st.chat_message(t.role, avatar=avatar):
+        if t.error is not None:
+            st.error(t.error, icon="⚠️")
+        elif t.text:
+            st.markdown(t.text)
+        if t.attachments:
+            cols = st.columns(min(len(t.attachments), 4))
+            for i, att in enumerate(t.attachments):
+                with cols[i % len(cols)]:
+                    attachment(att, key=f"turn{index}_{i}", width=180)
+        if t.mixture:
+            st.caption(f"Conditioned on {t.mixture}")
+        neighbors(t.neighbors)
