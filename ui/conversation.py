@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 
 from ibllm_agent.cache.base import Neighbor
 
-from .attachments import Attachment
+if TYPE_CHECKING:
+    from .attachments import Attachment
 
 
 @dataclass
