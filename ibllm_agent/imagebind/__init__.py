@@ -10,6 +10,7 @@ from .model import (
     ImageBindModel,
     ModalityType,
     imagebind_huge_args,
+    imagebind_tiny_args,
     read_imagebind_config,
 )
 
@@ -20,6 +21,7 @@ __all__ = [
     "ModalityType",
     "SimpleTokenizer",
     "imagebind_huge_args",
+    "imagebind_tiny_args",
     "read_imagebind_config",
     "tokenize",
 ]

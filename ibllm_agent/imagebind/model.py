@@ -23,7 +23,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -172,8 +172,8 @@ class ImageBindArgs:
         value that contradicts a tensor shape is an error.
         """
         overrides = _normalise_overrides(overrides)
-        base = replace(cls(), **{k: v for k, v in overrides.items() if k != "modalities"})
-        inferred = _infer_sizes(sd, base)
+        inferred = _infer_sizes(sd, video_frames=overrides.get("video_frames", cls.video_frames),
+                                imu_kernel_size=overrides.get("imu_kernel_size", cls.imu_kernel_size))
         for key, value in inferred.items():
             if key in overrides and overrides[key] != value:
                 raise ValueError(f"{key}={overrides[key]!r} given, but the state dict says {value!r}")
@@ -181,7 +181,7 @@ class ImageBindArgs:
             key = f"{m}_num_heads"
             if key not in overrides:
                 inferred[key] = max(1, inferred[f"{m}_embed_dim"] // HUGE_HEAD_DIMS[m])
-        args = replace(base, **inferred)
+        args = cls(**{**overrides, **inferred})
         _check_token_counts(sd, args)
         return args
 
@@ -189,6 +189,23 @@ class ImageBindArgs:
 def imagebind_huge_args(point: bool = True) -> ImageBindArgs:
     """The official ``imagebind_huge`` sizes, with Point-Bind's encoder (``imagebind_w3D.pth``) by default."""
     return ImageBindArgs() if point else ImageBindArgs(modalities=TRUNK_MODALITIES)
+
+
+def imagebind_tiny_args(point: bool = True) -> ImageBindArgs:
+    """Small widths (huge's head widths, 2 heads, 1 block) with the official input shapes, for tests and toys.
+
+    Sizes are what ``from_state_dict`` infers back, so a tiny checkpoint needs no config file.
+    """
+    widths = {"vision": 160, "text": 128, "audio": 128, "depth": 96, "thermal": 128, "imu": 128}
+    sizes: dict[str, Any] = {}
+    for m, dim in widths.items():
+        sizes.update({f"{m}_embed_dim": dim, f"{m}_num_blocks": 1, f"{m}_num_heads": 2})
+    if not point:
+        return ImageBindArgs(modalities=TRUNK_MODALITIES, **sizes)
+    return ImageBindArgs(
+        point_embed_dim=128, point_num_blocks=1, point_num_heads=2, point_encoder_dims=64,
+        point_encoder_widths=(32, 64, 128), point_pos_hidden=32, point_proj_dim=64, **sizes,
+    )
 
 
 def read_imagebind_config(path: str | Path) -> dict[str, Any]:
@@ -215,8 +232,8 @@ def _count_blocks(sd: Mapping[str, Tensor], prefix: str) -> int:
     return len({m.group(1) for k in sd if (m := pattern.match(k))})
 
 
-def _infer_sizes(sd: Mapping[str, Tensor], base: ImageBindArgs) -> dict[str, Any]:
-    """Every field that follows from tensor shapes; ``base`` supplies what shapes cannot tell."""
+def _infer_sizes(sd: Mapping[str, Tensor], *, video_frames: int, imu_kernel_size: int) -> dict[str, Any]:
+    """Every field that follows from tensor shapes (given the two sizes that shapes cannot tell)."""
     pre, trunks, heads = "modality_preprocessors.", "modality_trunks.", "modality_heads."
     present = [m for m in TRUNK_MODALITIES if any(k.startswith(f"{pre}{m}.") for k in sd)]
     if any(k.startswith("point_trunk.") for k in sd):
@@ -236,7 +253,7 @@ def _infer_sizes(sd: Mapping[str, Tensor], base: ImageBindArgs) -> dict[str, Any
     if "vision" in present:
         dim, _, kt, kh, kw = shape(f"{pre}vision.rgbt_stem.proj.1.weight")
         patches = shape(f"{pre}vision.pos_embedding_helper.pos_embed")[1] - 1
-        side = math.isqrt(patches // max(1, base.video_frames // kt))
+        side = math.isqrt(patches // max(1, video_frames // kt))
         out.update(vision_embed_dim=dim, kernel_size=(kt, kh, kw), vision_image_size=side * kh)
     if "text" in present:
         vocab, dim = shape(f"{pre}text.token_embedding.weight")
@@ -252,8 +269,7 @@ def _infer_sizes(sd: Mapping[str, Tensor], base: ImageBindArgs) -> dict[str, Any
     if "imu" in present:
         dim, window = shape(f"{pre}imu.imu_stem.proj.weight")
         windows = shape(f"{pre}imu.pos_embed")[1] - 1
-        out.update(imu_embed_dim=dim, imu_channels=window // base.imu_kernel_size,
-                   imu_length=windows * base.imu_kernel_size)
+        out.update(imu_embed_dim=dim, imu_channels=window // imu_kernel_size, imu_length=windows * imu_kernel_size)
     if "point" in present:
         enc = "point_trunk.point_encoder."
         out.update(
@@ -408,5 +424,6 @@ class ImageBindModel(nn.Module):
 
 __all__ = [
     "HUGE_HEAD_DIMS", "MODALITIES", "ImageBindArgs", "ImageBindModel", "ModalityType", "imagebind_huge_args",
+    "imagebind_tiny_args",
     "read_imagebind_config",
 ]
