@@ -1,0 +1,134 @@
+"""Coalesce concurrent generation requests on one model into `generate_batch` calls.
+
+LangChain's `batch()` and a server's worker threads send one conversation per call. A
+`GenerationBatcher` (one per model, started on first use) queues them; its worker thread takes
+every waiting request that shares the first one's sampling settings (up to `max_batch_size`) and
+decodes them together, so eight threads cost about one decoding loop, not eight.
+
+Requests with a seed and temperature > 0 run alone: their random stream must not depend on
+which other requests happened to share the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """Sampling and cache settings; requests batch together only when these are equal."""
+
+    max_gen_len: int = 256
+    temperature: float = 0.1
+    top_p: float = 0.75
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    cache: bool | None = None
+    cache_size: int = 10
+    cache_t: float = 20.0
+    cache_weight: float = 0.5
+
+    @property
+    def batchable(self) -> bool:
+        return self.seed is None or self.temperature == 0
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {"max_gen_len": self.max_gen_len, "temperature": self.temperature, "top_p": self.top_p,
+                "seed": self.seed, "stop": list(self.stop) or None, "cache": self.cache,
+                "cache_size": self.cache_size, "cache_t": self.cache_t, "cache_weight": self.cache_weight}
+
+
+@dataclass
+class _Request:
+    prompt: str
+    feature: torch.Tensor | None  # (D,) or None for text only
+    params: GenerationParams
+    future: Future = field(default_factory=Future)
+
+
+class GenerationBatcher:
+    """A queue and one daemon worker thread per model."""
+
+    idle_exit_s = 30.0
+    """The worker thread ends after this long without requests (a new one starts on demand)."""
+
+    def __init__(self, model: Any, max_batch_size: int = 8):
+        self._model = weakref.ref(model)  # weak: the batcher must not keep a dropped model alive
+        self.max_batch_size = max_batch_size
+        self._pending: list[_Request] = []
+        self._cond = threading.Condition()
+        self._worker: threading.Thread | None = None
+
+    def submit(self, prompt: str, feature: torch.Tensor | None, params: GenerationParams) -> Future:
+        """Queue one request; the future resolves to the model's `Generation`."""
+        request = _Request(prompt, feature, params)
+        with self._cond:
+            self._pending.append(request)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._loop, name="ibllm-generate", daemon=True)
+                self._worker.start()
+            self._cond.notify()
+        return request.future
+
+    def _take_batch(self) -> list[_Request] | None:
+        with self._cond:
+            while not self._pending:
+                if not self._cond.wait(self.idle_exit_s) and not self._pending:
+                    self._worker = None
+                    return None
+            first = self._pending[0]
+            if not first.params.batchable:
+                batch = [first]
+            else:
+                batch = [r for r in self._pending if r.params == first.params][: self.max_batch_size]
+            for request in batch:
+                self._pending.remove(request)
+            return batch
+
+    def _loop(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            try:
+                generations = self._run(batch)
+            except BaseException as exc:  # every waiter must hear about the failure
+                logger.debug("batch of %d failed: %s", len(batch), exc)
+                for request in batch:
+                    request.future.set_exception(exc)
+            else:
+                for request, generation in zip(batch, generations):
+                    request.future.set_result(generation)
+
+    def _run(self, batch: list[_Request]) -> list:
+        features = None
+        if any(r.feature is not None for r in batch):
+            dim = next(r.feature for r in batch if r.feature is not None).shape[-1]
+            # a zero row means "no media" to the model, so text-only requests can share a batch
+            features = torch.stack([r.feature if r.feature is not None else torch.zeros(dim) for r in batch])
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model was released while requests were queued")
+        with model.lock:
+            return model.generate_batch([r.prompt for r in batch], features, **batch[0].params.as_kwargs())
+
+
+_BATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_BATCHERS_LOCK = threading.Lock()
+
+
+def batcher_for(model: Any, max_batch_size: int = 8) -> GenerationBatcher:
+    """The model's batcher (created on first use; `max_batch_size` of the first caller wins)."""
+    with _BATCHERS_LOCK:
+        if model not in _BATCHERS:
+            _BATCHERS[model] = GenerationBatcher(model, max_batch_size)
+        return _BATCHERS[model]
