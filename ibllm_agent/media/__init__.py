@@ -1,0 +1,147 @@
+"""Load a photo, a sound, a clip, a 3D scan or a text into the tensor ImageBind expects.
+
+    >>> from ibllm_agent.media import load_media
+    >>> item = load_media("dog.jpg")            # a path, bytes or a binary file object
+    >>> item.modality, item.tensor.shape        # ("image", torch.Size([3, 224, 224]))
+    >>> item.batched().shape                    # torch.Size([1, 3, 224, 224])
+
+The format is detected from the content; the modality follows from it unless you pass one
+(``modality="audio"`` on an MP4 loads its audio track, ``modality="video"`` on a GIF its frames).
+Every failure is a `MediaError` subclass that names the input and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .detect import MIME_TO_MODALITY, Format, detect
+from .errors import (
+    CorruptMediaError,
+    EmptyMediaError,
+    InvalidValuesError,
+    MediaError,
+    MediaTooLargeError,
+    MediaTooLongError,
+    UnsafeMediaError,
+    UnsupportedFormatError,
+    typed_errors,
+)
+from .limits import DEFAULT_LIMITS, MediaLimits
+from .source import Source, SourceLike
+
+__all__ = [
+    "MODALITIES", "MIME_TO_MODALITY", "MediaInput", "MediaLimits", "Format", "load_media", "load_audio_track",
+    "load_text", "detect_format", "MediaError", "UnsupportedFormatError", "CorruptMediaError", "EmptyMediaError",
+    "MediaTooLargeError", "MediaTooLongError", "InvalidValuesError", "UnsafeMediaError",
+]
+
+MODALITIES = ("image", "video", "audio", "point", "text")
+_ALIASES = {"vision": "image", "picture": "image", "photo": "image", "sound": "audio", "clip": "video",
+            "points": "point", "point_cloud": "point", "pointcloud": "point", "3d": "point"}
+_CONTAINERS_WITH_AUDIO = {"mp4", "mov", "webm", "mkv", "avi", "ogv", "m4a"}
+_TEXTUAL = {"text", "xyz", "obj", "off", "pcd", "ply"}
+
+
+@dataclass(frozen=True)
+class MediaInput:
+    """One loaded input, ready for ImageBind."""
+
+    modality: str
+    """"image", "video", "audio", "point" or "text"; ``modality.capitalize()`` is the upstream
+    `forward_visual` key ("Image", "Video", ...)."""
+    tensor: torch.Tensor
+    """Unbatched: image [3,224,224], video [15,3,2,224,224], audio [3,1,128,204], point [8192,3],
+    text [77] int64."""
+    name: str
+    """The file name, or the name given for bytes / file objects."""
+    sha256: str
+    """Of the source bytes (of the UTF-8 text for text given as a string)."""
+    mime: str
+    """MIME type of the detected format."""
+    meta: dict = field(default_factory=dict, compare=False)
+    """What the loader found: sizes, sample rates, clip boundaries, selected frames, ..."""
+
+    def batched(self) -> torch.Tensor:
+        """The tensor with a leading batch dimension of 1."""
+        return self.tensor.unsqueeze(0)
+
+
+def load_media(src: SourceLike, modality: str | None = None, *, limits: MediaLimits | None = None,
+               name: str | None = None, exact_upstream: bool = False) -> MediaInput:
+    """Load `src` (path, bytes or binary file object) as `modality`, or as what its content is.
+
+    For ``modality="text"``, a `str` that is not an existing file is taken as the text itself.
+    ``exact_upstream=True`` reproduces upstream's loaders where we deliberately differ: EXIF
+    orientation is ignored, and point clouds come back as stored (no resampling or normalisation).
+    """
+    limits = limits or DEFAULT_LIMITS
+    modality = _canonical(modality)
+    if modality == "text" and isinstance(src, str) and not os.path.isfile(src):
+        return load_text(src, limits=limits, name=name)
+    source = Source(src, limits, name)
+    fmt = detect(source.head, source.name, source.suffix)
+    target = modality or fmt.modality
+    with typed_errors(source.name, target):
+        tensor, meta = _load(source, fmt, target, limits, exact_upstream)
+    return MediaInput(target, tensor, source.name, source.sha256, fmt.mime, meta)
+
+
+def load_audio_track(src: SourceLike, *, limits: MediaLimits | None = None, name: str | None = None) -> MediaInput:
+    """The audio of a video file (or of an audio file) as an audio input [3,1,128,204]."""
+    return load_media(src, "audio", limits=limits, name=name)
+
+
+def load_text(text: str, *, limits: MediaLimits | None = None, name: str | None = None) -> MediaInput:
+    """A text input: CLIP BPE token ids [77]."""
+    from .text import tokenize_text
+
+    limits = limits or DEFAULT_LIMITS
+    name = name or "<text>"
+    tokens = tokenize_text(text, name, limits)
+    return MediaInput("text", tokens, name, hashlib.sha256(text.encode("utf-8")).hexdigest(), "text/plain",
+                      {"chars": len(text)})
+
+
+def detect_format(src: SourceLike, *, limits: MediaLimits | None = None, name: str | None = None) -> Format:
+    """The format of `src` from its content (reads only the first bytes of a path)."""
+    source = Source(src, limits or DEFAULT_LIMITS, name)
+    return detect(source.head, source.name, source.suffix)
+
+
+def _canonical(modality: str | None) -> str | None:
+    if modality is None:
+        return None
+    m = _ALIASES.get(modality.lower(), modality.lower())
+    if m not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
+    return m
+
+
+def _load(source: Source, fmt: Format, target: str, limits: MediaLimits,
+          exact_upstream: bool) -> tuple[torch.Tensor, dict]:
+    if target == "image" and fmt.modality == "image":
+        from .image import load_image
+
+        return load_image(source, limits, exif_transpose=not exact_upstream)
+    if target == "video" and (fmt.modality == "video" or fmt.kind == "gif"):
+        from .video import load_video
+
+        return load_video(source, "." + fmt.kind, limits)
+    if target == "audio" and (fmt.modality == "audio" or fmt.kind in _CONTAINERS_WITH_AUDIO):
+        from .audio import load_audio
+
+        return load_audio(source, fmt, limits)
+    if target == "point" and fmt.modality == "point":
+        from .points import load_points
+
+        return load_points(source, fmt, limits, normalize=not exact_upstream)
+    if target == "text" and fmt.kind in _TEXTUAL:
+        from .text import tokenize_text
+
+        text = source.read_bytes().decode("utf-8", "replace").lstrip("\ufeff")
+        return tokenize_text(text, source.name, limits), {"chars": len(text)}
+    raise UnsupportedFormatError(source.name, f"asked for {target}, but the content is {fmt.kind} ({fmt.modality})")
