@@ -1,0 +1,194 @@
+"""Safe, strict, low-memory checkpoint loading.
+
+* `.pth`/`.pt` files are read with `torch.load(weights_only=True, mmap=True)`: a file that pickles code
+  (or any object that is not a tensor container) is refused and never executed; tensors stay in the
+  file mapping until a dtype/device change needs a copy, so loading does not hold two copies.
+* `.safetensors` files are read with `safetensors`.
+* `load_into` is strict: keys a file may legitimately lack are named explicitly (a set or a
+  predicate), never a blanket `strict=False`; the error lists missing and unexpected keys (sorted)
+  and shape mismatches, and names the file. It checks everything before assigning anything.
+
+Key names: our modules use the official names (Meta's LLaMA keys, the adapter's `image_bind_*`,
+`prefix_query`, `llama.*`, ImageBind's `modality_*`/`point_trunk.*`), so the official files load
+one-to-one and `UPSTREAM_KEY_MAP` is empty. Renames, if ever needed, go in that one table.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import zipfile
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+UPSTREAM_KEY_MAP: dict[str, str] = {}
+"""Official key -> our key, applied by `load_state_dict`. Empty: every official name is ours."""
+
+LLAMA_FILE_IGNORED = frozenset({"rope.freqs"})
+"""Keys of Meta's consolidated.*.pth that the model does not use (RoPE is recomputed)."""
+
+ADAPTER_ONLY_LLAMA_KEY = re.compile(
+    r"^layers\.\d+\.(attention\.gate|attention\.w[qo]\.bias|feed_forward\.w[123]\.bias"
+    r"|attention\.lora_w[qkvo]_l[12]\.weight|feed_forward\.lora_w[123]_l[12]\.weight)$"
+)
+"""LLaMA parameters that only the ImageBind-LLM adapter file carries (Meta's file lacks them)."""
+
+FROZEN_LLAMA_KEY = re.compile(
+    r"^llama\.(tok_embeddings\.weight|output\.weight"
+    r"|layers\.\d+\.attention\.w[qkvo]\.weight|layers\.\d+\.feed_forward\.w[123]\.weight)$"
+)
+"""Frozen LLaMA weights that the adapter file (7B.pth) leaves out: they come from Meta's file."""
+
+MAX_LISTED = 25
+"""Keys shown per list in an error message (the exception carries the full lists)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (or a file that goes with it) that cannot be used; the message names the file."""
+
+    def __init__(self, message: str, *, file: str | Path | None = None, missing: list[str] | None = None,
+                 unexpected: list[str] | None = None, mismatched: list[tuple[str, tuple, tuple]] | None = None):
+        super().__init__(message)
+        self.file = None if file is None else str(file)
+        self.missing = missing or []
+        self.unexpected = unexpected or []
+        self.mismatched = mismatched or []
+
+
+class MissingFileError(CheckpointError, FileNotFoundError):
+    """A required file (checkpoint, params.json, tokenizer.model, index) does not exist."""
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What `load_into` did: keys the file lacked (all allowed) and keys it had that were ignored."""
+
+    loaded: list[str]
+    missing: list[str]
+    ignored: list[str]
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict (.pth/.pt/.bin or .safetensors), unwrapping `{"model": ...}`; tensors on CPU.
+
+    Raises MissingFileError / CheckpointError naming the file for anything that is not a plain
+    mapping of names to tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: checkpoint not found", file=path)
+    if path.suffix == ".safetensors":
+        sd = _load_safetensors(path)
+    else:
+        sd = _load_torch(path)
+    if isinstance(sd, Mapping) and "model" in sd and isinstance(sd["model"], Mapping):
+        sd = sd["model"]
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got {type(sd).__name__}", file=path)
+    bad = sorted(k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not tensors: {_listing(bad)}", file=path)
+    return {UPSTREAM_KEY_MAP.get(k, k): v for k, v in sd.items()}
+
+
+def _load_torch(path: Path):
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if "mmap can only be used" not in str(e):
+                raise
+            # legacy (pre-zip) serialization: still weights_only, just not memory-mapped
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds pickled objects other than tensors (possibly code); "
+            f"nothing from it was executed. Only weights are accepted. ({reason})", file=path) from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: unreadable, truncated or corrupt checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})", file=path) from e
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({e})", file=path) from e
+
+
+def _listing(keys: list) -> str:
+    shown = ", ".join(map(str, keys[:MAX_LISTED]))
+    return shown + (f", ... ({len(keys) - MAX_LISTED} more)" if len(keys) > MAX_LISTED else "")
+
+
+def _allowed(allowed_missing: Collection[str] | Callable[[str], bool] | None) -> Callable[[str], bool]:
+    if allowed_missing is None:
+        return lambda key: False
+    if callable(allowed_missing):
+        return allowed_missing
+    names = frozenset(allowed_missing)
+    return names.__contains__
+
+
+def load_into(module: nn.Module, sd: Mapping[str, torch.Tensor], *, file: str | Path,
+              allowed_missing: Collection[str] | Callable[[str], bool] | None = None,
+              ignored_unexpected: Collection[str] = LLAMA_FILE_IGNORED,
+              device: torch.device | str | None = None) -> LoadResult:
+    """Strictly load `sd` into `module`, converting each tensor to the module's dtype for that entry.
+
+    The module may live on the meta device (built without memory): tensors are then assigned on
+    `device` (default CPU). A tensor whose dtype and device already match is used as is (it stays in
+    the file mapping), so no second copy is made. All checks run before the first assignment.
+    """
+    expected = module.state_dict(keep_vars=True)
+    is_allowed = _allowed(allowed_missing)
+    ignored_set = frozenset(ignored_unexpected)
+    unexpected = sorted(k for k in sd if k not in expected and k not in ignored_set)
+    ignored = sorted(k for k in sd if k not in expected and k in ignored_set)
+    missing_all = sorted(k for k in expected if k not in sd)
+    missing = [k for k in missing_all if not is_allowed(k)]
+    mismatched = [(k, tuple(sd[k].shape), tuple(expected[k].shape))
+                  for k in sorted(sd) if k in expected and sd[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        parts = [f"{file}: does not fit {type(module).__name__}"]
+        if missing:
+            parts.append(f"missing keys ({len(missing)}): {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+        if mismatched:
+            parts.append(f"shape mismatches ({len(mismatched)}): " + _listing(
+                [f"{k} file {list(a)} vs model {list(b)}" for k, a, b in mismatched]))
+        raise CheckpointError("; ".join(parts), file=file, missing=missing, unexpected=unexpected,
+                              mismatched=mismatched)
+
+    converted = {}
+    for key, value in sd.items():
+        if key not in expected:
+            continue
+        target = expected[key]
+        dev = torch.device(device) if device is not None else (
+            torch.device("cpu") if target.is_meta else target.device)
+        dtype = target.dtype if (target.is_floating_point() or not value.is_floating_point()) else value.dtype
+        converted[key] = value.to(device=dev, dtype=dtype)
+    module.load_state_dict(converted, strict=False, assign=True)
+    logger.info("%s: loaded %d tensors (%d absent as allowed, %d ignored)", file, len(converted),
+                len(missing_all), len(ignored))
+    return LoadResult(loaded=sorted(converted), missing=missing_all, ignored=ignored)
+
+
+def meta_tensors(module: nn.Module) -> list[str]:
+    """Names of parameters and buffers still on the meta device (i.e. never loaded), sorted."""
+    names = [n for n, p in module.named_parameters() if p.is_meta]
+    names += [n for n, b in module.named_buffers() if b.is_meta]
+    return sorted(names)

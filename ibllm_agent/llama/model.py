@@ -1,0 +1,356 @@
+"""The LLaMA transformer of ImageBind-LLM: Meta's LLaMA-1 plus the fine-tune extras and the gated adapter.
+
+Parameter names are Meta's (`tok_embeddings`, `layers.N.attention.wq`, `feed_forward.w1`, ...) so the
+official `consolidated.00.pth` and the adapter's `llama.*` keys load one-to-one. On top of plain LLaMA:
+
+* bias on wq, wo, w1, w2, w3 and rank-16 LoRA (`lora_wq_l1`/`_l2` ...) on q, k, v, o, w1, w2, w3
+  (phase "finetune"; phase "pretrain" builds neither);
+* a per-head gate `[1, n_heads, 1, 1]` (zero-initialised) in every attention: in the layers that get a
+  visual query, `out = softmax(q k^T / sqrt(d)) v + tanh(gate) * wv(query)` per head, before `wo`
+  (the base `wv` only, no LoRA: the paper's attention-free zero-initialised injection).
+
+Unlike the reference, the KV cache is not module state: it is a `KVCache` object owned by one request,
+so two generations can run interleaved on one model. Rows of a batch may be left-padded; each row then
+has its own positions (slot - padding) and its padding slots are masked out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArgs:
+    """LLaMA sizes (from `params.json`) plus the ImageBind-LLM extras."""
+
+    dim: int = 4096
+    """Model width."""
+    n_layers: int = 32
+    """Number of transformer blocks."""
+    n_heads: int = 32
+    """Attention heads; head_dim = dim // n_heads."""
+    vocab_size: int = -1
+    """-1 in Meta's params.json: the tokenizer decides (`n_words`)."""
+    multiple_of: int = 256
+    """The SwiGLU hidden size is rounded up to a multiple of this."""
+    ffn_dim_multiplier: float | None = None
+    """Optional scale of the SwiGLU hidden size (LLaMA-2 style params.json); None for LLaMA-1."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon; Meta's 7B params.json says 1e-6 (the reference's default is 1e-5)."""
+    max_seq_len: int = 2048
+    """Longest prompt + answer a request may hold (the reference fixes 512); RoPE has no table to outgrow."""
+    w_bias: bool = True
+    """Biases on wq, wo, w1, w2, w3 (the fine-tuned model); False for phase "pretrain"."""
+    w_lora: bool = True
+    """LoRA on q, k, v, o, w1, w2, w3 (the fine-tuned model); False for phase "pretrain"."""
+    lora_rank: int = 16
+    """Rank of every LoRA pair."""
+    rope_theta: float = 10000.0
+    """RoPE base (LLaMA-1)."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        """SwiGLU width: 2/3 of 4*dim, optionally scaled, rounded up to `multiple_of` (11008 for 7B)."""
+        hidden = int(2 * 4 * self.dim / 3)
+        if self.ffn_dim_multiplier is not None:
+            hidden = int(self.ffn_dim_multiplier * hidden)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    @classmethod
+    def from_params(cls, params: dict, **overrides) -> ModelArgs:
+        """Build from a params.json dict; keys we do not model are logged and ignored (e.g. LLaMA-2's n_kv_heads
+        is refused when it differs from n_heads, since grouped-query attention is not implemented)."""
+        known = {f.name for f in fields(cls)}
+        kv_heads = params.get("n_kv_heads")
+        if kv_heads is not None and kv_heads != params.get("n_heads"):
+            raise ValueError(f"n_kv_heads={kv_heads} (grouped-query attention) is not supported")
+        ignored = sorted(set(params) - known - {"n_kv_heads"})
+        if ignored:
+            logger.warning("params.json keys ignored: %s", ignored)
+        values = {k: v for k, v in params.items() if k in known}
+        values.update(overrides)
+        args = cls(**values)
+        if args.dim % args.n_heads or args.head_dim % 2:
+            raise ValueError(f"dim {args.dim} must split into n_heads {args.n_heads} heads of even size")
+        return args
+
+    @classmethod
+    def from_json(cls, path: str | Path, **overrides) -> ModelArgs:
+        """Read Meta's `params.json`; a missing or malformed file raises an error naming it."""
+        from ibllm_agent.checkpoint import CheckpointError, MissingFileError
+
+        path = Path(path)
+        if not path.is_file():
+            raise MissingFileError(f"{path}: params.json not found (expected <llama_dir>/<llama_type>/params.json)")
+        try:
+            params = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: not a readable params.json ({e})") from e
+        if not isinstance(params, dict):
+            raise CheckpointError(f"{path}: params.json must hold a JSON object")
+        try:
+            return cls.from_params(params, **overrides)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: {e}") from e
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) computed in float32, cast back to the input dtype, then times the gain."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed.type_as(x) * self.weight
+
+
+def rope_angles(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of position * theta^(-2i/d) in float32; positions (B, L) -> two (B, L, 1, head_dim/2)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device)[: head_dim // 2].float() / head_dim))
+    angles = positions.float()[..., None] * inv_freq  # (B, L, head_dim/2)
+    return angles.cos()[:, :, None, :], angles.sin()[:, :, None, :]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) (Meta's complex layout, not HF's rotate-half); x (B, L, H, hd)."""
+    pairs = x.float().reshape(*x.shape[:-1], -1, 2)  # (B, L, H, hd/2, 2)
+    re, im = pairs[..., 0], pairs[..., 1]
+    out = torch.stack((re * cos - im * sin, re * sin + im * cos), dim=-1)  # (B, L, H, hd/2, 2)
+    return out.flatten(-2).type_as(x)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of one request: a batch of sequences decoded together.
+
+    Slot s of row b holds the token at position s - pad[b] (rows are left-padded to a common length);
+    slots before pad[b] are padding and masked out. Capacity grows on demand.
+    """
+
+    keys: list[torch.Tensor]
+    """Per layer, (B, n_heads, capacity, head_dim), RoPE already applied."""
+    values: list[torch.Tensor]
+    """Per layer, (B, n_heads, capacity, head_dim)."""
+    pad: torch.Tensor
+    """(B,) int64: padding slots at the start of each row."""
+    length: int = 0
+    """Slots filled so far (the same for every row)."""
+    adapter: list[torch.Tensor | None] = field(default_factory=list)
+    """Per layer, the request's constant tanh(gate) * wv(visual query) (B, n_heads, 1, head_dim) or None."""
+
+    @classmethod
+    def empty(cls, args: ModelArgs, batch: int, capacity: int, *, device, dtype,
+              pad: torch.Tensor | None = None) -> KVCache:
+        shape = (batch, args.n_heads, capacity, args.head_dim)
+        keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
+        values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(args.n_layers)]
+        if pad is None:
+            pad = torch.zeros(batch, dtype=torch.long, device=device)
+        return cls(keys, values, pad.to(device=device, dtype=torch.long))
+
+    @property
+    def batch(self) -> int:
+        return self.pad.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    def reserve(self, needed: int) -> None:
+        """Make room for `needed` slots (doubling, so step-by-step growth stays linear overall)."""
+        if needed <= self.capacity:
+            return
+        new = max(needed, 2 * self.capacity)
+        for buffers in (self.keys, self.values):
+            for i, old in enumerate(buffers):
+                grown = old.new_empty(*old.shape[:2], new, old.shape[3])
+                grown[:, :, : self.length] = old[:, :, : self.length]
+                buffers[i] = grown
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, L, hd) at slots length..length+L; return all keys and values so far."""
+        end = self.length + k.shape[2]
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+
+def lora_linear(module: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """`module.<name>(x)` plus its LoRA `lora_<name>_l2(lora_<name>_l1(x))` when the module has LoRA."""
+    out = getattr(module, name)(x)
+    if module.w_lora:
+        out = out + getattr(module, f"lora_{name}_l2")(getattr(module, f"lora_{name}_l1")(x))
+    return out
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_heads = args.n_heads
+        self.head_dim = args.head_dim
+        self.wq = nn.Linear(args.dim, args.dim, bias=args.w_bias)
+        self.wk = nn.Linear(args.dim, args.dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.dim, bias=False)
+        self.wo = nn.Linear(args.dim, args.dim, bias=args.w_bias)
+        self.w_lora = args.w_lora
+        if args.w_lora:
+            r = args.lora_rank
+            self.lora_wq_l1, self.lora_wq_l2 = nn.Linear(args.dim, r, bias=False), nn.Linear(r, args.dim, bias=False)
+            self.lora_wk_l1, self.lora_wk_l2 = nn.Linear(args.dim, r, bias=False), nn.Linear(r, args.dim, bias=False)
+            self.lora_wv_l1, self.lora_wv_l2 = nn.Linear(args.dim, r, bias=False), nn.Linear(r, args.dim, bias=False)
+            self.lora_wo_l1, self.lora_wo_l2 = nn.Linear(args.dim, r, bias=False), nn.Linear(r, args.dim, bias=False)
+        self.gate = nn.Parameter(torch.zeros(1, args.n_heads, 1, 1))
+
+    def adapter_value(self, query: torch.Tensor) -> torch.Tensor:
+        """tanh(gate) * wv(query) per head for an adapter input (B, 1, dim) -> (B, n_heads, 1, head_dim)."""
+        B = query.shape[0]
+        v = self.wv(query).view(B, 1, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, 1, hd)
+        return self.gate.tanh().to(v.dtype) * v
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                cache: KVCache | None, layer: int, adapter: torch.Tensor | None) -> torch.Tensor:
+        B, L, D = x.shape
+        q = lora_linear(self, "wq", x).view(B, L, self.n_heads, self.head_dim)
+        k = lora_linear(self, "wk", x).view(B, L, self.n_heads, self.head_dim)
+        v = lora_linear(self, "wv", x).view(B, L, self.n_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, L, hd)
+        if cache is not None:
+            k, v = cache.write(layer, k, v)  # (B, H, S, hd), S = all slots so far
+        causal = mask is None and cache is None and L > 1
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, H, L, hd)
+        if adapter is not None:
+            out = out + adapter  # (B, H, 1, hd) broadcast over the L positions
+        out = out.transpose(1, 2).reshape(B, L, D)
+        return lora_linear(self, "wo", out)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        dim, hidden = args.dim, args.hidden_dim
+        self.w1 = nn.Linear(dim, hidden, bias=args.w_bias)
+        self.w2 = nn.Linear(hidden, dim, bias=args.w_bias)
+        self.w3 = nn.Linear(dim, hidden, bias=args.w_bias)
+        self.w_lora = args.w_lora
+        if args.w_lora:
+            r = args.lora_rank
+            self.lora_w1_l1, self.lora_w1_l2 = nn.Linear(dim, r, bias=False), nn.Linear(r, hidden, bias=False)
+            self.lora_w2_l1, self.lora_w2_l2 = nn.Linear(hidden, r, bias=False), nn.Linear(r, dim, bias=False)
+            self.lora_w3_l1, self.lora_w3_l2 = nn.Linear(dim, r, bias=False), nn.Linear(r, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lora_linear(self, "w2", F.silu(lora_linear(self, "w1", x)) * lora_linear(self, "w3", x))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.attention = Attention(args)
+        self.feed_forward = FeedForward(args)
+        self.attention_norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.ffn_norm = RMSNorm(args.dim, eps=args.norm_eps)
+
+    def forward(self, x, cos, sin, mask, cache, layer, adapter):
+        h = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, layer, adapter)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        if args.vocab_size <= 0:
+            raise ValueError("ModelArgs.vocab_size must be set (from the tokenizer) before building the model")
+        self.params = args
+        self.vocab_size = args.vocab_size
+        self.n_layers = args.n_layers
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, eps=args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+
+    def new_cache(self, batch: int, capacity: int, pad: torch.Tensor | None = None) -> KVCache:
+        """An empty request cache on this model's device and dtype."""
+        w = self.tok_embeddings.weight
+        return KVCache.empty(self.params, batch, capacity, device=w.device, dtype=w.dtype, pad=pad)
+
+    def adapter_values(self, queries: list[torch.Tensor | None]) -> list[torch.Tensor | None]:
+        """Per layer tanh(gate) * wv(query) for adapter inputs (B, 1, dim) or None (layers without one)."""
+        if len(queries) != self.n_layers:
+            raise ValueError(f"need one adapter query (or None) per layer: {self.n_layers}, got {len(queries)}")
+        return [None if q is None else layer.attention.adapter_value(q) for layer, q in zip(self.layers, queries)]
+
+    def _mask(self, cache: KVCache, L: int, device) -> torch.Tensor | None:
+        """Boolean (B, 1, L, S) mask, True = may attend; None when plain causal/none suffices."""
+        start, S = cache.length, cache.length + L
+        if L == 1 and not bool((cache.pad > 0).any()):
+            return None  # one new token of unpadded rows sees every slot
+        q_slot = torch.arange(start, S, device=device)[:, None]  # (L, 1)
+        k_slot = torch.arange(S, device=device)[None, :]  # (1, S)
+        causal = k_slot <= q_slot  # (L, S)
+        real = k_slot[None] >= cache.pad[:, None, None]  # (B, 1, S)
+        # a padding query has no real key before it: let it see itself so softmax stays finite
+        allowed = causal[None] & (real | (k_slot == q_slot)[None])  # (B, L, S)
+        return allowed[:, None]  # (B, 1, L, S)
+
+    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None,
+                adapter: list[torch.Tensor | None] | None = None, *, last_only: bool = False) -> torch.Tensor:
+        """Logits for `tokens` (B, L).
+
+        With a cache the tokens continue the request at slot `cache.length` (and the cache advances);
+        without one they are a full sequence from position 0 (training). `adapter` is
+        `adapter_values(...)` (or None for plain LLaMA). Returns (B, L, vocab), or (B, vocab) of the
+        last position with `last_only`, in float32.
+        """
+        B, L = tokens.shape
+        adapter = adapter if adapter is not None else [None] * self.n_layers
+        if cache is None:
+            positions = torch.arange(L, device=tokens.device).expand(B, L)
+            mask = None
+        else:
+            if cache.batch != B:
+                raise ValueError(f"cache holds {cache.batch} rows, tokens have {B}")
+            cache.reserve(cache.length + L)
+            slots = torch.arange(cache.length, cache.length + L, device=tokens.device)
+            positions = (slots[None, :] - cache.pad[:, None]).clamp(min=0)  # (B, L)
+            mask = self._mask(cache, L, tokens.device)
+        cos, sin = rope_angles(positions, self.params.head_dim, self.params.rope_theta)
+        h = self.tok_embeddings(tokens)  # (B, L, dim)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, mask, cache, i, adapter[i])
+        if cache is not None:
+            cache.length += L
+        if last_only:
+            h = h[:, -1:, :]
+        logits = self.output(self.norm(h)).float()
+        return logits[:, -1, :] if last_only else logits
+
+
+def init_weights(model: Transformer, generator: torch.Generator, std: float = 0.02) -> None:
+    """Random weights for test/toy models: normal(0, std) matrices, unit norms, zero biases, gates and LoRA-B."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias") or name.endswith(".gate") or "_l2." in name:
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=generator) * std)
+
