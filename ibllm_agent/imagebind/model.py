@@ -393,7 +393,7 @@ class ImageBindModel(nn.Module):
         return (outputs, outputs_prenorm) if prenorm else outputs
 
     def encode(self, modality: str, value: Tensor) -> Tensor:
-        """One modality's head output [B, out_embed_dim] (before post-processing) for un-listed inputs."""
+        """One modality's head output [B, out_embed_dim], before post-processing; ``value`` is not split into clips."""
         self._check_modality(modality)
         head = self.modality_heads[modality]
         if modality == "point":
