@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import CorruptMediaError, EmptyMediaError, MediaTooLargeError, UnsupportedFormatError
+from .errors import CorruptMediaError, EmptyMediaError, MediaError, MediaTooLargeError
 from .limits import MediaLimits
 from .source import Source
 
@@ -49,10 +49,12 @@ def open_rgb(source: Source, limits: MediaLimits, *, exif_transpose: bool = True
                     img = ImageOps.exif_transpose(img)
                 mode = img.mode
                 rgb = _to_rgb(img)
+    except MediaError:
+        raise
     except Image.DecompressionBombError as e:
         raise MediaTooLargeError(source.name, f"image too large to decode safely ({e})") from None
     except UnidentifiedImageError:
-        raise UnsupportedFormatError(source.name, "Pillow cannot identify this image") from None
+        raise CorruptMediaError(source.name, "Pillow cannot read this image (damaged or truncated)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise CorruptMediaError(source.name, f"cannot decode the image: {e}") from None
     meta = {"size_wh": [w, h], "mode": mode, "exif_orientation": orientation, "format": source.suffix or None}

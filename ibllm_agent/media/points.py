@@ -142,9 +142,10 @@ def _parse_torch(source: Source, limits: MediaLimits):
         with source.open() as f:
             obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        found = re.search(r"(?:Unsupported global|GLOBAL)[^\n.]*", str(e))
         raise UnsafeMediaError(
-            source.name, f"refusing to unpickle: the file holds more than tensors (weights_only=True): "
-            f"{str(e).splitlines()[0][:200]}"
+            source.name, "refusing to unpickle: the file holds objects other than tensors, which could run code"
+            + (f" ({found[0].strip()})" if found else "")
         ) from None
     except (RuntimeError, zipfile.BadZipFile) as e:
         raise CorruptMediaError(source.name, f"not a readable torch.save file: {str(e).splitlines()[0][:200]}") from None

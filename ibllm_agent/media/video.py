@@ -116,7 +116,12 @@ def _select(times: list[Fraction], duration: Fraction, num_clips: int, clip_seco
 
 
 def _open(path: str, name: str, limits: MediaLimits) -> cv2.VideoCapture:
-    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # a failed open is our error to report
+    try:
+        cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if not cap.isOpened():
         cap.release()
         raise CorruptMediaError(name, "OpenCV/ffmpeg cannot open this video (damaged or unsupported container)")

@@ -1,0 +1,160 @@
+"""The malformed-media corpus: every item raises the right typed MediaError, the process stays healthy,
+and nothing is left behind (no temp files, no open file descriptors)."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ibllm_agent.media import (
+    CorruptMediaError,
+    EmptyMediaError,
+    InvalidValuesError,
+    MediaError,
+    MediaLimits,
+    MediaTooLargeError,
+    MediaTooLongError,
+    UnsafeMediaError,
+    UnsupportedFormatError,
+    load_media,
+)
+
+CORPUS = Path(__file__).resolve().parents[1] / "data" / "malformed"
+
+EXPECTED = {
+    "truncated.jpg": CorruptMediaError,
+    "truncated.gif": CorruptMediaError,
+    "one_pixel.png": EmptyMediaError,
+    "bomb_20000x20000.png": MediaTooLargeError,
+    "empty.wav": EmptyMediaError,
+    "zero_seconds.wav": EmptyMediaError,
+    "header_truncated.wav": CorruptMediaError,
+    "garbage.mp3": CorruptMediaError,
+    "broken_moov.mp4": CorruptMediaError,
+    "text_named.wav": UnsupportedFormatError,
+    "unknown.bin": UnsupportedFormatError,
+    "nan_points.xyz": InvalidValuesError,
+    "inf_points.npy": InvalidValuesError,
+    "object_array.npy": UnsafeMediaError,
+    "pickled_code.pt": UnsafeMediaError,
+    "lying_header.ply": CorruptMediaError,
+}
+
+TALLY = {"tried": 0, "typed errors": 0, "crashes": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report(request):
+    yield
+    line = "malformed media: " + ", ".join(f"{k} {v}" for k, v in TALLY.items())
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(line)
+
+
+def _try(src, expected: type[MediaError], **kw) -> MediaError:
+    TALLY["tried"] += 1
+    try:
+        load_media(src, **kw)
+    except MediaError as e:
+        TALLY["typed errors"] += 1
+        assert isinstance(e, expected), f"{e!r} is not a {expected.__name__}"
+        assert e.source and e.problem and e.source in str(e)
+        return e
+    except Exception:
+        TALLY["crashes"] += 1
+        raise
+    pytest.fail(f"{src!r} loaded without an error")
+
+
+def _wav(samples: np.ndarray, rate: int = 16000) -> bytes:
+    pcm = samples.astype("<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 2, 2, 16)
+    return (b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+            + b"data" + struct.pack("<I", len(pcm)) + pcm)
+
+
+def test_corpus_is_complete():
+    assert sorted(p.name for p in CORPUS.iterdir() if p.name != "README.md") == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_corpus_item_raises_typed_error(name, capfd):
+    err = _try(CORPUS / name, EXPECTED[name])
+    assert name in str(err)
+    if name == "pickled_code.pt":
+        assert "must never run" not in capfd.readouterr().out  # the pickled print was not called
+
+
+@pytest.mark.parametrize("name", ["truncated.jpg", "garbage.mp3", "broken_moov.mp4", "pickled_code.pt"])
+def test_corpus_item_as_bytes_and_stream(name):
+    data = (CORPUS / name).read_bytes()
+    _try(data, EXPECTED[name], name=name)
+    _try(io.BytesIO(data), EXPECTED[name], name=name)
+
+
+def test_generated_limits(tmp_path):
+    long_wav = tmp_path / "long.wav"
+    long_wav.write_bytes(_wav(np.zeros(16000 * 6)))
+    _try(long_wav, MediaTooLongError, limits=MediaLimits(max_audio_seconds=5))
+    _try(long_wav, MediaTooLargeError, limits=MediaLimits(max_file_bytes=1000))
+    many = tmp_path / "many.npy"
+    np.save(many, np.random.default_rng(0).normal(size=(5000, 3)).astype(np.float32))
+    _try(many, MediaTooLargeError, limits=MediaLimits(max_points=4999))
+    _try(b"a" * 101, MediaTooLargeError, modality="text", name="long.txt", limits=MediaLimits(max_text_chars=100))
+
+
+def test_generated_short_and_empty(tmp_path):
+    tiny = tmp_path / "tiny.wav"
+    tiny.write_bytes(_wav(np.zeros(100)))  # 6 ms: fewer samples than one 25-ms fbank frame
+    _try(tiny, EmptyMediaError)
+    _try(b"   \n", EmptyMediaError, modality="text", name="blank.txt")
+    no_vertices = b"ply\nformat ascii 1.0\nelement vertex 0\nproperty float x\nproperty float y\nproperty float z\nend_header\n"
+    _try(no_vertices, EmptyMediaError, name="empty.ply")
+
+
+def test_lying_extensions(tmp_path):
+    # Binary content is read as what it is, whatever its name says.
+    wav_as_png = tmp_path / "sound.png"
+    wav_as_png.write_bytes(_wav(np.sin(np.arange(32000) / 5) * 8000))
+    assert load_media(wav_as_png).modality == "audio"
+    # Text under a binary name is refused; asking for a modality the content is not is refused.
+    _try(b"hello there", UnsupportedFormatError, name="photo.jpg")
+    _try(wav_as_png, UnsupportedFormatError, modality="image")
+    _try(CORPUS / "nan_points.xyz", UnsupportedFormatError, modality="video")
+
+
+def test_inconsistent_wav_headers(tmp_path):
+    good = _wav(np.zeros(16000))
+    zero_channels = bytearray(good)
+    zero_channels[22:24] = b"\x00\x00"
+    _try(bytes(zero_channels), CorruptMediaError, name="zero_channels.wav")
+    nan_float = bytearray(good)
+    nan_float[20:22] = struct.pack("<H", 3)  # IEEE float
+    nan_float[34:36] = struct.pack("<H", 32)
+    nan_float[32:34] = struct.pack("<H", 4)
+    nan_float[44:52] = np.array([np.nan, 1.0], "<f4").tobytes()
+    _try(bytes(nan_float), InvalidValuesError, name="nan.wav")
+
+
+def test_process_stays_healthy_and_leaves_nothing_behind(media_dir):
+    tmp = Path(tempfile.gettempdir())
+    before_tmp = {p.name for p in tmp.glob("ibllm-media-*")}
+    before_fds = len(os.listdir("/proc/self/fd"))
+    for name, expected in EXPECTED.items():
+        data = (CORPUS / name).read_bytes()
+        for src in (CORPUS / name, data):  # bytes go through temporary files for ffmpeg/OpenCV
+            _try(src, expected, name=name)
+    assert {p.name for p in tmp.glob("ibllm-media-*")} == before_tmp
+    assert len(os.listdir("/proc/self/fd")) <= before_fds
+    # Still healthy: a good file loads after all of that.
+    item = load_media(media_dir / "girl.jpg")
+    assert item.tensor.shape == (3, 224, 224) and torch.isfinite(item.tensor).all()
