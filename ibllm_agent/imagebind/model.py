@@ -67,7 +67,7 @@ class ImageBindArgs:
     vision_num_heads: int = 16
 
     text_vocab_size: int = 49408
-    """CLIP BPE vocabulary (49152 merges + 256 bytes... + SOT/EOT)."""
+    """CLIP BPE vocabulary: 512 byte tokens (with and without ``</w>``), 48894 merges, SOT and EOT."""
     text_context_length: int = 77
     text_embed_dim: int = 1024
     text_num_blocks: int = 24

@@ -215,3 +215,15 @@ def test_train_mode_uses_dropout_and_eval_is_deterministic(tiny):
     out = model(x)["imu"]
     out.sum().backward()  # gradients flow through every path used
     assert model.modality_preprocessors["imu"].cls_token.grad is not None
+
+
+@pytest.mark.gpu
+def test_cuda_bfloat16_matches_cpu_float32(tiny):
+    model = ImageBindModel.from_state_dict(tiny.state_dict(), device="cuda", dtype=torch.bfloat16)
+    x = _inputs(2)
+    with torch.no_grad():
+        ref = tiny(x)
+        out = model({k: v.cuda() for k, v in x.items()})
+    for m, v in out.items():
+        assert v.device.type == "cuda" and v.dtype == torch.bfloat16
+        assert F.cosine_similarity(v.float().cpu(), ref[m], dim=-1).min().item() > 0.98, m
