@@ -227,3 +227,23 @@ def test_cuda_bfloat16_matches_cpu_float32(tiny):
     for m, v in out.items():
         assert v.device.type == "cuda" and v.dtype == torch.bfloat16
         assert F.cosine_similarity(v.float().cpu(), ref[m], dim=-1).min().item() > 0.98, m
+
+
+@pytest.mark.parametrize("bias_kv", [False, True])
+def test_attention_equals_torch_multihead_attention(bias_kv):
+    from ibllm_agent.imagebind.transformer import SelfAttention
+
+    torch.manual_seed(0)
+    ours = SelfAttention(48, 3, bias_kv=bias_kv)
+    with torch.no_grad():
+        ours.in_proj_bias.normal_()
+        ours.out_proj.bias.normal_()
+    ref = torch.nn.MultiheadAttention(48, 3, add_bias_kv=bias_kv)  # upstream's module, [L, B, D]
+    ref.load_state_dict(ours.state_dict())  # the same keys
+    x = torch.randn(2, 9, 48)
+    mask = torch.full((9, 9), float("-inf")).triu_(1)
+    for attn_mask in (None, mask):
+        got = ours(x, attn_mask)
+        xt = x.transpose(0, 1)
+        want = ref(xt, xt, xt, need_weights=False, attn_mask=attn_mask)[0].transpose(0, 1)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
