@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from ibllm_agent.imagebind import ImageBindArgs, ImageBindModel
+from ibllm_agent.imagebind import ImageBindArgs, ImageBindModel, read_imagebind_config
 
 pytestmark = pytest.mark.parity
 
@@ -33,6 +33,8 @@ def test_inferred_sizes_match_the_fixture_config(parity_dir):
     for key, value in config.items():
         assert getattr(args, key) == (tuple(value) if isinstance(value, list) else value), key
     assert args.modalities == ("vision", "text", "audio", "depth", "thermal", "imu", "point")
+    # The config file as overrides agrees with the shapes.
+    assert ImageBindArgs.from_state_dict(sd, read_imagebind_config(parity_dir / "imagebind_config.json")) == args
 
 
 @pytest.mark.parametrize("name", ["vision", "text", "audio", "video", "point"])
