@@ -180,7 +180,11 @@ class ImageBindArgs:
         for m in inferred["modalities"]:
             key = f"{m}_num_heads"
             if key not in overrides:
-                inferred[key] = max(1, inferred[f"{m}_embed_dim"] // HUGE_HEAD_DIMS[m])
+                dim, head_dim = inferred[f"{m}_embed_dim"], HUGE_HEAD_DIMS[m]
+                if dim % head_dim:
+                    raise ValueError(f"{m} width {dim} is not a multiple of huge's head width {head_dim}: "
+                                     f"give {key} in the overrides (e.g. imagebind_config.json)")
+                inferred[key] = dim // head_dim
         args = cls(**{**overrides, **inferred})
         _check_token_counts(sd, args)
         return args

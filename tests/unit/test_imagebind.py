@@ -83,6 +83,11 @@ def test_overrides_for_head_counts_and_config_file(tmp_path):
     assert ImageBindArgs.from_state_dict(sd, read_imagebind_config(config)) == args
     with pytest.raises(ValueError, match="vision_embed_dim"):
         ImageBindArgs.from_state_dict(sd, {"vision_embed_dim": 999})
+    odd = ImageBindModel(replace(imagebind_tiny_args(point=False), text_embed_dim=96, text_num_heads=3),
+                         device="meta").state_dict()
+    with pytest.raises(ValueError, match="text_num_heads"):
+        ImageBindArgs.from_state_dict(odd)
+    assert ImageBindArgs.from_state_dict(odd, {"text_num_heads": 3}).text_num_heads == 3
     with pytest.raises(ValueError, match="unknown ImageBind config keys"):
         ImageBindArgs.from_state_dict(sd, {"visoin_num_heads": 4})
     with pytest.raises(ValueError, match="not an ImageBind state dict"):
