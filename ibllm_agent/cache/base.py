@@ -61,19 +61,37 @@ class VisualCache(ABC):
         """
         raise CacheError(f"{type(self).__name__} is read-only")
 
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` the cache holds (so builds skip them before encoding); none by default."""
+        return set()
+
     def check_query(self, queries: np.ndarray, k: int) -> np.ndarray:
         """Validate a query batch against this cache; returns a contiguous float32 (B, dim) array."""
-        q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32))
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise CacheError(f"cache query must have shape (batch, {self.dim}), got {tuple(q.shape)}")
-        if not np.isfinite(q).all():
-            raise CacheError("cache query contains NaN or inf")
+        q = as_matrix(queries, self.dim, what="cache query", rows="batch")
         n = len(self)
         if n == 0:
             raise CacheError(f"{self!r} is empty: add features before using it")
         if k < 1:
             raise CacheError(f"cache_size must be >= 1, got {k}")
         return q
+
+
+def as_matrix(x, dim: int | None, *, what: str = "cache vectors", rows: str = "n") -> np.ndarray:
+    """`x` as a contiguous float32 (rows, dim) array of finite values, or a `CacheError` naming `what`."""
+    m = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    if m.ndim != 2 or (dim is not None and m.shape[1] != dim):
+        raise CacheError(f"{what} must have shape ({rows}, {dim if dim is not None else 'dim'}), got {tuple(m.shape)}")
+    if not np.isfinite(m).all():
+        raise CacheError(f"{what} contains NaN or inf")
+    return m
+
+
+def first_positions(ids: Sequence[str]) -> list[int]:
+    """Positions of the first occurrence of each id, in order (backends skip repeated ids in one add)."""
+    first: dict[str, int] = {}
+    for j, item_id in enumerate(ids):
+        first.setdefault(item_id, j)
+    return list(first.values())
 
 
 def blend(query: torch.Tensor, scores: torch.Tensor, vectors: torch.Tensor, cache_t: float,

@@ -21,7 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from ibllm_agent.cache.base import CacheError, SearchResult, VisualCache
+from ibllm_agent.cache.base import CacheError, SearchResult, VisualCache, as_matrix, first_positions
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class FaissCache(VisualCache):
         else:
             if train_vectors is None or len(train_vectors) == 0:
                 raise CacheError("an IVF index needs train_vectors (a sample of the data) to be built")
-            train = _as_matrix(train_vectors, dim)
+            train = as_matrix(train_vectors, dim)
             nlist = options.nlist or max(1, int(4 * math.sqrt(len(train))))
             nlist = min(nlist, len(train))
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -109,7 +109,7 @@ class FaissCache(VisualCache):
     def from_vectors(cls, vectors: np.ndarray, *, ids: Sequence[str] | None = None,
                      metadatas: Sequence[dict] | None = None, options: FaissOptions | None = None) -> FaissCache:
         """A cache holding `vectors` (N, D) with optional ids and metadata."""
-        vectors = _as_matrix(vectors, None)
+        vectors = as_matrix(vectors, None)
         options = options or FaissOptions()
         cache = cls.create(vectors.shape[1], options, train_vectors=vectors if options.kind == "ivf" else None)
         cache.add(vectors, ids=ids, metadatas=metadatas)
@@ -176,7 +176,7 @@ class FaissCache(VisualCache):
         """Append vectors (N, D); items whose id is already present are skipped. Returns how many were added."""
         if self.read_only:
             raise CacheError(f"{self!r} is memory-mapped and read-only; load it with mmap=False to add to it")
-        vectors = _as_matrix(vectors, self.dim)
+        vectors = as_matrix(vectors, self.dim)
         n = len(vectors)
         if ids is not None and len(ids) != n or metadatas is not None and len(metadatas) != n:
             raise CacheError(f"add() got {n} vectors but {len(ids or [])} ids and {len(metadatas or [])} metadatas")
@@ -186,7 +186,7 @@ class FaissCache(VisualCache):
             keep = np.arange(n)
             if ids is not None:
                 ids = [str(i) for i in ids]
-                keep = np.array([j for j in _first_occurrences(ids) if not self._has_id(ids[j])], dtype=np.int64)
+                keep = np.array([j for j in first_positions(ids) if not self._has_id(ids[j])], dtype=np.int64)
             if len(keep) == 0:
                 return 0
             start = int(self.index.ntotal)
@@ -198,6 +198,11 @@ class FaissCache(VisualCache):
                 self._meta.executemany("INSERT INTO items (pos, id, metadata) VALUES (?, ?, ?)", rows)
                 self._meta.commit()
         return len(keep)
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` are stored."""
+        with self._lock:
+            return {str(i) for i in ids if self._has_id(str(i))}
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -228,6 +233,18 @@ class FaissCache(VisualCache):
             hi = min(lo + batch_size, len(self))
             ids, metas = self._lookup(list(range(lo, hi)))
             yield ids, self.get_vectors(lo, hi), metas
+
+    def stats(self) -> dict:
+        """Count, dimension, index type and modality counts (items without metadata count as "unknown")."""
+        with self._lock:
+            rows = self._meta.execute("SELECT json_extract(metadata, '$.modality'), COUNT(*) FROM items "
+                                      "GROUP BY 1").fetchall()
+        modalities = {m or "unknown": c for m, c in rows}
+        rest = len(self) - sum(modalities.values())
+        if rest:
+            modalities["unknown"] = modalities.get("unknown", 0) + rest
+        return {"backend": "faiss", "path": str(self.path) if self.path else None, "index": type(self.index).__name__,
+                "count": len(self), "dim": self.dim, "read_only": self.read_only, "modalities": modalities}
 
     def set_search_params(self, *, ef_search: int | None = None, nprobe: int | None = None) -> None:
         """Change the recall/latency knob of an approximate index (ignored by a flat index)."""
@@ -292,26 +309,6 @@ def _configure(index: faiss.Index, *, ef_search: int | None, nprobe: int | None)
         if nprobe is not None:
             index.nprobe = nprobe
         index.make_direct_map()  # idempotent; needed for reconstruct after loading
-
-
-def _as_matrix(vectors: np.ndarray, dim: int | None) -> np.ndarray:
-    x = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
-    if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
-        want = f"(n, {dim})" if dim is not None else "(n, dim)"
-        raise CacheError(f"cache vectors must have shape {want}, got {tuple(x.shape)}")
-    if not np.isfinite(x).all():
-        raise CacheError("cache vectors contain NaN or inf")
-    return x
-
-
-def _first_occurrences(ids: list[str]) -> list[int]:
-    seen: set[str] = set()
-    out = []
-    for j, i in enumerate(ids):
-        if i not in seen:
-            seen.add(i)
-            out.append(j)
-    return out
 
 
 def _faiss_reason(e: RuntimeError) -> str:

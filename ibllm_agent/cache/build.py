@@ -1,0 +1,167 @@
+"""Filling a visual cache: media encoded with ImageBind, or vectors copied from another cache.
+
+Both are idempotent and resumable because every item's id is fixed before anything is stored:
+the sha256 of the file's bytes for media (the same file twice is one item), the position for
+vectors copied out of a FAISS index. Each batch is committed on its own, ids already present are
+skipped before any decoding or encoding, so a build killed at any point (kill -9 included) is
+finished by running the same command again, with nothing lost and nothing stored twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ibllm_agent.cache.base import CacheError, VisualCache
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODALITIES = ("image", "video", "audio", "point")
+"""What a folder build encodes by default: every media kind except text files (notes, READMEs)."""
+PATH_COLUMNS = ("path", "uri", "file")
+CAPTION_COLUMNS = ("caption", "label")
+
+
+@dataclass(frozen=True)
+class MediaItem:
+    """One input of a build: a file, what is known about it, and its content id."""
+
+    path: Path
+    caption: str | None = None
+    """A caption or label when the CSV gives one."""
+    modality: str | None = None
+    """A modality hint ("audio" on an MP4 means its sound track); None = detect from the content."""
+    extra: dict = field(default_factory=dict)
+    """Other CSV columns, kept as metadata."""
+
+    def content_id(self) -> str:
+        h = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+
+@dataclass
+class BuildReport:
+    """What a build did; `failed` lists (path, reason) of inputs that could not be loaded."""
+
+    inputs: int = 0
+    unique: int = 0
+    added: int = 0
+    already_present: int = 0
+    skipped_modality: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def list_media(source: str | Path) -> list[MediaItem]:
+    """The inputs of a folder (every non-hidden file below it, sorted) or of a CSV of paths.
+
+    A CSV needs a header with a `path` (or `uri`, `file`) column; `caption` (or `label`) and
+    `modality` are used when present, other columns become metadata. Relative paths are taken
+    from the CSV's folder.
+    """
+    source = Path(source)
+    if source.is_dir():
+        return [MediaItem(p) for p in sorted(source.rglob("*"))
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)]
+    if not source.is_file():
+        raise CacheError(f"{source} is neither a folder nor a CSV file")
+    with open(source, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip().lower() for c in reader.fieldnames or []]
+        path_col = next((c for c in PATH_COLUMNS if c in columns), None)
+        if path_col is None:
+            raise CacheError(f"{source}: a CSV of media needs a header with a {' / '.join(PATH_COLUMNS)} column, "
+                             f"got {reader.fieldnames}")
+        items = []
+        for row in reader:
+            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+            if not row.get(path_col):
+                continue
+            path = Path(row.pop(path_col))
+            caption = next((row.pop(c) for c in CAPTION_COLUMNS if row.get(c)), None)
+            modality = row.pop("modality", "") or None
+            items.append(MediaItem(path if path.is_absolute() else source.parent / path, caption, modality,
+                                   {k: v for k, v in row.items() if v and k not in CAPTION_COLUMNS}))
+    return items
+
+
+def build_from_media(items: Sequence[MediaItem], cache: VisualCache,
+                     encode: Callable[[list], np.ndarray], *, batch_size: int = 16,
+                     modalities: Iterable[str] = DEFAULT_MODALITIES, progress: bool = False,
+                     load: Callable | None = None) -> BuildReport:
+    """Encode `items` with `encode(list[MediaInput]) -> (n, dim)` and add the new ones to `cache`.
+
+    `encode` is typically `ImageBindLLM.encode`; `load` defaults to `ibllm_agent.media.load_media`.
+    Inputs that fail to load are reported, not fatal. Returns a `BuildReport`.
+    """
+    if load is None:
+        from ibllm_agent.media import load_media as load
+    from ibllm_agent.media import MediaError
+
+    modalities = set(modalities)
+    report = BuildReport(inputs=len(items))
+    ids: dict[str, MediaItem] = {}
+    for item in tqdm(items, desc="hashing", unit="file", disable=not progress):
+        try:
+            ids.setdefault(item.content_id(), item)
+        except OSError as e:
+            report.failed.append((str(item.path), str(e)))
+    report.unique = len(ids)
+    present = cache.existing_ids(list(ids))
+    report.already_present = len(present)
+    todo = [(i, item) for i, item in ids.items() if i not in present]
+    bar = tqdm(total=len(todo), desc="encoding", unit="file", disable=not progress)
+    for lo in range(0, len(todo), batch_size):
+        loaded, keep = [], []
+        for item_id, item in todo[lo:lo + batch_size]:
+            try:
+                media = load(item.path, item.modality)
+            except MediaError as e:
+                report.failed.append((str(item.path), str(e)))
+                continue
+            if media.modality not in modalities:
+                report.skipped_modality += 1
+                continue
+            loaded.append(media)
+            keep.append((item_id, item))
+        if loaded:
+            vectors = np.asarray(encode(loaded), dtype=np.float32)  # (n, dim)
+            metas = [_metadata(item, media, item_id) for (item_id, item), media in zip(keep, loaded)]
+            report.added += cache.add(vectors, ids=[i for i, _ in keep], metadatas=metas)
+        bar.update(min(batch_size, len(todo) - lo))
+    bar.close()
+    for path, reason in report.failed:
+        logger.warning("not added: %s (%s)", path, reason)
+    return report
+
+
+def _metadata(item: MediaItem, media, item_id: str) -> dict:
+    meta = {"uri": str(item.path.resolve()), "modality": media.modality, "sha256": item_id, "name": media.name,
+            "mime": media.mime, **item.extra}
+    if item.caption:
+        meta["caption"] = item.caption
+    return meta
+
+
+def copy_cache(batches: Iterable[tuple[list[str], np.ndarray, list[dict]]], dest: VisualCache, *, total: int,
+               progress: bool = False, desc: str = "copying") -> int:
+    """Add (ids, vectors, metadatas) batches to `dest`, skipping ids it already holds; returns how many were added.
+
+    With `FaissCache.iter_batches` as the source (ids = positions) this is the resumable
+    import of the official knn.index; with `ChromaCache.iter_batches` it is the export.
+    """
+    added = 0
+    with tqdm(total=total, desc=desc, unit="vec", unit_scale=True, disable=not progress) as bar:
+        for ids, vectors, metas in batches:
+            added += dest.add(vectors, ids=ids, metadatas=metas)
+            bar.update(len(ids))
+    return added

@@ -1,0 +1,204 @@
+"""`ibllm cache build | import-faiss | export-faiss | stats | query`.
+
+A cache is either a Chroma collection (`--collection NAME`, embedded at `--path`, default
+./chroma, or on a server with `--url http://host:port`) or a FAISS file (`--faiss PATH`, for
+stats and query). Commands that encode media load a model (`--model`, default the toy world)
+and use its ImageBind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ibllm_agent.cache.base import CacheError, VisualCache
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    """Add the `cache` command and its subcommands to the `ibllm` parser."""
+    cache = subparsers.add_parser("cache", help="build, import, export and inspect visual caches",
+                                  description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("build", help="encode a folder or CSV of media into a Chroma collection")
+    p.add_argument("source", type=Path, help="a folder (all files below it) or a CSV with a `path` column")
+    _chroma_args(p, required=True)
+    _model_args(p)
+    p.add_argument("--batch-size", type=int, default=16, help="files encoded at once")
+    p.add_argument("--modalities", default="image,video,audio,point",
+                   help="comma-separated media kinds to keep (add `text` for text files)")
+    p.set_defaults(func=_build)
+
+    p = sub.add_parser("import-faiss", help="copy a FAISS index (e.g. the official knn.index) into Chroma")
+    p.add_argument("index", type=Path)
+    _chroma_args(p, required=True)
+    p.add_argument("--batch-size", type=int, default=None, help="vectors per add (at most Chroma's max batch size)")
+    p.add_argument("--dim", type=int, default=1024, help="expected dimension (ImageBind: 1024)")
+    p.set_defaults(func=_import_faiss)
+
+    p = sub.add_parser("export-faiss", help="write a Chroma collection to a FAISS index (+ metadata sidecar)")
+    p.add_argument("out", type=Path)
+    _chroma_args(p, required=True)
+    p.add_argument("--kind", choices=["flat", "hnsw", "ivf"], default="flat", help="exact (flat) or approximate")
+    p.set_defaults(func=_export_faiss)
+
+    p = sub.add_parser("stats", help="count, dimension, modalities of a cache")
+    _chroma_args(p, required=False)
+    p.add_argument("--faiss", type=Path, help="a FAISS index instead of a Chroma collection")
+    p.set_defaults(func=_stats)
+
+    p = sub.add_parser("query", help="the nearest cached items to a file or a text")
+    p.add_argument("file", nargs="?", type=Path, help="a media file")
+    p.add_argument("--text", help="a text instead of a file")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="one JSON object per neighbour")
+    _chroma_args(p, required=False)
+    p.add_argument("--faiss", type=Path, help="a FAISS index instead of a Chroma collection")
+    _model_args(p)
+    p.set_defaults(func=_query)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m ibllm_agent.cache.cli ...` (the same as `ibllm cache ...`)."""
+    parser = argparse.ArgumentParser(prog="ibllm")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+def _chroma_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--collection", required=required, help="Chroma collection name")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--path", type=Path, default=Path("chroma"), help="embedded Chroma folder (default ./chroma)")
+    where.add_argument("--url", help="a `chroma run` server, e.g. http://127.0.0.1:8000")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="toy", help="toy, tiny, a registry name or an adapter file")
+    p.add_argument("--llama-dir", type=Path, help="LLaMA folder for real weights")
+    p.add_argument("--imagebind-ckpt", type=Path, help="ImageBind weights for real weights")
+    p.add_argument("--device", default="cpu")
+
+
+def _fail(e: Exception) -> int:
+    sys.stderr.write(f"ibllm cache: error: {e}\n")
+    return 2
+
+
+def _errors(func):
+    """Clear one-line errors for bad input instead of tracebacks."""
+    def run(args) -> int:
+        from ibllm_agent.media import MediaError
+
+        try:
+            return func(args)
+        except (CacheError, MediaError, FileNotFoundError) as e:
+            return _fail(e)
+    return run
+
+
+def _open_chroma(args, dim: int = 1024, create: bool = True):
+    from ibllm_agent.cache.chroma import ChromaCache
+
+    return ChromaCache.open(args.collection, path=args.path, url=args.url, dim=dim, create=create)
+
+
+def _open_target(args) -> VisualCache:
+    if args.faiss is not None:
+        from ibllm_agent.cache.faiss import FaissCache
+
+        return FaissCache.load(args.faiss, dim=None)
+    if not args.collection:
+        raise CacheError("name a cache: --collection NAME (Chroma) or --faiss PATH")
+    return _open_chroma(args, create=False)
+
+
+def _load_model(args):
+    import ibllm_agent
+
+    return ibllm_agent.load(args.model, llama_dir=args.llama_dir, imagebind_ckpt=args.imagebind_ckpt,
+                            device=args.device)
+
+
+@_errors
+def _build(args) -> int:
+    from ibllm_agent.cache.build import build_from_media, list_media
+
+    items = list_media(args.source)
+    model = _load_model(args)
+    cache = _open_chroma(args, dim=model.feature_dim)
+    report = build_from_media(items, cache, model.encode, batch_size=args.batch_size,
+                              modalities=[m.strip() for m in args.modalities.split(",") if m.strip()],
+                              progress=True)
+    print(json.dumps({"collection": args.collection, "count": len(cache), **report.__dict__}, indent=1))
+    return 0
+
+
+@_errors
+def _import_faiss(args) -> int:
+    from ibllm_agent.cache.build import copy_cache
+    from ibllm_agent.cache.faiss import FaissCache
+
+    source = FaissCache.load(args.index, dim=args.dim)
+    dest = _open_chroma(args, dim=source.dim)
+    batch = min(args.batch_size or dest.max_batch_size, dest.max_batch_size)
+    added = copy_cache(source.iter_batches(batch), dest, total=len(source), progress=True, desc="import")
+    print(json.dumps({"collection": args.collection, "added": added, "count": len(dest), "source": len(source)}))
+    return 0
+
+
+@_errors
+def _export_faiss(args) -> int:
+    from ibllm_agent.cache.build import copy_cache
+    from ibllm_agent.cache.faiss import FaissCache, FaissOptions
+
+    source = _open_chroma(args, create=False)
+    if len(source) == 0:
+        raise CacheError(f"collection {args.collection!r} is empty: nothing to export")
+    options = FaissOptions(kind=args.kind)
+    train = next(source.iter_batches())[1] if args.kind == "ivf" else None
+    dest = FaissCache.create(source.dim, options, train_vectors=train)
+    copy_cache(source.iter_batches(), dest, total=len(source), progress=True, desc="export")
+    dest.save(args.out)
+    print(json.dumps({"out": str(args.out), "count": len(dest), "kind": args.kind}))
+    return 0
+
+
+@_errors
+def _stats(args) -> int:
+    cache = _open_target(args)
+    print(json.dumps(cache.stats(), indent=1))
+    return 0
+
+
+@_errors
+def _query(args) -> int:
+    import numpy as np
+
+    from ibllm_agent.media import load_media
+
+    if (args.file is None) == (args.text is None):
+        raise CacheError("query needs a file or --text (one of them)")
+    cache = _open_target(args)
+    model = _load_model(args)
+    item = load_media(args.text, "text") if args.text is not None else load_media(args.file)
+    feature = model.encode([item]).numpy()  # (1, D)
+    feature /= np.linalg.norm(feature, axis=1, keepdims=True)  # scores are then cosine similarities
+    res = cache.search(feature, args.k)
+    for rank, (i, s, m) in enumerate(zip(res.ids[0], res.scores[0], res.metadatas[0]), 1):
+        if args.json:
+            print(json.dumps({"rank": rank, "id": i, "score": float(s), "metadata": m}))
+        else:
+            label = m.get("caption") or m.get("uri") or ""
+            print(f"{rank:3d}  {float(s):+.4f}  {i[:16]:16s}  {m.get('modality', ''):6s}  {label}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
