@@ -1,0 +1,428 @@
+"""Perception tools: let any tool-calling agent see, hear and feel 3D shapes through ImageBind-LLM.
+
+    tools = get_tools("toy", roots=["./media"])          # or an ImageBindLLM, shared with the chat model
+    agent = langchain.agents.create_agent(any_tool_calling_llm, tools)
+
+| tool | does | artifact |
+|---|---|---|
+| `describe_media` | answers a question about a file (image, audio, video, point cloud) | - |
+| `embed_media` | embeds a file or a text, keeps the vector under a handle (`emb_1`, ...) | the vector |
+| `embedding_arithmetic` | evaluates `0.6*audio:rain.wav + image:dog.png - 0.3*text:"day"` or `emb_1 - emb_2` | the vector |
+| `describe_embedding` | lets the model describe a stored (e.g. composed) embedding | - |
+| `retrieve_from_cache` | nearest items of the visual cache (FAISS / Chroma) with scores and metadata | the neighbours |
+| `search_collection` | cross-modal search in a Chroma collection (only when one is given) | the hits |
+| `classify_media` | zero-shot classification against candidate labels | label probabilities |
+
+Files are confined to `roots` (see `ibllm_agent.sources`); URLs only with `allow_urls=True`.
+Every failure (bad path, bad expression, unreadable media, no cache) comes back to the agent as a
+tool error message (`ToolMessage(status="error")`) it can read and correct, never as an exception
+that ends the run. Vectors live in a per-toolkit `EmbeddingStore`: call `get_tools` once per
+user session.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from langchain_core.messages import HumanMessage
+from langchain_core.tools import BaseTool, ToolException
+from pydantic import BaseModel, ConfigDict, Field
+
+from ibllm_agent.arithmetic import MODALITIES as EXPRESSION_MODALITIES
+from ibllm_agent.arithmetic import ExpressionError, Operand, combine, parse
+from ibllm_agent.chat_models import ChatImageBindLLM
+from ibllm_agent.content_blocks import embedding_block
+from ibllm_agent.embeddings import ImageBindEmbeddings
+from ibllm_agent.model_pool import shared_model
+from ibllm_agent.sources import DEFAULT_MAX_BYTES, SourceError, SourcePolicy
+
+MediaModality = Literal["image", "audio", "video", "point"]
+_HANDLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+CLASSIFY_SCALE = 100.0
+"""Logit scale for zero-shot classification over cosine similarities (CLIP's / ImageBind's order of magnitude)."""
+
+
+# --- the per-session embedding store --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredEmbedding:
+    """A vector the agent can refer to by handle."""
+
+    handle: str
+    vector: torch.Tensor  # (D,) float32
+    description: str  # what it is: "image dog.png", "0.6*audio:'rain.wav' + ..."
+
+
+class EmbeddingStore:
+    """Handles -> vectors for one session; oldest dropped beyond `max_items`."""
+
+    def __init__(self, max_items: int = 256):
+        self.max_items = max_items
+        self._items: OrderedDict[str, StoredEmbedding] = OrderedDict()
+        self._counter = 0
+        self._lock = threading.Lock()
+
+    def put(self, vector: torch.Tensor, description: str, handle: str | None = None) -> StoredEmbedding:
+        with self._lock:
+            if handle is None:
+                self._counter += 1
+                handle = f"emb_{self._counter}"
+                while handle in self._items:
+                    self._counter += 1
+                    handle = f"emb_{self._counter}"
+            elif not _HANDLE.fullmatch(handle) or handle in EXPRESSION_MODALITIES:
+                raise ToolException(f"invalid name {handle!r}: use letters, digits and _ (not a modality name)")
+            item = StoredEmbedding(handle, vector.detach().float().cpu(), description)
+            self._items[handle] = item
+            self._items.move_to_end(handle)
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
+            return item
+
+    def get(self, handle: str) -> StoredEmbedding:
+        with self._lock:
+            if handle not in self._items:
+                known = ", ".join(self._items) or "none yet; create one with embed_media"
+                raise ToolException(f"unknown embedding handle {handle!r} (known: {known})")
+            return self._items[handle]
+
+    def __contains__(self, handle: str) -> bool:
+        return handle in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# --- shared state of the tools ---------------------------------------------------------------------
+
+
+class Perception:
+    """What the tools share: the model, the source policy, the chat/embedding wrappers, the store."""
+
+    def __init__(self, model: Any = "toy", roots: Sequence[str | Path] | None = None, *, allow_urls: bool = False,
+                 max_bytes: int = DEFAULT_MAX_BYTES, cache: Any = None, collection: Any = None,
+                 store: EmbeddingStore | None = None, max_tokens: int = 128, temperature: float = 0.0):
+        self.llm = shared_model(model)
+        roots = list(roots) if roots is not None else [Path.cwd()]
+        self.policy = SourcePolicy(roots=tuple(roots), allow_urls=allow_urls, max_bytes=max_bytes)
+        root_strs = [str(r) for r in self.policy.roots]
+        self.chat = ChatImageBindLLM(model=self.llm, media_roots=root_strs, allow_urls=allow_urls,
+                                     max_media_bytes=max_bytes, max_tokens=max_tokens, temperature=temperature)
+        self.embeddings = ImageBindEmbeddings(model=self.llm, media_roots=root_strs, allow_urls=allow_urls,
+                                              max_media_bytes=max_bytes)
+        self.cache = cache if cache is not None else getattr(self.llm, "cache", None)
+        self.collection = getattr(collection, "_collection", collection)  # a langchain Chroma or a chromadb one
+        self.store = store if store is not None else EmbeddingStore()
+
+    @property
+    def toy_note(self) -> str:
+        return " (Toy world model: it knows only a few synthetic concepts.)" if getattr(self.llm, "is_toy", False) else ""
+
+    def embed_file(self, path: str, modality: str | None = None) -> tuple[torch.Tensor, str]:
+        source, name = self.policy.read(path)
+        (vector,) = self.embeddings.embed_media([source], modality)
+        return torch.tensor(vector), name
+
+    def embed_text(self, text: str) -> torch.Tensor:
+        return torch.tensor(self.embeddings.embed_query(text))
+
+    def resolve_operands(self, operands: Sequence[Operand]) -> torch.Tensor:
+        vectors = []
+        for op in operands:
+            if op.kind == "handle":
+                vectors.append(self.store.get(op.value).vector)
+            elif op.kind == "text":
+                vectors.append(self.embed_text(op.value))
+            else:
+                vectors.append(self.embed_file(op.value, op.modality)[0])
+        return torch.stack(vectors)
+
+    def resolve_query(self, query: str) -> tuple[torch.Tensor, str]:
+        """A handle, a file path, or an embedding expression -> (vector, description)."""
+        query = query.strip()
+        if query in self.store:
+            item = self.store.get(query)
+            return item.vector, f"{item.handle} ({item.description})"
+        try:
+            expression = parse(query)
+        except ExpressionError as exc:
+            try:
+                vector, name = self.embed_file(query)
+            except SourceError:
+                raise ToolException(f"{query!r} is neither a stored handle, a readable file, nor a valid "
+                                    f"expression: {exc}") from None
+            return vector, f"media {name}"
+        vectors = self.resolve_operands(expression.operands)
+        if len(expression.terms) == 1 and expression.terms[0][0].kind == "handle":
+            return vectors[0], expression.terms[0][0].value
+        return combine(vectors, expression.coefficients), str(expression)
+
+    def describe(self, blocks: list, question: str | None) -> str:
+        message = HumanMessage(content=[question or self.chat.default_question, *blocks])
+        return self.chat.invoke([message]).text
+
+
+def _tool_errors(run):
+    """Turn every expected failure into a ToolException the agent reads as an error message."""
+
+    @functools.wraps(run)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return run(self, *args, **kwargs)
+        except ToolException:
+            raise
+        except (ValueError, OSError, TypeError, RuntimeError) as exc:  # SourceError, MediaError, CacheError...
+            raise ToolException(f"{type(exc).__name__}: {exc}") from exc
+
+    return wrapper
+
+
+def _validation_message(exc: Exception) -> str:
+    """A pydantic validation error as one line per bad argument."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return f"invalid arguments: {exc}"
+    return "invalid arguments: " + "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ())) or 'input'}: {e.get('msg')}" for e in errors())
+
+
+class PerceptionTool(BaseTool):
+    """Base of the perception tools: shared state, readable errors."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    perception: Perception = Field(exclude=True)
+    handle_tool_error: bool = True
+    handle_validation_error: Any = _validation_message
+
+
+# --- the tools -------------------------------------------------------------------------------------
+
+
+class DescribeMediaInput(BaseModel):
+    path: str = Field(description="The media file (image, audio, video or point cloud), relative to the media folder.")
+    question: str | None = Field(default=None, description="What to ask about it; default: describe it.")
+    modality: MediaModality | None = Field(default=None, description="Force a modality; default: detected "
+                                 "from the content (use 'audio' for the soundtrack of a video).")
+
+
+class DescribeMediaTool(PerceptionTool):
+    name: str = "describe_media"
+    description: str = ("Look at, listen to or feel a media file (image, sound, video or 3D point cloud) and answer "
+                        "a question about it.")
+    args_schema: type[BaseModel] = DescribeMediaInput
+
+    @_tool_errors
+    def _run(self, path: str, question: str | None = None, modality: str | None = None, run_manager=None) -> str:
+        source, name = self.perception.policy.read(path)  # refused here, before any decoding
+        if isinstance(source, bytes):  # a downloaded URL (allow_urls=True)
+            block = {"type": "file", "base64": base64.b64encode(source).decode(),
+                     "mime_type": "application/octet-stream", "extras": {"filename": name}}
+        else:
+            block = {"type": "file", "url": str(source), "extras": {"filename": name}}
+        if modality:
+            block["extras"]["modality"] = modality
+        answer = self.perception.describe([block], question)
+        return f"[{name}] {answer}"
+
+
+class EmbedMediaInput(BaseModel):
+    path: str | None = Field(default=None, description="A media file to embed (relative to the media folder).")
+    text: str | None = Field(default=None, description="A text to embed instead of a file.")
+    modality: MediaModality | None = Field(default=None, description="Force a modality for the file.")
+    name: str | None = Field(default=None, description="Handle to store it under; default emb_N.")
+
+
+class EmbedMediaTool(PerceptionTool):
+    name: str = "embed_media"
+    description: str = ("Compute the ImageBind embedding of a media file or a text and keep it under a handle "
+                        "(e.g. emb_1) for embedding_arithmetic, describe_embedding, retrieve_from_cache or "
+                        "classify_media.")
+    args_schema: type[BaseModel] = EmbedMediaInput
+    response_format: str = "content_and_artifact"
+
+    @_tool_errors
+    def _run(self, path: str | None = None, text: str | None = None, modality: str | None = None,
+             name: str | None = None, run_manager=None) -> tuple[str, list[float]]:
+        if (path is None) == (text is None):
+            raise ToolException("give exactly one of 'path' or 'text'")
+        if path is not None:
+            vector, shown = self.perception.embed_file(path, modality)
+            what = f"{modality or 'media'} {shown}"
+        else:
+            vector, what = self.perception.embed_text(text), f"text {text!r}"
+        item = self.perception.store.put(vector, what, name)
+        return (f"{item.handle}: embedding of {what} ({vector.numel()}-d, norm {float(vector.norm()):.3f}). "
+                f"Use {item.handle} in expressions or other tools.", vector.tolist())
+
+
+class ArithmeticInput(BaseModel):
+    expression: str = Field(description='An embedding expression, e.g. 0.6*audio:rain.wav + image:dog.png - '
+                            '0.3*text:"daytime", or emb_1 - emb_2. Operands: handles, or image|audio|video|point|'
+                            'media|text followed by ":" and a path or a "quoted" text; numbers scale; + and - combine.')
+    name: str | None = Field(default=None, description="Handle to store the result under; default emb_N.")
+
+
+class EmbeddingArithmeticTool(PerceptionTool):
+    name: str = "embedding_arithmetic"
+    description: str = ("Combine embeddings linearly (ImageBind puts all modalities in one space): evaluates an "
+                        "expression over stored handles, media files and texts, stores the result under a handle.")
+    args_schema: type[BaseModel] = ArithmeticInput
+    response_format: str = "content_and_artifact"
+
+    @_tool_errors
+    def _run(self, expression: str, name: str | None = None, run_manager=None) -> tuple[str, list[float]]:
+        try:
+            parsed = parse(expression)
+        except ExpressionError as exc:
+            raise ToolException(f"invalid expression: {exc}") from None
+        vector = combine(self.perception.resolve_operands(parsed.operands), parsed.coefficients)
+        item = self.perception.store.put(vector, str(parsed), name)
+        return (f"{item.handle} = {parsed} ({vector.numel()}-d, norm {float(vector.norm()):.3f}). "
+                f"Describe it with describe_embedding or search with retrieve_from_cache.", vector.tolist())
+
+
+class DescribeEmbeddingInput(BaseModel):
+    handle: str = Field(description="A stored handle (emb_N) or an embedding expression.")
+    question: str | None = Field(default=None, description="What to ask about it; default: describe it.")
+
+
+class DescribeEmbeddingTool(PerceptionTool):
+    name: str = "describe_embedding"
+    description: str = ("Let ImageBind-LLM describe a stored embedding (e.g. the result of embedding_arithmetic): "
+                        "the model answers as if it perceived that mixture.")
+    args_schema: type[BaseModel] = DescribeEmbeddingInput
+
+    @_tool_errors
+    def _run(self, handle: str, question: str | None = None, run_manager=None) -> str:
+        vector, what = self.perception.resolve_query(handle)
+        answer = self.perception.describe([embedding_block(vector, name=what)], question)
+        return f"[{what}] {answer}"
+
+
+class RetrieveInput(BaseModel):
+    query: str = Field(description="A stored handle, a media file, or an embedding expression.")
+    k: int = Field(default=5, ge=1, le=100, description="How many neighbours.")
+
+
+class RetrieveFromCacheTool(PerceptionTool):
+    name: str = "retrieve_from_cache"
+    description: str = ("Find the nearest items of the visual cache (the image features the model leans on) to an "
+                        "embedding; returns ids, similarity scores and metadata such as captions.")
+    args_schema: type[BaseModel] = RetrieveInput
+    response_format: str = "content_and_artifact"
+
+    @_tool_errors
+    def _run(self, query: str, k: int = 5, run_manager=None) -> tuple[str, list[dict]]:
+        cache = self.perception.cache
+        if cache is None:
+            raise ToolException("no visual cache is loaded (load the model with knn=True, or pass cache= to get_tools)")
+        vector, what = self.perception.resolve_query(query)
+        q = cache.check_query(vector[None].numpy(), k)
+        result = cache.search(q, min(k, len(cache)))
+        hits = [{"id": i, "score": float(s), "metadata": dict(m)}
+                for i, s, m in zip(result.ids[0], result.scores[0], result.metadatas[0])]
+        return _format_hits(f"nearest cache items to {what}", hits), hits
+
+
+class SearchCollectionInput(BaseModel):
+    query: str = Field(description="A stored handle, a media file, an embedding expression, or text:\"...\".")
+    k: int = Field(default=5, ge=1, le=100, description="How many results.")
+
+
+class SearchCollectionTool(PerceptionTool):
+    name: str = "search_collection"
+    description: str = ("Cross-modal search in the Chroma collection of ImageBind embeddings: find stored images, "
+                        "sounds, videos or shapes closest to an embedding, a file or a text.")
+    args_schema: type[BaseModel] = SearchCollectionInput
+    response_format: str = "content_and_artifact"
+
+    @_tool_errors
+    def _run(self, query: str, k: int = 5, run_manager=None) -> tuple[str, list[dict]]:
+        vector, what = self.perception.resolve_query(query)
+        res = self.perception.collection.query(query_embeddings=[vector.numpy()], n_results=k,
+                                               include=["distances", "metadatas", "documents", "uris"])
+        hits = []
+        for j, item_id in enumerate(res["ids"][0]):
+            meta = dict((res.get("metadatas") or [[None]])[0][j] or {})
+            uri = (res.get("uris") or [[None]])[0][j]
+            doc = (res.get("documents") or [[None]])[0][j]
+            hits.append({"id": item_id, "distance": float(res["distances"][0][j]), "metadata": meta,
+                         "uri": uri, "document": doc if uri is None else None})
+        return _format_hits(f"closest collection items to {what}", hits), hits
+
+
+class ClassifyInput(BaseModel):
+    target: str = Field(description="A media file, a stored handle or an embedding expression.")
+    labels: list[str] = Field(min_length=2, max_length=100, description="Candidate labels (texts).")
+
+
+class ClassifyMediaTool(PerceptionTool):
+    name: str = "classify_media"
+    description: str = ("Zero-shot classification: which of the candidate labels best matches a media file or an "
+                        "embedding (ImageBind similarity between the input and each label's text embedding).")
+    args_schema: type[BaseModel] = ClassifyInput
+    response_format: str = "content_and_artifact"
+
+    @_tool_errors
+    def _run(self, target: str, labels: list[str], run_manager=None) -> tuple[str, dict[str, float]]:
+        vector, what = self.perception.resolve_query(target)
+        texts = torch.tensor(self.perception.embeddings.embed_documents(list(labels)))  # (L, D) unit
+        sims = F.normalize(texts, dim=-1) @ F.normalize(vector, dim=0)  # (L,)
+        probs = torch.softmax(CLASSIFY_SCALE * sims, dim=0)
+        ranked = sorted(zip(labels, probs.tolist()), key=lambda x: -x[1])
+        lines = ", ".join(f"{label} {p:.1%}" for label, p in ranked)
+        return f"{what}: {lines}", dict(ranked)
+
+
+def _format_hits(title: str, hits: list[dict]) -> str:
+    if not hits:
+        return f"{title}: nothing found"
+    lines = []
+    for rank, hit in enumerate(hits, 1):
+        score = f"score {hit['score']:.3f}" if "score" in hit else f"distance {hit['distance']:.3f}"
+        meta = hit.get("metadata") or {}
+        extra = meta.get("caption") or meta.get("concept") or meta.get("source") or hit.get("uri") or ""
+        lines.append(f"{rank}. {hit['id']} ({score}){' ' + str(extra) if extra else ''}")
+    return f"{title}:\n" + "\n".join(lines)
+
+
+TOOL_CLASSES: tuple[type[PerceptionTool], ...] = (
+    DescribeMediaTool, EmbedMediaTool, EmbeddingArithmeticTool, DescribeEmbeddingTool, RetrieveFromCacheTool,
+    SearchCollectionTool, ClassifyMediaTool,
+)
+
+
+def get_tools(model: Any = "toy", roots: Sequence[str | Path] | None = None, *, allow_urls: bool = False,
+              max_bytes: int = DEFAULT_MAX_BYTES, cache: Any = None, collection: Any = None,
+              store: EmbeddingStore | None = None, max_tokens: int = 128) -> list[BaseTool]:
+    """The perception tools over one model, confined to `roots` (default: the current folder).
+
+    model: a name ("toy") or a loaded `ImageBindLLM` (shared with your chat model and embeddings).
+    cache: a `VisualCache` for retrieve_from_cache (default: the model's, when loaded with knn=True);
+    the tool is left out when there is none. collection: a chromadb collection (or langchain Chroma)
+    of ImageBind embeddings enables search_collection. store: share handles between tool lists.
+    """
+    perception = Perception(model, roots, allow_urls=allow_urls, max_bytes=max_bytes, cache=cache,
+                            collection=collection, store=store, max_tokens=max_tokens)
+    where = f" Files: {perception.policy.describe()}."
+    tools = []
+    for cls in TOOL_CLASSES:
+        if cls is RetrieveFromCacheTool and perception.cache is None:
+            continue
+        if cls is SearchCollectionTool and perception.collection is None:
+            continue
+        default = cls.model_fields["description"].default
+        tools.append(cls(perception=perception, description=default + where + perception.toy_note))
+    return tools
