@@ -213,30 +213,30 @@ def resample(waveform: torch.Tensor, orig_freq: int, new_freq: int = SAMPLE_RATE
         return waveform
     gcd = math.gcd(orig_freq, new_freq)
     orig, new = orig_freq // gcd, new_freq // gcd
+    if new * orig > 4_000_000:
+        # torchaudio's dense kernel would hold new × (orig + 2·width) values (16000 × 22069 for
+        # 22051 Hz), almost all zero: evaluate only the nonzero taps instead (float64, not bit-exact).
+        return _resample_sparse(waveform, orig, new)
     kernel, width = _sinc_kernel(orig, new, waveform.dtype)
     shape = waveform.shape
     x = waveform.reshape(-1, shape[-1])
     length = x.shape[-1]
     x = F.pad(x, (width, width + orig))[:, None]  # (B, 1, N + 2*width + orig)
-    if kernel.numel() <= 8_000_000:
-        y = F.conv1d(x, kernel, stride=orig)  # (B, new, steps): phase j of output step m
-    else:  # a rate pair with a large reduced ratio (e.g. 22051 -> 16000): build the kernel in slices
-        y = torch.cat([F.conv1d(x, k, stride=orig) for k in _sinc_kernel_slices(orig, new, waveform.dtype)], dim=1)
+    y = F.conv1d(x, kernel, stride=orig)  # (B, new, steps): phase j of output step m
     y = y.transpose(1, 2).reshape(x.shape[0], -1)  # output sample new*m + j
     # torchaudio computes the length with a float32 ceil; we follow it.
     target = int(torch.ceil(torch.as_tensor(new * length / orig, dtype=torch.float32)))
     return y[:, :target].reshape(shape[:-1] + (-1,))
 
 
-def _sinc_kernel(orig: int, new: int, dtype: torch.dtype, phases: range | None = None) -> tuple[torch.Tensor, int]:
-    """Kernel [phases, 1, 2*width + orig]; every op in `dtype` and in torchaudio's order, so the
+def _sinc_kernel(orig: int, new: int, dtype: torch.dtype) -> tuple[torch.Tensor, int]:
+    """Kernel [new, 1, 2*width + orig]; every op in `dtype` and in torchaudio's order, so the
     float32 kernel is the very one torchaudio builds."""
     lowpass_filter_width, rolloff = 6, 0.99
     base = min(orig, new) * rolloff
     width = math.ceil(lowpass_filter_width * orig / base)
-    phases = phases or range(new)
     idx = torch.arange(-width, width + orig, dtype=dtype)[None, None] / orig
-    t = torch.arange(-phases.start, -phases.stop, -1, dtype=dtype)[:, None, None] / new + idx
+    t = torch.arange(0, -new, -1, dtype=dtype)[:, None, None] / new + idx
     t *= base
     t = t.clamp_(-lowpass_filter_width, lowpass_filter_width)
     window = torch.cos(t * math.pi / lowpass_filter_width / 2) ** 2
@@ -246,9 +246,28 @@ def _sinc_kernel(orig: int, new: int, dtype: torch.dtype, phases: range | None =
     return kernel, width
 
 
-def _sinc_kernel_slices(orig: int, new: int, dtype: torch.dtype, step: int = 256):
-    for start in range(0, new, step):
-        yield _sinc_kernel(orig, new, dtype, range(start, min(start + step, new)))[0]
+def _resample_sparse(waveform: torch.Tensor, orig: int, new: int, chunk: int = 1 << 16) -> torch.Tensor:
+    """The same windowed sinc as `_sinc_kernel`, evaluated per output sample on its ~17 nonzero taps:
+    y[k] = sum_n x[n] · sinc(t) · hann(t) · base/orig with t = (n/orig - k/new) · base, |t| < 6."""
+    lowpass_filter_width, base = 6, min(orig, new) * 0.99
+    reach = math.ceil(lowpass_filter_width * orig / base) + 1
+    shape = waveform.shape
+    x = waveform.reshape(-1, shape[-1]).to(torch.float64)
+    length = x.shape[-1]
+    target = math.ceil(new * length / orig)
+    offsets = torch.arange(-reach, reach + 1)
+    out = []
+    for k0 in range(0, target, chunk):
+        k = torch.arange(k0, min(k0 + chunk, target), dtype=torch.float64)
+        n = torch.floor(k * orig / new).long()[:, None] + offsets  # (K, taps): input samples near each output
+        t = ((n.to(torch.float64) / orig - k[:, None] / new) * base).clamp(-lowpass_filter_width, lowpass_filter_width)
+        w = torch.cos(t * math.pi / lowpass_filter_width / 2) ** 2
+        t = t * math.pi
+        w = w * torch.where(t == 0, torch.ones_like(t), t.sin() / t) * (base / orig)
+        valid = (n >= 0) & (n < length)
+        taps = x[:, n.clamp(0, length - 1)] * valid  # (B, K, taps)
+        out.append((taps * w).sum(-1))
+    return torch.cat(out, dim=1).to(waveform.dtype).reshape(shape[:-1] + (-1,))
 
 
 # ---------------------------------------------------------------- Kaldi fbank
