@@ -8,6 +8,7 @@ the inputs mixing panel, then either the chat or the embedding explorer.
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
@@ -79,12 +80,13 @@ def on_panel_upload() -> None:
 def sidebar(config: AppConfig) -> tuple[GenerationSettings, CacheSettings]:
     with st.sidebar:
         st.title("🎧 ImageBind-LLM")
-        st.button("New chat", icon="✨", on_click=new_chat, width="stretch")
+        st.button("New chat", icon="✨", on_click=new_chat, width="stretch", key="new_chat")
         with st.expander("Model", icon="🧠"):
             with st.form("model"):
                 spec = st.session_state.spec
-                name = st.text_input("Model", spec.name, help='"toy", or the path of an adapter such as 7B.pth')
-                llama_dir = st.text_input("LLaMA folder", spec.llama_dir or "",
+                name = st.text_input("Model", spec.name, key="model_name",
+                                     help='"toy", or the path of an adapter checkpoint such as 7B.pth')
+                llama_dir = st.text_input("LLaMA folder", spec.llama_dir or "", key="llama_dir",
                                           help="holds tokenizer.model and 7B/params.json + consolidated.00.pth")
                 imagebind = st.text_input("ImageBind checkpoint", spec.imagebind_ckpt or "",
                                           help="imagebind_w3D.pth (with Point-Bind for 3D)")
@@ -115,6 +117,9 @@ def sidebar(config: AppConfig) -> tuple[GenerationSettings, CacheSettings]:
 def inputs_panel() -> None:
     """The mixing desk: each input with its weight and a subtract switch, plus an upload panel."""
     inputs = st.session_state.inputs
+    for att in inputs:  # the widgets' values from the last interaction, before anything is drawn with them
+        att.weight = st.session_state.get(f"weight_{att.key}", att.weight)
+        att.subtract = st.session_state.get(f"subtract_{att.key}", att.subtract)
     title = f"Inputs · {mixture_summary(inputs)}" if inputs else "Inputs"
     with st.expander(title, expanded=bool(inputs), icon="🎛️"):
         if inputs:
@@ -122,9 +127,9 @@ def inputs_panel() -> None:
             for i, att in enumerate(inputs):
                 with cols[i % len(cols)], st.container(border=True):
                     views.attachment(att, key=f"input_{att.key}")
-                    att.weight = st.slider("Weight", 0.0, 2.0, att.weight, 0.05, key=f"weight_{att.key}")
+                    st.slider("Weight", 0.0, 2.0, att.weight, 0.05, key=f"weight_{att.key}")
                     left, right = st.columns(2)
-                    att.subtract = left.toggle("Subtract", att.subtract, key=f"subtract_{att.key}")
+                    left.toggle("Subtract", att.subtract, key=f"subtract_{att.key}")
                     right.button("Remove", key=f"remove_{att.key}", on_click=remove_input, args=(att.key,))
         st.file_uploader("Add files to the mix", type=ALL_FILE_TYPES, accept_multiple_files=True,
                          key=f"upload_{st.session_state.uploads}", on_change=on_panel_upload,
@@ -142,7 +147,7 @@ def submit(value) -> str | None:
     question = text or (DEFAULT_QUESTIONS[attached[0].modality] if attached else "")
     history = st.session_state.history
     if question or value.files:
-        history.append(Turn("user", question, attachments=attached))
+        history.append(Turn("user", question, attachments=[replace(a) for a in attached]))  # a snapshot
     history += [Turn("assistant", "", error=e) for e in errors]
     if errors and not attached:  # the question was about the file that failed
         return None
@@ -154,19 +159,18 @@ def answer(model, question: str, generation: GenerationSettings, cache: CacheSet
     history, inputs = st.session_state.history, st.session_state.inputs
     mixture = mixture_summary(inputs)
     with st.chat_message("assistant", avatar="🤖"):
-        messages = to_messages(history[:-1], question, inputs)
+        asked = max(i for i, t in enumerate(history) if t.role == "user")
+        messages = to_messages(history[:asked], question, inputs)
         try:
-            with backend.model_turn(model, on_wait=lambda: st.caption("Another person is asking; waiting…")):
-                reply = Reply(backend.chat_model(model, generation, cache).stream(messages))
-                st.write_stream(reply)
+            reply = Reply(backend.chat_model(model, generation, cache).stream(messages))
+            st.write_stream(reply)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a message, the app keeps running
             st.error(f"Sorry, that did not work: {exc}", icon="⚠️")
             history.append(Turn("assistant", "", error=f"Sorry, that did not work: {exc}"))
             return
-        if mixture:
-            st.caption(f"Conditioned on {mixture}")
-        views.neighbors(reply.neighbors)
-    history.append(Turn("assistant", reply.text, mixture=mixture, neighbors=reply.neighbors))
+        turn = reply.turn(mixture)
+        views.answer_footer(turn)
+    history.append(turn)
 
 
 def explorer(model, concepts: list[str]) -> None:
@@ -211,7 +215,7 @@ try:
     model = shared_model(st.session_state.spec)
 except Exception as exc:  # noqa: BLE001 - a bad path or checkpoint must not take the app down
     st.error(f"Could not load **{st.session_state.spec.name}**: {exc}", icon="⚠️")
-    st.button("Back to the toy model", on_click=lambda: st.session_state.update(spec=ModelSpec()))
+    st.button("Back to the toy model", key="back_to_toy", on_click=lambda: st.session_state.update(spec=ModelSpec()))
     st.stop()
 
 view = st.segmented_control("View", [CHAT, EXPLORER], default=CHAT, key="view", label_visibility="collapsed")

@@ -1,13 +1,13 @@
 """The model behind the app: loading it, describing it, and the LangChain objects built on it.
 
 One `ImageBindLLM` serves every browser session (the app wraps `load_model` in `st.cache_resource`);
-each answer holds `model.lock`, so concurrent users take turns on it instead of mixing KV caches.
+`ChatImageBindLLM` holds `model.lock` for each decoding step, so concurrent users' answers interleave
+step by step on the one model; the explorer's encoding holds it too.
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 
 import torch
 
@@ -63,20 +63,6 @@ def chat_model(model, generation: GenerationSettings, cache: CacheSettings) -> C
         model=model, temperature=generation.temperature, top_p=generation.top_p,
         max_tokens=generation.max_tokens, cache=cache.enabled and getattr(model, "cache", None) is not None,
         cache_size=cache.size, cache_t=cache.t, cache_weight=cache.weight)
-
-
-@contextmanager
-def model_turn(model, on_wait=None):
-    """Hold the model's lock for one answer; `on_wait()` is called first if another session holds it."""
-    lock = model.lock
-    if not lock.acquire(blocking=False):
-        if on_wait is not None:
-            on_wait()
-        lock.acquire()
-    try:
-        yield
-    finally:
-        lock.release()
 
 
 def embed(model, items) -> torch.Tensor:

@@ -34,6 +34,18 @@ class Turn:
     """Cache items the answer leaned on, best first."""
     error: str | None = None
     """A friendly error shown instead of an answer; such turns are left out of the model's history."""
+    output_tokens: int = 0
+    finish_reason: str = ""
+    """"stop" (the model ended the answer) or "length" (cut at max tokens)."""
+
+    def footer(self) -> str:
+        """The caption under an answer: what conditioned it, how long it is, whether it was cut."""
+        parts = [f"Conditioned on {self.mixture}" if self.mixture else "Text only"]
+        if self.output_tokens:
+            parts.append(f"{self.output_tokens} tokens")
+        if self.finish_reason == "length":
+            parts.append("cut at the max tokens setting")
+        return " · ".join(parts)
 
 
 def to_messages(history: list[Turn], question: str, inputs: list[Attachment]) -> list[BaseMessage]:
@@ -65,13 +77,15 @@ class Reply:
             if chunk.text:
                 yield chunk.text
 
-    @property
-    def text(self) -> str:
-        return self.message.text if self.message is not None else ""
-
-    @property
-    def neighbors(self) -> list[Neighbor]:
-        return neighbors_of(self.message.response_metadata if self.message is not None else {})
+    def turn(self, mixture: str) -> Turn:
+        """The finished answer as a history entry."""
+        if self.message is None:
+            return Turn("assistant", "", mixture=mixture)
+        usage = self.message.usage_metadata or {}
+        return Turn("assistant", self.message.text, mixture=mixture,
+                    neighbors=neighbors_of(self.message.response_metadata),
+                    output_tokens=usage.get("output_tokens", 0),
+                    finish_reason=self.message.response_metadata.get("finish_reason", ""))
 
 
 def neighbors_of(metadata: dict) -> list[Neighbor]:

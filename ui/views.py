@@ -88,6 +88,11 @@ def turn(t: Turn, *, index: int) -> None:
             for i, att in enumerate(t.attachments):
                 with cols[i % len(cols)]:
                     attachment(att, key=f"turn{index}_{i}", width=180)
-        if t.mixture:
-            st.caption(f"Conditioned on {t.mixture}")
-        neighbors(t.neighbors)
+        if t.role == "assistant" and t.error is None:
+            answer_footer(t)
+
+
+def answer_footer(t: Turn) -> None:
+    """Under an answer: what conditioned it and its length, then the cache neighbours it leaned on."""
+    st.caption(t.footer())
+    neighbors(t.neighbors)

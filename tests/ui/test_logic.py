@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
@@ -79,12 +80,17 @@ def test_history_becomes_text_messages_and_the_question_carries_the_inputs():
 def test_reply_streams_deltas_then_holds_the_message_and_neighbours():
     meta = {"cache_neighbors": [[{"id": "b", "score": 0.2, "weight": 0.3, "metadata": {}},
                                  {"id": "a", "score": 0.9, "weight": 0.7, "metadata": {"caption": "a dog"}}]]}
-    chunks = [AIMessageChunk("A "), AIMessageChunk("dog"), AIMessageChunk("", response_metadata=meta)]
+    usage = {"input_tokens": 9, "output_tokens": 2, "total_tokens": 11}
+    chunks = [AIMessageChunk("A "), AIMessageChunk("dog"),
+              AIMessageChunk("", response_metadata={**meta, "finish_reason": "length"}, usage_metadata=usage)]
     reply = Reply(iter(chunks))
     assert list(reply) == ["A ", "dog"]
-    assert reply.text == "A dog"
-    assert [n.id for n in reply.neighbors] == ["a", "b"]
-    assert reply.neighbors[0].metadata == {"caption": "a dog"}
+    turn = reply.turn("🔊 bark.wav")
+    assert (turn.role, turn.text, turn.output_tokens, turn.finish_reason) == ("assistant", "A dog", 2, "length")
+    assert [n.id for n in turn.neighbors] == ["a", "b"]
+    assert turn.neighbors[0].metadata == {"caption": "a dog"}
+    assert turn.footer() == "Conditioned on 🔊 bark.wav · 2 tokens · cut at the max tokens setting"
+    assert Turn("assistant", "hi").footer() == "Text only"
     assert neighbors_of({"cache_neighbors": [Neighbor("x", 0.5)]}) == [Neighbor("x", 0.5)]
     assert neighbors_of({}) == []
 
@@ -114,3 +120,42 @@ def test_zero_shot_uses_the_text_embeddings_logit_scale():
 def test_heatmap_has_the_labels_on_both_axes():
     fig = heatmap_figure(np.eye(2), ["a", "b"])
     assert list(fig.data[0].x) == ["a", "b"] and list(fig.data[0].y) == ["a", "b"]
+
+
+def test_uploads_become_attachments_with_weighted_content_blocks(toy_files):
+    from ui.attachments import read_upload
+
+    att = read_upload("bark.wav", toy_files["audio"].read_bytes())
+    assert (att.modality, att.mime, att.label) == ("audio", "audio/wav", "🔊 bark.wav")
+    att.weight, att.subtract = 0.5, True
+    assert att.label == "🔊 bark.wav ×−0.5"
+    block = att.content_block()
+    assert block["type"] == "audio" and block["mime_type"] == "audio/wav"
+    assert block["extras"] == {"filename": "bark.wav", "weight": -0.5}
+    assert base64.b64decode(block["base64"]) == toy_files["audio"].read_bytes()
+    cloud = read_upload("shape.ply", toy_files["point"].read_bytes())
+    assert cloud.modality == "point"
+    assert cloud.content_block()["type"] == "file" and cloud.content_block()["extras"]["modality"] == "point"
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("broken.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "cannot be used"),
+    ("empty.wav", b"", "is empty"),
+    ("notes.txt", b"just some words, not a medium", "looks like text"),
+    ("huge.wav", b"\0" * (2 * 2**20), "files up to 1 MB"),
+])
+def test_unusable_uploads_give_friendly_messages(name, data, message):
+    from ui.attachments import AttachmentError, read_upload
+
+    with pytest.raises(AttachmentError, match=message) as info:
+        read_upload(name, data, max_mb=1)
+    assert f"**{name}**" in str(info.value)
+
+
+def test_clips_are_reencoded_as_h264_for_the_browser(toy_files):
+    from ui.attachments import browser_video
+
+    original = toy_files["video"].read_bytes()  # OpenCV's mp4v, which Chromium does not play
+    playable = browser_video(original)
+    assert playable != original and b"avc1" in playable[:4096]
+    assert browser_video(b"not a video") == b"not a video"

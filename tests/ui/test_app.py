@@ -1,0 +1,164 @@
+"""The Streamlit script under `streamlit.testing.v1.AppTest`: chat, attachments, sliders, cache, errors.
+
+The app runs on the toy model when it is built (else on the tiny random model, where only the
+mechanics can be checked); the model is loaded once per process through `st.cache_resource`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[2] / "ui" / "app.py")
+MIME = {"image": "image/png", "audio": "audio/wav", "video": "video/mp4", "point": "application/octet-stream"}
+
+
+@pytest.fixture
+def app(app_config) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def attach(at: AppTest, *paths: Path, text: str = "") -> AppTest:
+    chat = at.chat_input[0]
+    for path in paths:
+        modality = {".png": "image", ".wav": "audio", ".mp3": "audio", ".mp4": "video", ".ply": "point"}[path.suffix]
+        chat.upload(path.name, path.read_bytes(), MIME[modality])
+    return chat.set_value(text).run()
+
+
+def history(at: AppTest):
+    return at.session_state.history
+
+
+def test_status_line_names_the_model_device_and_precision(app, app_config):
+    status = app.caption[0].value
+    assert f"**{app_config}**" in status and "cpu" in status and "float32" in status
+    if app_config == "toy":
+        assert "Toy world" in app.info[0].value and "official" in app.info[0].value
+
+
+def test_a_text_question_gets_a_streamed_answer(app):
+    app.chat_input[0].set_value("What is this?").run()
+    assert not app.exception
+    user, answer = history(app)
+    assert (user.role, user.text) == ("user", "What is this?")
+    assert answer.role == "assistant" and answer.text and answer.error is None
+    assert answer.footer().startswith("Text only")
+    assert [m.value for m in app.chat_message[1].markdown][0] == answer.text
+
+
+def test_attachments_are_shown_back_and_condition_the_answer(app, toy_files):
+    attach(app, *toy_files.values(), text="What is this?")
+    assert not app.exception and not app.error
+    user, answer = history(app)
+    assert [a.modality for a in user.attachments] == ["image", "audio", "video", "point"]
+    assert len(app.image) >= 2  # the thumbnail in the inputs panel and in the message
+    assert app.get("audio") and app.get("video")
+    assert app.get("plotly_chart")  # the point cloud's 3D view
+    assert answer.mixture == "🖼️ dog_image_0000.png + 🔊 dog_audio_0000.wav + 🎬 dog_video_0000.mp4 + 🧊 dog_point_0000.ply"
+    assert any(c.value.startswith("Conditioned on 🖼️ dog_image_0000.png") for c in app.caption)
+
+
+def test_follow_up_questions_keep_the_inputs_and_files_alone_ask_a_default_question(app, toy_files):
+    attach(app, toy_files["audio"])
+    assert history(app)[0].text == "What do you hear?"
+    app.chat_input[0].set_value("Are you sure?").run()
+    assert [t.text for t in history(app)[::2]] == ["What do you hear?", "Are you sure?"]
+    assert history(app)[3].mixture == "🔊 dog_audio_0000.wav"
+
+
+def test_weight_slider_and_subtract_switch_make_embedding_arithmetic(app, toy_files):
+    attach(app, toy_files["image"], toy_files["audio"], text="What is this?")
+    image, audio = app.session_state.inputs
+    app.slider(key=f"weight_{audio.key}").set_value(0.5).run()
+    app.toggle(key=f"subtract_{image.key}").set_value(True).run()
+    assert app.expander[0].label == "Inputs · − 🖼️ dog_image_0000.png + 🔊 dog_audio_0000.wav ×0.5"
+    app.chat_input[0].set_value("And now?").run()
+    assert not app.exception
+    assert history(app)[-1].mixture == "− 🖼️ dog_image_0000.png + 🔊 dog_audio_0000.wav ×0.5"
+    blocks = [a.content_block()["extras"]["weight"] for a in app.session_state.inputs]
+    assert blocks == [-1.0, 0.5]
+    app.button(key=f"remove_{image.key}").click().run()
+    assert [a.name for a in app.session_state.inputs] == ["dog_audio_0000.wav"]
+
+
+def test_max_tokens_slider_bounds_the_answer(app):
+    app.slider(key="max_tokens").set_value(8).run()
+    app.chat_input[0].set_value("Tell me a long story.").run()
+    answer = history(app)[-1]
+    assert 0 < answer.output_tokens <= 8
+    if answer.finish_reason == "length":
+        assert "cut at the max tokens setting" in answer.footer()
+
+
+@pytest.mark.usefixtures("needs_toy")
+def test_cache_toggle_shows_or_hides_the_neighbours(app, toy_files):
+    app.slider(key="cache_size").set_value(4).run()
+    attach(app, toy_files["audio"], text="What do you hear?")
+    neighbours = history(app)[-1].neighbors
+    assert len(neighbours) == 4 and neighbours == sorted(neighbours, key=lambda n: -n.score)
+    assert any(e.label == "Visual cache: 4 neighbours" for e in app.expander)
+    app.toggle(key="cache_on").set_value(False).run()
+    app.chat_input[0].set_value("And without the cache?").run()
+    assert history(app)[-1].neighbors == []
+
+
+@pytest.mark.usefixtures("needs_toy")
+def test_the_toy_model_hears_the_dog(app, toy_files):
+    from ibllm_agent.train.toy_world import names_concept
+
+    attach(app, toy_files["audio"], text="What do you hear?")
+    assert names_concept(history(app)[-1].text, "dog"), history(app)[-1].text
+
+
+def test_bad_and_too_large_files_show_friendly_errors_and_the_app_keeps_running(app, monkeypatch):
+    app.chat_input[0].upload("broken.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "image/png").set_value("And this?").run()
+    assert not app.exception
+    assert "**broken.png** cannot be used" in app.error[0].value
+    assert [t.role for t in history(app)] == ["user", "assistant"] and history(app)[1].error
+    app.chat_input[0].upload("big.wav", b"RIFF" + b"\0" * (51 * 2**20), "audio/wav").run()
+    assert "**big.wav** is 51.0 MB; files up to 50 MB are accepted." in [e.value for e in app.error]
+    app.chat_input[0].set_value("Still there?").run()
+    assert not app.exception and history(app)[-1].text
+
+
+def test_new_chat_clears_history_and_inputs(app, toy_files):
+    attach(app, toy_files["image"], text="What is in this picture?")
+    app.button(key="new_chat").click().run()
+    assert history(app) == [] and app.session_state.inputs == []
+    assert not app.chat_message
+
+
+def test_upload_panel_adds_inputs_to_the_mix(app, toy_files):
+    panel = app.file_uploader[0]
+    panel.upload(toy_files["image"].name, toy_files["image"].read_bytes(), MIME["image"]).run()
+    assert [a.name for a in app.session_state.inputs] == ["dog_image_0000.png"]
+    app.file_uploader[0].upload(toy_files["point"].name, toy_files["point"].read_bytes(), MIME["point"]).run()
+    assert [a.modality for a in app.session_state.inputs] == ["image", "point"]
+    assert app.file_uploader[0].value in (None, [])  # emptied after each upload
+
+
+def test_embedding_explorer_shows_similarities_and_zero_shot_labels(app, toy_files, app_config):
+    attach(app, toy_files["image"], toy_files["audio"], text="What is this?")
+    app.segmented_control(key="view").set_value("🧭 Embedding explorer").run()
+    assert not app.exception and not app.chat_input
+    assert app.get("plotly_chart")  # the heatmap
+    table = app.dataframe[0].value
+    assert list(table["input"]) == ["🖼️ dog_image_0000.png", "🔊 dog_audio_0000.wav", "🎛️ mixture"]
+    assert all(0 < p <= 1 for p in table["probability"])
+    if app_config == "toy":
+        assert table["label"][0] == "a dog"
+
+
+def test_a_model_that_cannot_load_is_reported_and_the_toy_is_one_click_away(app):
+    app.text_input(key="model_name").set_value("/nowhere/7B.pth")
+    app.text_input(key="llama_dir").set_value("/nowhere/llama")
+    next(b for b in app.button if b.label == "Load").click().run()
+    assert not app.exception
+    assert "Could not load **/nowhere/7B.pth**" in app.error[0].value
+    app.button(key="back_to_toy").click().run()
+    assert app.session_state.spec.name == "toy"
