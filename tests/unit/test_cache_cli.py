@@ -1,0 +1,86 @@
+"""`ibllm cache ...` end to end on the embedded Chroma and FAISS files (tiny model for encoding)."""
+
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pytest
+from PIL import Image
+
+from ibllm_agent.cache.cli import main
+from ibllm_agent.cache.faiss import FaissCache
+
+
+def unit_vectors(n: int, dim: int = 1024, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture()
+def knn_index(tmp_path):
+    index = faiss.IndexFlatIP(1024)
+    index.add(unit_vectors(120))
+    path = tmp_path / "knn.index"
+    faiss.write_index(index, str(path))
+    return path
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main(["cache", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_import_stats_export_roundtrip(tmp_path, knn_index, capsys):
+    db = tmp_path / "db"
+    code, out, _ = run(capsys, "import-faiss", knn_index, "--collection", "official", "--path", db, "--batch-size", 50)
+    assert code == 0 and json.loads(out) == {"collection": "official", "added": 120, "count": 120, "source": 120}
+    code, out, _ = run(capsys, "import-faiss", knn_index, "--collection", "official", "--path", db)
+    assert json.loads(out)["added"] == 0
+    code, out, _ = run(capsys, "stats", "--collection", "official", "--path", db)
+    stats = json.loads(out)
+    assert (stats["count"], stats["dim"], stats["space"]) == (120, 1024, "ip")
+    code, out, _ = run(capsys, "export-faiss", tmp_path / "back.index", "--collection", "official", "--path", db)
+    assert code == 0 and json.loads(out)["count"] == 120
+    back = FaissCache.load(tmp_path / "back.index")
+    original = FaissCache.load(knn_index)
+    q = unit_vectors(3, seed=5)
+    assert back.search(q, 5).ids == original.search(q, 5).ids  # ids are the original positions
+    code, out, _ = run(capsys, "stats", "--faiss", tmp_path / "back.index")
+    assert json.loads(out)["count"] == 120
+
+
+def test_build_then_query_a_file_and_a_text(tmp_path, capsys):
+    media = tmp_path / "media"
+    media.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(media / f"p{i}.png")
+    db = tmp_path / "db"
+    code, out, _ = run(capsys, "build", media, "--collection", "photos", "--path", db, "--model", "tiny")
+    assert code == 0 and json.loads(out)["added"] == 4
+    code, out, _ = run(capsys, "query", media / "p2.png", "--collection", "photos", "--path", db,
+                       "--model", "tiny", "-k", "2", "--json")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rows[0]["metadata"]["uri"].endswith("p2.png") and rows[0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert len(rows) == 2
+    code, out, _ = run(capsys, "query", "--text", "a photo", "--collection", "photos", "--path", db,
+                       "--model", "tiny", "-k", "10")
+    assert code == 0 and len(out.splitlines()) == 4  # k clamped to the cache size
+
+
+def test_bad_input_gives_one_line_errors(tmp_path, knn_index, capsys):
+    (tmp_path / "x.index").write_text("not an index")
+    code, _, err = run(capsys, "import-faiss", tmp_path / "x.index", "--collection", "c1c", "--path", tmp_path / "db")
+    assert code == 2 and "is not a readable FAISS index" in err and "Traceback" not in err
+    code, _, err = run(capsys, "stats", "--collection", "absent", "--path", tmp_path / "db")
+    assert code == 2 and "does not exist" in err
+    code, _, err = run(capsys, "import-faiss", knn_index, "--collection", "c1c", "--url", "http://127.0.0.1:9")
+    assert code == 2 and "cannot reach the Chroma server" in err
+    code, _, err = run(capsys, "stats")
+    assert code == 2 and "--collection NAME" in err
+    code, _, err = run(capsys, "import-faiss", knn_index, "--collection", "c1c", "--path", tmp_path / "db",
+                       "--dim", "512")
+    assert code == 2 and "dimension 1024, but the model expects 512" in err
