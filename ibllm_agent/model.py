@@ -39,7 +39,7 @@ from ibllm_agent.checkpoint import (
     meta_tensors,
 )
 from ibllm_agent.generation import Decoder, Generation, PromptTooLongError
-from ibllm_agent.imagebind.model import MODALITIES, ImageBindArgs, ImageBindModel
+from ibllm_agent.imagebind.model import MODALITIES, ImageBindArgs, ImageBindModel, read_imagebind_config
 from ibllm_agent.llama.model import ModelArgs, RMSNorm, Transformer
 from ibllm_agent.llama.tokenizer import Tokenizer
 
@@ -363,6 +363,30 @@ class ImageBindLLM(nn.Module):
             p.data = p.data.float()
             p.requires_grad_(True)
 
+    def save_official(self, out_dir: str | Path, llama_type: str = "7B", *, llama_dtype=torch.float16) -> dict[str, Path]:
+        """Write this model in the official file layout, which `load(adapter, llama_dir, ...)` reads back:
+        llama/tokenizer.model, llama/<llama_type>/params.json + consolidated.00.pth (Meta's keys, float16
+        like Meta's files), adapter.pth (`{"model": ...}`: bind network, prefix, and the LLaMA gates, biases,
+        LoRA and norms) and imagebind.pth."""
+        out = Path(out_dir)
+        ckpt_dir = out / "llama" / llama_type
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        (out / "llama" / "tokenizer.model").write_bytes(self.tokenizer.sp_model.serialized_model_proto())
+        p = self.llama.params
+        params = {"dim": p.dim, "multiple_of": p.multiple_of, "n_heads": p.n_heads, "n_layers": p.n_layers,
+                  "norm_eps": p.norm_eps, "vocab_size": -1}
+        if p.ffn_dim_multiplier is not None:
+            params["ffn_dim_multiplier"] = p.ffn_dim_multiplier
+        (ckpt_dir / "params.json").write_text(json.dumps(params))
+        llama_sd = self.llama.state_dict()
+        base = {k: v.to(llama_dtype) for k, v in llama_sd.items() if not ADAPTER_ONLY_LLAMA_KEY.match(k)}
+        torch.save(base, ckpt_dir / "consolidated.00.pth")
+        adapter = {k: v for k, v in self.state_dict().items()
+                   if not k.startswith("image_bind.") and not FROZEN_LLAMA_KEY.match(k)}
+        torch.save({"model": adapter}, out / "adapter.pth")
+        torch.save(self.image_bind.state_dict(), out / "imagebind.pth")
+        return {"llama_dir": out / "llama", "adapter": out / "adapter.pth", "imagebind": out / "imagebind.pth"}
+
 
 # ----- building and loading ---------------------------------------------------------------------------------
 
@@ -423,8 +447,9 @@ def build_from_files(adapter_path: str | Path, llama_dir: str | Path, llama_type
     query_layer = adapter_sd["prefix_query.weight"].shape[0]  # query_len is 1: one row per adapted layer
     feature_dim = adapter_sd["image_bind_proj.weight"].shape[1]
     imagebind_sd = {k.removeprefix("image_bind."): v for k, v in load_state_dict(imagebind_ckpt).items()}
+    config = imagebind_ckpt.parent / "imagebind_config.json"  # sizes the shapes cannot tell (head counts)
     try:
-        ib_args = ImageBindArgs.from_state_dict(imagebind_sd)
+        ib_args = ImageBindArgs.from_state_dict(imagebind_sd, read_imagebind_config(config) if config.is_file() else None)
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{imagebind_ckpt}: not an ImageBind checkpoint ({e})", file=imagebind_ckpt) from e
     if ib_args.out_embed_dim != feature_dim:

@@ -1,0 +1,183 @@
+"""ImageBindLLM on the tiny random model: names, fusion, cache blend, text-only, drop-in methods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ibllm_agent
+from ibllm_agent.cache.faiss import FaissCache
+from ibllm_agent.model import UnknownModalityError
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ibllm_agent.load("tiny")
+
+
+@pytest.fixture(scope="module")
+def cached_model():
+    m = ibllm_agent.load("tiny")
+    g = np.random.default_rng(0)
+    vectors = g.standard_normal((50, m.feature_dim)).astype(np.float32)
+    m.cache = FaissCache.from_vectors(vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    m.knn = True
+    return m
+
+
+@dataclass(frozen=True)
+class Media:  # the fields of ibllm_agent.media.MediaInput that encode() reads
+    modality: str
+    tensor: torch.Tensor
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 3, 224, 224, generator=torch.Generator().manual_seed(seed))
+
+
+def test_parameter_names_are_the_official_keys(model):
+    keys = set(model.state_dict())
+    assert {"image_bind_proj.weight", "image_bind_proj.bias", "prefix_query.weight", "llama.norm.weight",
+            "llama.tok_embeddings.weight", "llama.layers.0.attention.gate", "llama.layers.1.attention.lora_wv_l2.weight"
+            } <= keys
+    for i in (1, 2, 3):
+        assert {f"image_bind_norm_{i}.weight", f"image_bind_f1_{i}.weight", f"image_bind_f2_{i}.weight",
+                f"image_bind_f3_{i}.weight"} <= keys
+    assert any(k.startswith("image_bind.modality_trunks.vision.") for k in keys)
+    assert not any(k.startswith("image_bind_f") and k.endswith(".bias") for k in keys)  # bias-free SwiGLU
+    assert model.prefix_query.weight.shape == (model.query_layer, model.llama.params.dim)
+
+
+def test_tiny_is_deterministic_and_identified(model):
+    again = ibllm_agent.load("tiny")
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert (model.name, model.is_toy, model.device, model.dtype) == ("tiny", False, torch.device("cpu"), torch.float32)
+    assert hasattr(model.lock, "acquire") and model.cache is None
+
+
+def test_forward_visual_is_the_reference_fusion_then_the_bind_network(model):
+    x, audio = images(1), torch.randn(1, 3, 1, 128, 204, generator=torch.Generator().manual_seed(1))
+    got = model.forward_visual({"Image": [x, 0.7], "Audio": [audio, 0.3]})
+    emb = model.image_bind_forward({"vision": x, "audio": audio})
+    fused = F.normalize(emb["vision"], dim=-1) * (0.7 / (1 + 1e-6)) + F.normalize(emb["audio"], dim=-1) * (0.3 / (1 + 1e-6))
+    # the bind network by hand: proj, then 3 x (RMSNorm -> SwiGLU) residual
+    h = model.image_bind_proj(fused)[:, None]
+    for i in (1, 2, 3):
+        n = getattr(model, f"image_bind_norm_{i}")(h)
+        h = h + getattr(model, f"image_bind_f2_{i}")(F.silu(getattr(model, f"image_bind_f1_{i}")(n))
+                                                     * getattr(model, f"image_bind_f3_{i}")(n))
+    assert got.shape == (1, 1, model.llama.params.dim)
+    torch.testing.assert_close(got, h)
+    torch.testing.assert_close(model.fuse(torch.cat([emb["vision"], emb["audio"]]), [0.7, 0.3]), fused[0])
+
+
+def test_bad_mixtures_are_clear_errors(model):
+    x = images(1)
+    with pytest.raises(UnknownModalityError, match="Smell"):
+        model.forward_visual({"Smell": [x, 1.0]})
+    with pytest.raises(ValueError, match="finite"):
+        model.forward_visual({"Image": [x, float("nan")]})
+    with pytest.raises(ValueError, match="sum to zero"):
+        model.forward_visual({"Image": [x, 1.0], "Video": [x, -1.0]})
+    with pytest.raises(ValueError, match="sum to zero"):
+        model.fuse(torch.randn(2, model.feature_dim), [0.0, 0.0])
+    with pytest.raises(UnknownModalityError, match="smell"):
+        model.image_bind_forward({"smell": x})
+
+
+def test_cache_blend_equals_the_hand_computation_per_sample(cached_model):
+    m = cached_model
+    feature = torch.randn(2, m.feature_dim, generator=torch.Generator().manual_seed(2)) * 0.3  # un-normalised
+    got, neighbors = m.visual_query(feature, cache_size=5, cache_t=20.0, cache_weight=0.4)
+    stored = torch.from_numpy(m.cache.index.reconstruct_n(0, len(m.cache)))
+    expected_rows = []
+    for b in range(2):
+        sims = stored @ feature[b]
+        top = sims.topk(5)
+        w = torch.softmax(top.values * 20.0, dim=0)
+        mix = F.normalize((w[:, None] * stored[top.indices]).sum(0), dim=0)
+        expected_rows.append(F.normalize(0.6 * feature[b] + 0.4 * mix, dim=0))
+        assert [int(n.id) for n in neighbors[b]] == top.indices.tolist()
+        assert [n.weight for n in neighbors[b]] == pytest.approx(w.tolist(), abs=1e-6)
+    torch.testing.assert_close(got, m.bind(torch.stack(expected_rows)), atol=1e-5, rtol=1e-5)
+    off, none = m.visual_query(feature, cache=False)
+    torch.testing.assert_close(off, m.bind(feature))
+    assert none == [[], []]
+
+
+def test_text_only_uses_the_blank_image_feature_and_skips_the_cache(cached_model):
+    m = cached_model
+    blank = m.image_bind_forward({"vision": torch.zeros(1, 3, 224, 224)})["vision"][0]
+    torch.testing.assert_close(m.blank_feature(), blank)
+    query, neighbors = m.visual_query(torch.zeros(1, m.feature_dim))
+    torch.testing.assert_close(query, m.bind(blank[None]))
+    assert neighbors == [[]]
+    prompt = ibllm_agent.format_prompt("Describe the sea.")
+    none = m.generate_batch([prompt], None, max_gen_len=6, temperature=0.0)[0]
+    zeros = m.generate_batch([prompt], torch.zeros(m.feature_dim), max_gen_len=6, temperature=0.0)[0]
+    assert none.token_ids == zeros.token_ids and none.neighbors == []
+
+
+def test_generate_batch_reports_neighbours_with_the_cache(cached_model):
+    m = cached_model
+    feature = torch.randn(m.feature_dim, generator=torch.Generator().manual_seed(4))
+    [gen] = m.generate_batch(["a dog"], feature, max_gen_len=3, temperature=0.0, cache_size=4)
+    assert len(gen.neighbors) == 4 and sum(n.weight for n in gen.neighbors) == pytest.approx(1.0, abs=1e-5)
+    [plain] = m.generate_batch(["a dog"], feature, max_gen_len=3, temperature=0.0, cache=False)
+    assert plain.neighbors == []
+
+
+def test_forward_inference_continues_like_the_reference(model):
+    vq = model.forward_visual({"Image": [images(1, 5), 1.0]})
+    tokens = torch.tensor([model.tokenizer.encode("a small red bird", bos=True, eos=False)])
+    with torch.no_grad():
+        full = model.logits(tokens, vq)
+    first = model.forward_inference(vq, tokens[:, :3], 0)
+    steps = [model.forward_inference(vq, tokens[:, i:i + 1], i) for i in range(3, tokens.shape[1])]
+    torch.testing.assert_close(first, full[:, 2], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 3:], atol=1e-5, rtol=1e-5)
+    again = model.forward_inference(vq, tokens, 0)  # start_pos 0 starts a new sequence
+    torch.testing.assert_close(again, full[:, -1], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="start_pos"):
+        model.forward_inference(vq, tokens[:, :1], tokens.shape[1] + 5)
+
+
+def test_generate_is_the_reference_signature_and_matches_generate_batch(model):
+    x = images(1, 6)
+    prompt = ibllm_agent.format_prompt("Describe the image.")
+    [text] = model.generate({"Image": [x, 1]}, [prompt], max_gen_len=6, temperature=0)
+    feature = model.fuse(model.image_bind_forward({"vision": x})["vision"], [1])
+    assert text == model.generate_batch([prompt], feature, max_gen_len=6, temperature=0.0)[0].text
+
+
+def test_encode_batches_per_modality_and_keeps_the_order(model):
+    imgs = images(2, 7)
+    audio = torch.randn(3, 1, 128, 204, generator=torch.Generator().manual_seed(8))
+    items = [Media("image", imgs[0]), Media("audio", audio), Media("image", imgs[1])]
+    got = model.encode(items)
+    assert got.shape == (3, model.feature_dim) and got.dtype == torch.float32
+    emb = model.image_bind_forward({"vision": imgs, "audio": audio[None]})
+    torch.testing.assert_close(got[[0, 2]], emb["vision"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[1], emb["audio"][0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(UnknownModalityError, match="items\\[0\\]"):
+        model.encode([Media("smell", imgs[0])])
+
+
+def test_trainable_split_follows_the_reference(model):
+    fine = model.get_trainable_params("finetune")
+    assert fine and all(k.startswith("llama.") and ("norm" in k or "bias" in k or "lora" in k) for k in fine)
+    pre = model.get_trainable_params("pretrain")
+    assert "prefix_query.weight" in pre and "llama.layers.0.attention.gate" in pre
+    assert not any(k.startswith("image_bind.") for k in pre)
+
+
+def test_pretrain_phase_and_bfloat16():
+    m = ibllm_agent.load("tiny", phase="pretrain", dtype="bfloat16")
+    assert m.dtype == torch.bfloat16 and not any("lora" in k for k in m.state_dict())
+    [g] = m.generate_batch(["a dog"], None, max_gen_len=3, temperature=0.0)
+    assert len(g.token_ids) == 3
