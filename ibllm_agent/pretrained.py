@@ -10,6 +10,7 @@ checked against the server's Content-Length only.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
 import urllib.error
@@ -155,7 +156,7 @@ def download(name: str | WeightFile, dest_dir: str | Path | None = None, *, prog
                 while chunk := response.read(chunk_size):
                     out.write(chunk)
                     bar.update(len(chunk))
-            except OSError as e:
+            except (OSError, http.client.HTTPException) as e:
                 raise DownloadError(f"{entry.url}: interrupted after {out.tell()} bytes ({e}); run again to "
                                     "resume") from e
     got = part.stat().st_size
