@@ -169,7 +169,8 @@ class ChatImageBindLLM(BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any):
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = "ibllm"
-        params["ls_model_name"] = self.model_name
+        override = kwargs.get("model")
+        params["ls_model_name"] = override if isinstance(override, str) else self.model_name
         return params
 
     # --- conversation -> prompt + feature -------------------------------------------------------
