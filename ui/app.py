@@ -2,12 +2,13 @@
 
 Run with `ibllm ui` or `streamlit run ui/app.py [-- --config ibllm-ui.toml]`.
 The page, top to bottom: sidebar settings, the shared model, the chat input (pinned to the bottom),
-the inputs mixing panel, then either the chat or the embedding explorer.
+the status line, the inputs mixing panel, then either the chat or the embedding explorer.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,23 +19,33 @@ import torch
 # modules import as the `ui` package and a source checkout runs without installing ibllm_agent.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ibllm_agent.media import load_media  # noqa: E402
+from ibllm_agent.media import load_text  # noqa: E402
 from ui import backend, views  # noqa: E402
-from ui.attachments import ALL_FILE_TYPES, MAX_UPLOAD_MB, mixture_summary, read_uploads  # noqa: E402
+from ui.attachments import (  # noqa: E402
+    ALL_FILE_TYPES,
+    MAX_UPLOAD_MB,
+    MODALITY_ICONS,
+    Attachment,
+    AttachmentError,
+    mixture_summary,
+    read_upload,
+    read_uploads,
+)
 from ui.conversation import Reply, Turn, to_messages  # noqa: E402
 from ui.explorer import cosine_matrix, heatmap_figure, with_mixture, zero_shot  # noqa: E402
 from ui.settings import AppConfig, CacheSettings, ConfigError, GenerationSettings, ModelSpec, config_path  # noqa: E402
 
 DEFAULT_QUESTIONS = {"image": "What is in this picture?", "audio": "What do you hear?",
                      "video": "What happens in this clip?", "point": "What is this 3D shape?"}
-CHAT, EXPLORER = "💬 Chat", "🧭 Embedding explorer"
+VIEWS = {"chat": ":material/forum: Chat", "explorer": ":material/scatter_plot: Embedding explorer"}
+EXAMPLES = {"audio": "a sound", "image": "a picture", "video": "a clip", "point": "a 3D shape"}
 
-st.set_page_config(page_title="ImageBind-LLM", page_icon="🎧", layout="wide")
+st.set_page_config(page_title="ImageBind-LLM", page_icon=":material/hearing:", layout="wide")
 
 
 @st.cache_resource(show_spinner="Loading the model…", max_entries=2)
 def shared_model(spec: ModelSpec):
-    """One model per spec for every browser session; answers take turns on its lock."""
+    """One model per spec for every browser session (the chat model takes its lock per decoding step)."""
     return backend.load_model(spec)
 
 
@@ -45,7 +56,7 @@ def start_config() -> AppConfig:
     try:
         return AppConfig.from_file(path)
     except ConfigError as exc:
-        st.error(f"Config file ignored: {exc}", icon="⚠️")
+        st.error(f"Config file ignored: {exc}", icon=":material/error:")
         return AppConfig()
 
 
@@ -54,9 +65,12 @@ def init_state(config: AppConfig) -> None:
     state.setdefault("spec", config.model)
     state.setdefault("history", [])
     state.setdefault("inputs", [])
+    state.setdefault("pending", None)  # a question waiting for its answer (set by a submission or an example)
     state.setdefault("uploads", 0)  # bumps the upload panel's key, which empties it after each upload
     state.setdefault("embeddings", {})  # sha256 -> ImageBind embedding, for the explorer
 
+
+# ----- callbacks: they change the session state before the page is drawn ---------------------------------
 
 def new_chat() -> None:
     st.session_state.history = []
@@ -69,48 +83,69 @@ def remove_input(key: str) -> None:
 
 def on_panel_upload() -> None:
     """Files added in the panel join the inputs; the panel is then emptied (a fresh key)."""
-    key = f"upload_{st.session_state.uploads}"
-    added, errors = read_uploads(st.session_state.get(key) or [])
+    added, errors = read_uploads(st.session_state.get(f"upload_{st.session_state.uploads}") or [])
     known = {a.key for a in st.session_state.inputs}
     st.session_state.inputs += [a for a in added if a.key not in known]
     st.session_state.history += [Turn("assistant", "", error=e) for e in errors]
     st.session_state.uploads += 1
 
 
+def ask(text: str, attached: list[Attachment], errors: list[str], *, had_files: bool) -> None:
+    """Record a question; attached files replace the inputs (follow-up questions keep them)."""
+    if attached:
+        st.session_state.inputs = attached
+    question = text.strip() or (DEFAULT_QUESTIONS[attached[0].modality] if attached else "")
+    history = st.session_state.history
+    if question or had_files:
+        history.append(Turn("user", question, attachments=[replace(a) for a in attached]))  # a snapshot
+    history += [Turn("assistant", "", error=e) for e in errors]
+    # no answer when the only file failed: the question was about it
+    st.session_state.pending = question if question and not (errors and not attached) else None
+
+
+def try_example(modality: str) -> None:
+    name, data = backend.toy_example(modality, seed=time.time_ns() % 2**31)
+    try:
+        ask("", [read_upload(name, data)], [], had_files=True)
+    except AttachmentError as exc:
+        ask("", [], [str(exc)], had_files=True)
+
+
+# ----- page parts ---------------------------------------------------------------------------------------
+
 def sidebar(config: AppConfig) -> tuple[GenerationSettings, CacheSettings]:
     with st.sidebar:
-        st.title("🎧 ImageBind-LLM")
-        st.button("New chat", icon="✨", on_click=new_chat, width="stretch", key="new_chat")
-        with st.expander("Model", icon="🧠"):
-            with st.form("model"):
-                spec = st.session_state.spec
-                name = st.text_input("Model", spec.name, key="model_name",
-                                     help='"toy", or the path of an adapter checkpoint such as 7B.pth')
-                llama_dir = st.text_input("LLaMA folder", spec.llama_dir or "", key="llama_dir",
-                                          help="holds tokenizer.model and 7B/params.json + consolidated.00.pth")
-                imagebind = st.text_input("ImageBind checkpoint", spec.imagebind_ckpt or "",
-                                          help="imagebind_w3D.pth (with Point-Bind for 3D)")
-                knn = st.text_input("Cache index", spec.knn_index or "", help="knn.index (optional)")
-                device = st.selectbox("Device", ["cpu", "cuda"], index=0 if spec.device == "cpu" else 1)
-                if st.form_submit_button("Load", width="stretch"):
-                    st.session_state.spec = ModelSpec(
-                        name=name.strip() or "toy", llama_dir=llama_dir.strip() or None,
-                        imagebind_ckpt=imagebind.strip() or None, knn_index=knn.strip() or None, device=device)
-        st.subheader("Generation")
-        gen = config.generation
-        generation = GenerationSettings(
-            temperature=st.slider("Temperature", 0.0, 1.5, gen.temperature, 0.05, key="temperature",
-                                  help="0 = greedy: the same question gives the same answer"),
-            top_p=st.slider("Top-p", 0.05, 1.0, gen.top_p, 0.05, key="top_p"),
-            max_tokens=st.slider("Max tokens", 8, 512, gen.max_tokens, 8, key="max_tokens"))
-        st.subheader("Visual cache")
-        c = config.cache
-        cache = CacheSettings(
-            enabled=st.toggle("Use the cache", c.enabled, key="cache_on",
-                              help="Blend the query with its nearest cached image features (paper §3.3)"),
-            size=st.slider("Neighbours", 1, 50, c.size, key="cache_size"),
-            t=st.slider("Temperature", 1.0, 100.0, c.t, 1.0, key="cache_t"),
-            weight=st.slider("Cache weight", 0.0, 1.0, c.weight, 0.05, key="cache_weight"))
+        st.markdown("## :material/hearing: ImageBind-LLM")
+        st.caption("Ask about pictures, sounds, clips and 3D shapes.")
+        st.button("New chat", icon=":material/add_comment:", on_click=new_chat, width="stretch", key="new_chat")
+        with st.expander("Model", icon=":material/memory:"), st.form("model", border=False):
+            spec = st.session_state.spec
+            name = st.text_input("Model", spec.name, key="model_name",
+                                 help='"toy", or the path of an adapter checkpoint such as 7B.pth')
+            llama_dir = st.text_input("LLaMA folder", spec.llama_dir or "", key="llama_dir",
+                                      help="holds tokenizer.model and 7B/params.json + consolidated.00.pth")
+            imagebind = st.text_input("ImageBind checkpoint", spec.imagebind_ckpt or "",
+                                      help="imagebind_w3D.pth (with Point-Bind, for 3D)")
+            knn = st.text_input("Cache index", spec.knn_index or "", help="knn.index (optional)")
+            device = st.selectbox("Device", ["cpu", "cuda"], index=0 if spec.device == "cpu" else 1)
+            if st.form_submit_button("Load", width="stretch"):
+                st.session_state.spec = ModelSpec(
+                    name=name.strip() or "toy", llama_dir=llama_dir.strip() or None,
+                    imagebind_ckpt=imagebind.strip() or None, knn_index=knn.strip() or None, device=device)
+        gen, c = config.generation, config.cache
+        with st.expander("Generation", icon=":material/tune:", expanded=True):
+            generation = GenerationSettings(
+                temperature=st.slider("Temperature", 0.0, 1.5, gen.temperature, 0.05, key="temperature",
+                                      help="0 = greedy: the same question gives the same answer"),
+                top_p=st.slider("Top-p", 0.05, 1.0, gen.top_p, 0.05, key="top_p"),
+                max_tokens=st.slider("Max tokens", 8, 512, gen.max_tokens, 8, key="max_tokens"))
+        with st.expander("Visual cache", icon=":material/photo_library:", expanded=True):
+            cache = CacheSettings(
+                enabled=st.toggle("Use the cache", c.enabled, key="cache_on",
+                                  help="Blend the query with its nearest cached image features (paper §3.3)"),
+                size=st.slider("Neighbours", 1, 50, c.size, key="cache_size"),
+                t=st.slider("Softmax temperature", 1.0, 100.0, c.t, 1.0, key="cache_t"),
+                weight=st.slider("Cache weight", 0.0, 1.0, c.weight, 0.05, key="cache_weight"))
     return generation, cache
 
 
@@ -121,16 +156,16 @@ def inputs_panel() -> None:
         att.weight = st.session_state.get(f"weight_{att.key}", att.weight)
         att.subtract = st.session_state.get(f"subtract_{att.key}", att.subtract)
     title = f"Inputs · {mixture_summary(inputs)}" if inputs else "Inputs"
-    with st.expander(title, expanded=bool(inputs), icon="🎛️"):
-        if inputs:
-            cols = st.columns(min(len(inputs), 4))
-            for i, att in enumerate(inputs):
-                with cols[i % len(cols)], st.container(border=True):
-                    views.attachment(att, key=f"input_{att.key}")
-                    st.slider("Weight", 0.0, 2.0, att.weight, 0.05, key=f"weight_{att.key}")
-                    left, right = st.columns(2)
-                    left.toggle("Subtract", att.subtract, key=f"subtract_{att.key}")
-                    right.button("Remove", key=f"remove_{att.key}", on_click=remove_input, args=(att.key,))
+    with st.expander(title, expanded=bool(inputs), icon=":material/instant_mix:"):
+        cols = st.columns(4)
+        for i, att in enumerate(inputs):
+            with cols[i % 4], st.container(border=True):
+                views.attachment(att, key=f"input_{att.key}", caption=f"{MODALITY_ICONS[att.modality]} {att.name}")
+                st.slider("Weight", 0.0, 2.0, att.weight, 0.05, key=f"weight_{att.key}")
+                left, right = st.columns(2, vertical_alignment="center")
+                left.toggle("Subtract", att.subtract, key=f"subtract_{att.key}")
+                right.button("Remove", key=f"remove_{att.key}", on_click=remove_input, args=(att.key,),
+                             icon=":material/close:")
         st.file_uploader("Add files to the mix", type=ALL_FILE_TYPES, accept_multiple_files=True,
                          key=f"upload_{st.session_state.uploads}", on_change=on_panel_upload,
                          max_upload_size=MAX_UPLOAD_MB,
@@ -138,35 +173,32 @@ def inputs_panel() -> None:
                               "the inputs; files added here join them.")
 
 
-def submit(value) -> str | None:
-    """Take a chat submission; returns the question to answer, or None when there is nothing to answer."""
-    attached, errors = read_uploads(value.files)
-    if attached:  # files attached to a question replace the inputs; follow-ups keep them
-        st.session_state.inputs = attached
-    text = value.text.strip()
-    question = text or (DEFAULT_QUESTIONS[attached[0].modality] if attached else "")
-    history = st.session_state.history
-    if question or value.files:
-        history.append(Turn("user", question, attachments=[replace(a) for a in attached]))  # a snapshot
-    history += [Turn("assistant", "", error=e) for e in errors]
-    if errors and not attached:  # the question was about the file that failed
-        return None
-    return question or None
+def welcome(model) -> None:
+    """The empty chat: what to do, and toy examples one click away."""
+    st.markdown("#### Attach a picture, a sound, a clip or a 3D point cloud with **+** below, then ask about it.")
+    st.caption("Several inputs are mixed into one query: weigh or subtract them under *Inputs* "
+               "(the paper's embedding arithmetic). Follow-up questions keep the inputs.")
+    if model.is_toy:
+        cols = st.columns(len(EXAMPLES))
+        for col, (modality, what) in zip(cols, EXAMPLES.items()):
+            col.button(f"Try {what}", icon=MODALITY_ICONS[modality], key=f"example_{modality}",
+                       on_click=try_example, args=(modality,), width="stretch")
 
 
 def answer(model, question: str, generation: GenerationSettings, cache: CacheSettings) -> None:
     """Stream the answer to the last question into the chat and record it in the history."""
     history, inputs = st.session_state.history, st.session_state.inputs
     mixture = mixture_summary(inputs)
-    with st.chat_message("assistant", avatar="🤖"):
+    with st.chat_message("assistant", avatar=views.AVATARS["assistant"]):
         asked = max(i for i, t in enumerate(history) if t.role == "user")
         messages = to_messages(history[:asked], question, inputs)
         try:
             reply = Reply(backend.chat_model(model, generation, cache).stream(messages))
             st.write_stream(reply)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a message, the app keeps running
-            st.error(f"Sorry, that did not work: {exc}", icon="⚠️")
-            history.append(Turn("assistant", "", error=f"Sorry, that did not work: {exc}"))
+            message = f"Sorry, that did not work: {exc}"
+            st.error(message, icon=":material/error:")
+            history.append(Turn("assistant", "", error=message))
             return
         turn = reply.turn(mixture)
         views.answer_footer(turn)
@@ -187,19 +219,19 @@ def explorer(model, concepts: list[str]) -> None:
         missing = [a.media for a in inputs if a.media.sha256 not in known]
         if missing:
             known.update({m.sha256: e for m, e in zip(missing, backend.embed(model, missing))})
-        texts = [load_media(p.encode(), "text", name=p) for p in prompts]
-        text_emb = backend.embed(model, texts) if texts else torch.zeros(0, 1024)
-    items, item_emb = with_mixture([a.label for a in inputs],
-                                   torch.stack([known[a.media.sha256] for a in inputs]) if inputs
-                                   else torch.zeros(0, text_emb.shape[-1]),
+        texts = [load_text(p, name=p) for p in prompts]
+        text_emb = backend.embed(model, texts) if texts else torch.zeros(0, model.feature_dim)
+    vectors = [known[a.media.sha256] for a in inputs]
+    items, item_emb = with_mixture([a.plain_label for a in inputs],
+                                   torch.stack(vectors) if vectors else torch.zeros(0, model.feature_dim),
                                    [a.signed_weight for a in inputs])
     left, right = st.columns([3, 2])
     with left:
-        st.markdown("**Cosine similarity**")
-        names = items + [f"🔤 {p}" for p in prompts]
+        st.markdown("**Cosine similarity** between inputs, their mixture and the prompts")
+        names = items + [f'"{p}"' for p in prompts]
         st.plotly_chart(heatmap_figure(cosine_matrix(torch.cat([item_emb, text_emb])), names), key="heatmap")
     with right:
-        st.markdown("**Zero-shot labels**")
+        st.markdown("**Zero-shot labels**: the closest prompt to each input")
         if items and prompts:
             labels = zero_shot(items, item_emb, prompts, text_emb)
             st.dataframe([{"input": z.item, "label": z.label, "probability": round(z.probability, 3),
@@ -208,34 +240,40 @@ def explorer(model, concepts: list[str]) -> None:
             st.caption("Attach inputs and give prompts to label them.")
 
 
+# ----- the page -----------------------------------------------------------------------------------------
+
 config = start_config()
 init_state(config)
 generation, cache = sidebar(config)
 try:
     model = shared_model(st.session_state.spec)
 except Exception as exc:  # noqa: BLE001 - a bad path or checkpoint must not take the app down
-    st.error(f"Could not load **{st.session_state.spec.name}**: {exc}", icon="⚠️")
+    st.error(f"Could not load **{st.session_state.spec.name}**: {exc}", icon=":material/error:")
     st.button("Back to the toy model", key="back_to_toy", on_click=lambda: st.session_state.update(spec=ModelSpec()))
     st.stop()
 
-view = st.segmented_control("View", [CHAT, EXPLORER], default=CHAT, key="view", label_visibility="collapsed")
-question = None
-if view != EXPLORER:
+view = st.segmented_control("View", list(VIEWS), format_func=VIEWS.get, default="chat", key="view",
+                            label_visibility="collapsed") or "chat"
+if view == "chat":
     value = st.chat_input("Ask about your inputs, or attach images, sounds, clips, point clouds…",
                           accept_file="multiple", file_type=ALL_FILE_TYPES, max_upload_size=MAX_UPLOAD_MB,
                           key="chat")
     if value:
-        question = submit(value)
+        attached, errors = read_uploads(value.files)
+        ask(value.text, attached, errors, had_files=bool(value.files))
 
 st.caption(backend.status_line(model))
 notice = backend.toy_notice(model)
 if notice:
-    st.info(notice, icon="🧸")
+    st.info(notice, icon=":material/toys:")
 inputs_panel()
-if view == EXPLORER:
+if view == "explorer":
     explorer(model, backend.toy_concepts())
 else:
+    if not st.session_state.history:
+        welcome(model)
     for i, t in enumerate(st.session_state.history):
         views.turn(t, index=i)
+    question, st.session_state.pending = st.session_state.pending, None
     if question:
         answer(model, question, generation, cache)

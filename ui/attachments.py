@@ -32,7 +32,9 @@ FILE_TYPES: dict[str, tuple[str, ...]] = {
 
 ALL_FILE_TYPES = [ext for exts in FILE_TYPES.values() for ext in exts]
 
-MODALITY_ICONS = {"image": "🖼️", "audio": "🔊", "video": "🎬", "point": "🧊", "text": "🔤"}
+MODALITY_ICONS = {"image": ":material/image:", "audio": ":material/graphic_eq:", "video": ":material/movie:",
+                  "point": ":material/view_in_ar:"}
+"""Streamlit's bundled Material Symbols (they render without an emoji font, e.g. in headless Chromium)."""
 
 _BLOCK_TYPES = {"image": "image", "audio": "audio", "video": "video", "point": "file"}
 """LangChain v1 content block type per modality; point clouds have no block type of their own."""
@@ -72,11 +74,16 @@ class Attachment:
         return self.media.mime or "application/octet-stream"
 
     @property
-    def label(self) -> str:
-        """Short text for captions and the explorer's axes, e.g. `🔊 rain.wav ×0.6`."""
+    def plain_label(self) -> str:
+        """Name and weight as plain text, e.g. `rain.wav ×0.6` (tables, chart axes)."""
         sign = "−" if self.subtract else ""
         weight = f" ×{sign}{self.weight:g}" if self.subtract or self.weight != 1.0 else ""
-        return f"{MODALITY_ICONS.get(self.modality, '')} {self.name}{weight}".strip()
+        return f"{self.name}{weight}"
+
+    @property
+    def label(self) -> str:
+        """The same as Streamlit markdown, with the modality's icon."""
+        return f"{MODALITY_ICONS[self.modality]} {self.plain_label}"
 
     def content_block(self) -> dict:
         """A LangChain v1 content block (base64) carrying the file, its name and its signed weight."""
@@ -135,10 +142,10 @@ def browser_video(data: bytes, suffix: str = ".mp4") -> bytes:
 
 
 def mixture_summary(attachments: list[Attachment]) -> str:
-    """One line describing the fused query, e.g. `🔊 rain.wav ×0.6 + 🖼️ dog.png − 🔤 …`."""
+    """The fused query as markdown, e.g. `:material/graphic_eq: rain.wav ×0.6 + :material/image: dog.png`."""
     parts = []
     for i, att in enumerate(attachments):
-        sign = ("− " if att.subtract else "+ ") if i else ("− " if att.subtract else "")
+        sign = "− " if att.subtract else ("+ " if i else "")
         weight = "" if att.weight == 1.0 else f" ×{att.weight:g}"
-        parts.append(f"{sign}{MODALITY_ICONS.get(att.modality, '')} {att.name}{weight}")
+        parts.append(f"{sign}{MODALITY_ICONS[att.modality]} {att.name}{weight}")
     return " ".join(parts)

@@ -19,9 +19,8 @@ from .settings import CacheSettings, GenerationSettings, ModelSpec
 log = logging.getLogger(__name__)
 
 OFFICIAL_WEIGHTS_HINT = (
-    "To use the official ImageBind-LLM 7B weights, enter their paths under **Model** in the sidebar, "
-    "or start the app with a config file: `ibllm ui -- --config ibllm-ui.toml` "
-    "(see the README, section *Streamlit app and notebooks*)."
+    "For the official ImageBind-LLM 7B weights, give their paths under **Model** in the sidebar, or start "
+    "the app with a config file: `IBLLM_UI_CONFIG=ibllm-ui.toml ibllm ui` (README: *Streamlit app and notebooks*)."
 )
 
 
@@ -38,12 +37,28 @@ def toy_concepts() -> list[str]:
     return [c.noun for c in CONCEPTS]
 
 
+def toy_example(modality: str, seed: int) -> tuple[str, bytes]:
+    """A fresh toy-world file of a random concept (name, bytes), for the "try an example" buttons."""
+    import random
+    import tempfile
+    from pathlib import Path
+
+    from ibllm_agent.train.toy_world import CONCEPT_NAMES, ToyWorld
+
+    name = random.Random(seed).choice(CONCEPT_NAMES)
+    with tempfile.TemporaryDirectory() as tmp:
+        sample = ToyWorld(seed).write(name, modality, 0, Path(tmp))
+        path = Path(sample.path)
+        return f"{name}{path.suffix}", path.read_bytes()
+
+
 def status_line(model) -> str:
-    """`toy · cpu · float32 · visual cache: 1,234 images` — what is answering, where, at which precision."""
+    """`toy · toy world · cpu · float32 · visual cache: 1,234 images`: what answers, where, at which precision."""
     dtype = str(model.dtype).removeprefix("torch.")
     cache = getattr(model, "cache", None)
     cache_text = f"visual cache: {len(cache):,} images" if cache is not None else "no visual cache"
-    return f"**{model.name}** · {model.device} · {dtype} · {cache_text}"
+    toy = " · toy world" if model.is_toy else ""
+    return f":material/memory: **{model.name}**{toy} · {model.device} · {dtype} · {cache_text}"
 
 
 def toy_notice(model) -> str | None:
@@ -51,10 +66,8 @@ def toy_notice(model) -> str | None:
     if not model.is_toy:
         return None
     concepts = toy_concepts()
-    listed = f" It knows {len(concepts)} concepts: {', '.join(concepts)}." if concepts else ""
-    return ("**Toy world.** This is the small embedded model, trained on a synthetic world of procedurally "
-            f"generated pictures, sounds, clips and 3D shapes; it answers only about that world.{listed} "
-            + OFFICIAL_WEIGHTS_HINT)
+    return (f"**Toy world.** This small model was trained on synthetic pictures, sounds, clips and 3D shapes of "
+            f"{len(concepts)} things ({', '.join(concepts)}) and knows nothing else. " + OFFICIAL_WEIGHTS_HINT)
 
 
 def chat_model(model, generation: GenerationSettings, cache: CacheSettings) -> ChatImageBindLLM:

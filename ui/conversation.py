@@ -29,7 +29,7 @@ class Turn:
     attachments: list[Attachment] = field(default_factory=list)
     """Files attached to this question (user turns), shown back in the history."""
     mixture: str = ""
-    """The fused inputs this answer was conditioned on, e.g. `🔊 rain.wav + 🖼️ dog.png ×0.5`."""
+    """The fused inputs this answer was conditioned on, as markdown (see `mixture_summary`)."""
     neighbors: list[Neighbor] = field(default_factory=list)
     """Cache items the answer leaned on, best first."""
     error: str | None = None

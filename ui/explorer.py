@@ -57,7 +57,7 @@ def with_mixture(labels: list[str], embeddings: torch.Tensor,
     if len(labels) < 2:
         return labels, embeddings
     mix = combine(embeddings, weights)  # (D,)
-    return [*labels, "🎛️ mixture"], torch.cat([embeddings, mix[None]])
+    return [*labels, "mixture"], torch.cat([embeddings, mix[None]])
 
 
 def heatmap_figure(matrix: np.ndarray, labels: list[str]) -> go.Figure:

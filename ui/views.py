@@ -16,6 +16,7 @@ from ibllm_agent.cache.base import Neighbor
 from .attachments import Attachment, browser_video
 from .conversation import Turn
 
+AVATARS = {"user": ":material/person:", "assistant": ":material/hearing:"}
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 
 
@@ -38,7 +39,7 @@ def _playable(data: bytes, suffix: str) -> bytes:
     return browser_video(data, suffix)
 
 
-def attachment(att: Attachment, *, key: str, width: int = 220) -> None:
+def attachment(att: Attachment, *, key: str, width: int = 220, caption: str | None = None) -> None:
     """Show a file back: image thumbnail, audio or video player, or a 3D view of the point cloud."""
     if att.modality == "image":
         st.image(att.data, width=width)
@@ -48,7 +49,7 @@ def attachment(att: Attachment, *, key: str, width: int = 220) -> None:
         st.video(_playable(att.data, Path(att.name).suffix or ".mp4"), format="video/mp4")
     elif att.modality == "point":
         st.plotly_chart(point_cloud_figure(att.media.tensor.numpy()), key=key, config={"displaylogo": False})
-    st.caption(att.label)
+    st.caption(caption or att.label)
 
 
 def _neighbor_image(meta: dict) -> str | None:
@@ -63,7 +64,7 @@ def neighbors(items: list[Neighbor], *, limit: int = 5) -> None:
     """The cache items an answer leaned on: thumbnail when the item is an image, caption, score, blend weight."""
     if not items:
         return
-    with st.expander(f"Visual cache: {len(items)} neighbours", icon="🗂️"):
+    with st.expander(f"Visual cache: {len(items)} neighbours", icon=":material/photo_library:"):
         cols = st.columns(limit)
         for col, item in zip(cols, items[:limit]):
             with col:
@@ -77,10 +78,9 @@ def neighbors(items: list[Neighbor], *, limit: int = 5) -> None:
 
 def turn(t: Turn, *, index: int) -> None:
     """One message of the history, with its attachments or its cache neighbours."""
-    avatar = "🧑" if t.role == "user" else "🤖"
-    with st.chat_message(t.role, avatar=avatar):
+    with st.chat_message(t.role, avatar=AVATARS[t.role]):
         if t.error is not None:
-            st.error(t.error, icon="⚠️")
+            st.error(t.error, icon=":material/error:")
         elif t.text:
             st.markdown(t.text)
         if t.attachments:

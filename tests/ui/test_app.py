@@ -59,8 +59,8 @@ def test_attachments_are_shown_back_and_condition_the_answer(app, toy_files):
     assert len(app.image) >= 2  # the thumbnail in the inputs panel and in the message
     assert app.get("audio") and app.get("video")
     assert app.get("plotly_chart")  # the point cloud's 3D view
-    assert answer.mixture == "🖼️ dog_image_0000.png + 🔊 dog_audio_0000.wav + 🎬 dog_video_0000.mp4 + 🧊 dog_point_0000.ply"
-    assert any(c.value.startswith("Conditioned on 🖼️ dog_image_0000.png") for c in app.caption)
+    assert answer.mixture == ":material/image: dog_image_0000.png + :material/graphic_eq: dog_audio_0000.wav + :material/movie: dog_video_0000.mp4 + :material/view_in_ar: dog_point_0000.ply"
+    assert any(c.value.startswith("Conditioned on :material/image: dog_image_0000.png") for c in app.caption)
 
 
 def test_follow_up_questions_keep_the_inputs_and_files_alone_ask_a_default_question(app, toy_files):
@@ -68,7 +68,7 @@ def test_follow_up_questions_keep_the_inputs_and_files_alone_ask_a_default_quest
     assert history(app)[0].text == "What do you hear?"
     app.chat_input[0].set_value("Are you sure?").run()
     assert [t.text for t in history(app)[::2]] == ["What do you hear?", "Are you sure?"]
-    assert history(app)[3].mixture == "🔊 dog_audio_0000.wav"
+    assert history(app)[3].mixture == ":material/graphic_eq: dog_audio_0000.wav"
 
 
 def test_weight_slider_and_subtract_switch_make_embedding_arithmetic(app, toy_files):
@@ -76,10 +76,10 @@ def test_weight_slider_and_subtract_switch_make_embedding_arithmetic(app, toy_fi
     image, audio = app.session_state.inputs
     app.slider(key=f"weight_{audio.key}").set_value(0.5).run()
     app.toggle(key=f"subtract_{image.key}").set_value(True).run()
-    assert app.expander[0].label == "Inputs · − 🖼️ dog_image_0000.png + 🔊 dog_audio_0000.wav ×0.5"
+    assert app.expander[0].label == "Inputs · − :material/image: dog_image_0000.png + :material/graphic_eq: dog_audio_0000.wav ×0.5"
     app.chat_input[0].set_value("And now?").run()
     assert not app.exception
-    assert history(app)[-1].mixture == "− 🖼️ dog_image_0000.png + 🔊 dog_audio_0000.wav ×0.5"
+    assert history(app)[-1].mixture == "− :material/image: dog_image_0000.png + :material/graphic_eq: dog_audio_0000.wav ×0.5"
     blocks = [a.content_block()["extras"]["weight"] for a in app.session_state.inputs]
     assert blocks == [-1.0, 0.5]
     app.button(key=f"remove_{image.key}").click().run()
@@ -144,11 +144,11 @@ def test_upload_panel_adds_inputs_to_the_mix(app, toy_files):
 
 def test_embedding_explorer_shows_similarities_and_zero_shot_labels(app, toy_files, app_config):
     attach(app, toy_files["image"], toy_files["audio"], text="What is this?")
-    app.segmented_control(key="view").set_value("🧭 Embedding explorer").run()
+    app.segmented_control(key="view").set_value("explorer").run()
     assert not app.exception and not app.chat_input
     assert app.get("plotly_chart")  # the heatmap
     table = app.dataframe[0].value
-    assert list(table["input"]) == ["🖼️ dog_image_0000.png", "🔊 dog_audio_0000.wav", "🎛️ mixture"]
+    assert list(table["input"]) == ["dog_image_0000.png", "dog_audio_0000.wav", "mixture"]
     assert all(0 < p <= 1 for p in table["probability"])
     if app_config == "toy":
         assert table["label"][0] == "a dog"

@@ -85,11 +85,11 @@ def test_reply_streams_deltas_then_holds_the_message_and_neighbours():
               AIMessageChunk("", response_metadata={**meta, "finish_reason": "length"}, usage_metadata=usage)]
     reply = Reply(iter(chunks))
     assert list(reply) == ["A ", "dog"]
-    turn = reply.turn("🔊 bark.wav")
+    turn = reply.turn("bark.wav")
     assert (turn.role, turn.text, turn.output_tokens, turn.finish_reason) == ("assistant", "A dog", 2, "length")
     assert [n.id for n in turn.neighbors] == ["a", "b"]
     assert turn.neighbors[0].metadata == {"caption": "a dog"}
-    assert turn.footer() == "Conditioned on 🔊 bark.wav · 2 tokens · cut at the max tokens setting"
+    assert turn.footer() == "Conditioned on bark.wav · 2 tokens · cut at the max tokens setting"
     assert Turn("assistant", "hi").footer() == "Text only"
     assert neighbors_of({"cache_neighbors": [Neighbor("x", 0.5)]}) == [Neighbor("x", 0.5)]
     assert neighbors_of({}) == []
@@ -101,7 +101,7 @@ def test_cosine_matrix_and_mixture_row():
     np.testing.assert_allclose(np.diag(m), 1.0, atol=1e-6)
     np.testing.assert_allclose(m[0, 2], 2 ** -0.5, atol=1e-6)
     labels, rows = with_mixture(["a", "b"], emb[:2], [1.0, -1.0])
-    assert labels == ["a", "b", "🎛️ mixture"]
+    assert labels == ["a", "b", "mixture"]
     np.testing.assert_allclose(rows[2], F.normalize(torch.tensor([1.0, -1.0]), dim=0), atol=1e-6)
     assert with_mixture(["a"], emb[:1], [1.0])[0] == ["a"]
 
@@ -126,9 +126,9 @@ def test_uploads_become_attachments_with_weighted_content_blocks(toy_files):
     from ui.attachments import read_upload
 
     att = read_upload("bark.wav", toy_files["audio"].read_bytes())
-    assert (att.modality, att.mime, att.label) == ("audio", "audio/wav", "🔊 bark.wav")
+    assert (att.modality, att.mime, att.label) == ("audio", "audio/wav", ":material/graphic_eq: bark.wav")
     att.weight, att.subtract = 0.5, True
-    assert att.label == "🔊 bark.wav ×−0.5"
+    assert att.plain_label == "bark.wav ×−0.5"
     block = att.content_block()
     assert block["type"] == "audio" and block["mime_type"] == "audio/wav"
     assert block["extras"] == {"filename": "bark.wav", "weight": -0.5}
