@@ -157,15 +157,16 @@ def inputs_panel() -> None:
         att.subtract = st.session_state.get(f"subtract_{att.key}", att.subtract)
     title = f"Inputs · {mixture_summary(inputs)}" if inputs else "Inputs"
     with st.expander(title, expanded=bool(inputs), icon=":material/instant_mix:"):
-        cols = st.columns(4)
+        cols = st.columns(3)
         for i, att in enumerate(inputs):
-            with cols[i % 4], st.container(border=True):
+            with cols[i % 3], st.container(border=True):
                 views.attachment(att, key=f"input_{att.key}", caption=f"{MODALITY_ICONS[att.modality]} {att.name}")
                 st.slider("Weight", 0.0, 2.0, att.weight, 0.05, key=f"weight_{att.key}")
-                left, right = st.columns(2, vertical_alignment="center")
-                left.toggle("Subtract", att.subtract, key=f"subtract_{att.key}")
-                right.button("Remove", key=f"remove_{att.key}", on_click=remove_input, args=(att.key,),
-                             icon=":material/close:")
+                left, right = st.columns([3, 1], vertical_alignment="center")
+                left.toggle("Subtract", att.subtract, key=f"subtract_{att.key}",
+                            help="Subtract this input from the mixture instead of adding it")
+                right.button("", key=f"remove_{att.key}", on_click=remove_input, args=(att.key,),
+                             icon=":material/close:", help="Remove this input")
         st.file_uploader("Add files to the mix", type=ALL_FILE_TYPES, accept_multiple_files=True,
                          key=f"upload_{st.session_state.uploads}", on_change=on_panel_upload,
                          max_upload_size=MAX_UPLOAD_MB,
