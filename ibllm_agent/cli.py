@@ -1,0 +1,272 @@
+"""`ibllm`: ask about media, chat, download the official weights, check the installation, run the UI.
+
+    ibllm ask --audio rain.wav "What do you hear?"
+    ibllm ask --image dog.jpg:0.5 --audio bark.wav:0.5 "Describe the scene."
+    ibllm ask --model 7B --llama-dir /data/llama --cache --image photo.jpg "What is this?"
+    ibllm chat --image dog.jpg
+    ibllm download 7B --dest ~/.cache/ibllm_agent
+    ibllm doctor
+
+Without --model the shipped toy world answers (a small model trained on synthetic media; it knows
+only that world). The `cache` and `train` commands come from their own modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MEDIA_FLAGS = ("image", "audio", "video", "point")
+UI_APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
+
+
+def parse_media(spec: str) -> tuple[str, float]:
+    """"path" or "path:weight" -> (path, weight); a path that itself contains ':' still works."""
+    path, sep, weight = spec.rpartition(":")
+    if sep and path and not Path(spec).exists():
+        try:
+            return path, float(weight)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="toy",
+                   help="toy (default: the shipped toy world), 7B / 7B-pretrained (downloaded weights), tiny "
+                        "(random, for tests) or the path of an adapter checkpoint")
+    g.add_argument("--llama-dir", help="folder with tokenizer.model and <llama-type>/params.json + consolidated.00.pth")
+    g.add_argument("--llama-type", default="7B", help="sub-folder of --llama-dir (default 7B)")
+    g.add_argument("--imagebind", dest="imagebind_ckpt", help="ImageBind checkpoint (default: imagebind_w3D.pth "
+                                                              "from the download folder)")
+    g.add_argument("--knn-index", help="FAISS cache file (default: knn.index from the download folder)")
+    g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=False,
+                   help="blend the visual cache into the query (the paper's cache model); default off")
+    g.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    g.add_argument("--dtype", default=None, help="float32 (CPU default), float16 (CUDA default) or bfloat16")
+    g.add_argument("--max-seq-len", type=int, default=2048, help="longest prompt + answer in tokens")
+    g.add_argument("--download-root", help="where `ibllm download` put the weights")
+    s = p.add_argument_group("sampling")
+    s.add_argument("--temperature", type=float, default=0.1, help="0 = greedy (default 0.1, as upstream)")
+    s.add_argument("--top-p", type=float, default=0.75)
+    s.add_argument("--max-gen-len", type=int, default=256)
+    s.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+    for flag in MEDIA_FLAGS:
+        p.add_argument(f"--{flag}", action="append", default=[], metavar="FILE[:WEIGHT]",
+                       help=f"a {flag} file, repeatable; optional mixing weight after a colon")
+
+
+def _load_model(args):
+    from ibllm_agent.model import load
+
+    return load(args.model, args.llama_dir, args.llama_type, imagebind_ckpt=args.imagebind_ckpt, knn=args.cache,
+                knn_index=args.knn_index, device=args.device, dtype=args.dtype, max_seq_len=args.max_seq_len,
+                download_root=args.download_root)
+
+
+def banner(model) -> str:
+    if model.is_toy:
+        return ("[toy world] This is the small model shipped with ibllm-agent, trained on a synthetic world; it only "
+                "knows that world's concepts. For the real ImageBind-LLM: `ibllm download 7B` (and imagebind_w3D), "
+                "then `--model 7B --llama-dir /path/to/llama` (Meta's LLaMA-1 7B weights).")
+    if model.name == "tiny":
+        return "[tiny] Random weights for tests: the output is noise."
+    return f"[{model.name}] {model!r}"
+
+
+def _media_inputs(args) -> list[tuple[object, float]]:
+    """Load every --image/--audio/--video/--point file; (MediaInput, weight) pairs."""
+    specs = [(flag, *parse_media(s)) for flag in MEDIA_FLAGS for s in getattr(args, flag)]
+    if not specs:
+        return []
+    try:
+        from ibllm_agent.media import load_media
+    except ImportError as e:  # the media package is optional while it is being built
+        raise SystemExit(f"error: media loading is unavailable ({e})") from e
+    return [(load_media(path, modality), weight) for modality, path, weight in specs]
+
+
+def _feature(model, media):
+    if not media:
+        return None
+    items, weights = zip(*media)
+    return model.fuse(model.encode(list(items)), list(weights))
+
+
+def _answer(model, args, question: str, feature, context: str | None = None) -> str:
+    from ibllm_agent.generation import format_prompt
+
+    parts = []
+    for delta in model.stream(format_prompt(question, context), feature, max_gen_len=args.max_gen_len,
+                              temperature=args.temperature, top_p=args.top_p, seed=args.seed):
+        parts.append(delta)
+        print(delta, end="", flush=True)
+    print()
+    return "".join(parts)
+
+
+def cmd_ask(args) -> int:
+    media = _media_inputs(args)
+    model = _load_model(args)
+    print(banner(model), file=sys.stderr)
+    _answer(model, args, args.question, _feature(model, media), args.input)
+    return 0
+
+
+CHAT_HELP = ("Type a question. Attach media with /image FILE[:W], /audio ..., /video ..., /point ...; /clear drops "
+             "them; /quit ends. Each question is answered on its own with the current attachments.")
+
+
+def cmd_chat(args) -> int:
+    from ibllm_agent.media import load_media
+
+    model = _load_model(args)
+    print(banner(model), file=sys.stderr)
+    print(CHAT_HELP, file=sys.stderr)
+    media = _media_inputs(args)
+    while True:
+        print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/quit", "/exit"):
+            return 0
+        line = line.strip()
+        if not line:
+            continue
+        command, _, rest = line.partition(" ")
+        if command == "/clear":
+            media = []
+        elif command.lstrip("/") in MEDIA_FLAGS and command.startswith("/"):
+            path, weight = parse_media(rest.strip())
+            try:
+                media.append((load_media(path, command[1:]), weight))
+            except (OSError, ValueError) as e:
+                print(f"error: {e}", file=sys.stderr)
+        elif command.startswith("/"):
+            print(CHAT_HELP, file=sys.stderr)
+        else:
+            _answer(model, args, line, _feature(model, media))
+
+
+def cmd_download(args) -> int:
+    from ibllm_agent.pretrained import download
+
+    path = download(args.name, args.dest, progress=not args.no_progress)
+    print(path)
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    import torch
+
+    from ibllm_agent import pretrained
+    from ibllm_agent.model import TOY_DIR
+
+    lines = [f"python {platform.python_version()} ({sys.executable})"]
+    for name in ("torch", "numpy", "faiss", "sentencepiece", "safetensors", "langchain_core", "langgraph",
+                 "chromadb", "streamlit", "PIL", "cv2", "pydub"):
+        try:
+            module = importlib.import_module(name)
+            lines.append(f"{name} {getattr(module, '__version__', 'installed')}")
+        except ImportError:
+            lines.append(f"{name} MISSING")
+    cuda = torch.cuda.is_available()
+    lines.append(f"device: cuda {'yes: ' + torch.cuda.get_device_name(0) if cuda else 'no'}; "
+                 f"cpu threads {torch.get_num_threads()}; bf16 matmul on CPU "
+                 f"{'yes (AMX/AVX512-BF16)' if _cpu_bf16() else 'not accelerated'}")
+    try:
+        import imageio_ffmpeg
+
+        lines.append(f"ffmpeg: {imageio_ffmpeg.get_ffmpeg_exe()}")
+    except (ImportError, RuntimeError) as e:
+        lines.append(f"ffmpeg: MISSING ({e}); audio from mp3/ogg/video files will not load")
+    toy = sorted(p.relative_to(TOY_DIR).as_posix() for p in TOY_DIR.rglob("*") if p.is_file()) if TOY_DIR.is_dir() else []
+    lines.append(f"toy model: {'present (' + ', '.join(toy) + ')' if (TOY_DIR / 'toy.json').is_file() else 'NOT BUILT'}"
+                 f" at {TOY_DIR}")
+    root = pretrained.default_dir()
+    have = [e.name for e in pretrained.FILES.values() if (root / e.filename).is_file()]
+    lines.append(f"official weights in {root}: {', '.join(have) if have else 'none (see `ibllm download --help`)'}")
+    print("\n".join(lines))
+    return 0
+
+
+def _cpu_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def cmd_ui(args) -> int:
+    if not UI_APP.is_file():
+        raise SystemExit(f"error: {UI_APP} not found (the UI ships with the source checkout)")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(UI_APP), *args.streamlit_args]
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ibllm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (loading, cache, ...)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ask", help="answer one question about media files (streams the answer)")
+    p.add_argument("question")
+    p.add_argument("--input", help="extra context: the Alpaca prompt's Input field")
+    _model_flags(p)
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("chat", help="an interactive session (one question per line)")
+    _model_flags(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("download", help="fetch official weights (resumable); used only when asked")
+    from ibllm_agent.pretrained import FILES
+
+    p.add_argument("name", choices=list(FILES), help="; ".join(f"{e.name}: {e.description}" for e in FILES.values()))
+    p.add_argument("--dest", help="download folder (default $IBLLM_HOME or ~/.cache/ibllm_agent)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("doctor", help="versions, devices, ffmpeg, toy and official weights")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("ui", help="run the Streamlit app (extra arguments go to streamlit)")
+    p.add_argument("streamlit_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_ui)
+
+    for module in ("ibllm_agent.cache.cli", "ibllm_agent.train.cli"):
+        try:
+            importlib.import_module(module).register(sub)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from ibllm_agent.cache.base import CacheError
+    from ibllm_agent.checkpoint import CheckpointError
+
+    try:
+        return int(args.func(args) or 0)
+    except (CheckpointError, CacheError, ValueError, KeyError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
