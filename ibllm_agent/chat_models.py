@@ -22,6 +22,7 @@ that had some conditions the answer (so "and what colour is it?" still sees the 
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -109,8 +110,8 @@ class ChatImageBindLLM(BaseChatModel):
     seed: int | None = None
     """Seed for sampling (temperature > 0); seeded requests are never batched with others."""
     timeout: float | None = None
-    """Seconds to wait for an answer before raising TimeoutError (the decoding itself finishes in the
-    background; it cannot be interrupted mid-step)."""
+    """Seconds to wait for an answer before raising TimeoutError (a streamed answer stops there; a
+    batched one finishes in the background, since a decoding step cannot be interrupted)."""
     max_retries: int = 0
     """Accepted for compatibility with hosted chat models; a local model has no transient failures to retry."""
     streaming: bool = False
@@ -289,7 +290,10 @@ class ChatImageBindLLM(BaseChatModel):
             decoder = llm._decoder([request.prompt], visual_query, max_gen_len=p.max_gen_len,
                                    temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=list(p.stop))
         steps = iter(decoder)
+        deadline = time.monotonic() + self.timeout if self.timeout else None
         while True:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"the answer took longer than timeout={self.timeout} s")
             with llm.lock:  # per step, so batched requests and other streams interleave fairly
                 deltas = next(steps, None)
             if deltas is None:

@@ -189,3 +189,11 @@ async def test_async_does_not_block_the_event_loop():
     await task
     assert streamed == msg.content
     assert ticks >= 5, f"the loop ticked only {ticks} times in {elapsed:.2f} s"
+
+
+def test_timeout(chat):
+    impatient = ChatImageBindLLM(model=chat.llm, temperature=0, max_tokens=50, timeout=1e-9)
+    with pytest.raises(TimeoutError):
+        list(impatient.stream("Tell me a story."))
+    with pytest.raises(TimeoutError):
+        impatient.invoke("Tell me a story.")
