@@ -1,7 +1,7 @@
 """Coalesce concurrent generation requests on one model into `generate_batch` calls.
 
 LangChain's `batch()` and a server's worker threads send one conversation per call. A
-`GenerationBatcher` (one per model, started on first use) queues them; its worker thread takes
+`GenerationBatcher` (one per model, created on first use) queues them; its worker takes
 every waiting request that shares the first one's sampling settings (up to `max_batch_size`) and
 decodes them together, so eight threads cost about one decoding loop, not eight.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,35 +56,31 @@ class _Request:
 
 
 class GenerationBatcher:
-    """A queue and one daemon worker thread per model."""
-
-    idle_exit_s = 30.0
-    """The worker thread ends after this long without requests (a new one starts on demand)."""
+    """A queue drained by one worker of a thread pool (joined cleanly at interpreter exit)."""
 
     def __init__(self, model: Any, max_batch_size: int = 8):
         self._model = weakref.ref(model)  # weak: the batcher must not keep a dropped model alive
         self.max_batch_size = max_batch_size
         self._pending: list[_Request] = []
-        self._cond = threading.Condition()
-        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._draining = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ibllm-generate")
 
     def submit(self, prompt: str, feature: torch.Tensor | None, params: GenerationParams) -> Future:
         """Queue one request; the future resolves to the model's `Generation`."""
         request = _Request(prompt, feature, params)
-        with self._cond:
+        with self._lock:
             self._pending.append(request)
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._loop, name="ibllm-generate", daemon=True)
-                self._worker.start()
-            self._cond.notify()
+            if not self._draining:
+                self._draining = True
+                self._executor.submit(self._drain)
         return request.future
 
     def _take_batch(self) -> list[_Request] | None:
-        with self._cond:
-            while not self._pending:
-                if not self._cond.wait(self.idle_exit_s) and not self._pending:
-                    self._worker = None
-                    return None
+        with self._lock:
+            if not self._pending:
+                self._draining = False
+                return None
             first = self._pending[0]
             if not first.params.batchable:
                 batch = [first]
@@ -94,7 +90,7 @@ class GenerationBatcher:
                 self._pending.remove(request)
             return batch
 
-    def _loop(self) -> None:
+    def _drain(self) -> None:
         while (batch := self._take_batch()) is not None:
             batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
             if not batch:
