@@ -242,9 +242,18 @@ class ChatImageBindLLM(BaseChatModel):
         """Encode a turn's media and fuse them with their weights into one (D,) feature."""
         media = [p for p in turn.parts if isinstance(p, MediaPart)]
         embeddings = [p for p in turn.parts if isinstance(p, EmbeddingPart)]
+        dim = int(self._llm.feature_dim)
+        for part in embeddings:
+            if part.vector.numel() != dim:
+                raise ValueError(f"embedding {part.name!r} has {part.vector.numel()} values; this model's "
+                                 f"ImageBind features have {dim}")
         if not media and len(embeddings) == 1:
             return embeddings[0].vector, [embeddings[0].name]  # a lone embedding conditions the turn as is
-        vectors = [self._llm.encode(load_media_parts(media))] if media else []
+        vectors = []
+        if media:
+            items = load_media_parts(media)
+            with self._llm.lock:
+                vectors.append(self._llm.encode(items))
         vectors += [p.vector[None] for p in embeddings]
         weights = [p.weight for p in media] + [p.weight for p in embeddings]
         names = [p.name for p in media] + [p.name for p in embeddings]

@@ -151,6 +151,8 @@ def test_oldest_turns_dropped_with_a_warning_never_the_question(short_llm):
 def test_bad_input_is_a_readable_error(chat):
     with pytest.raises(ValueError, match="at least one human message"):
         chat.invoke([SystemMessage("only a system prompt")])
+    with pytest.raises(ValueError, match="has 3 values; this model's ImageBind features have 1024"):
+        chat.invoke([HumanMessage(content=[embedding_block([1.0, 2.0, 3.0])])])
     with pytest.raises(ContentError, match="content block 1: URLs are disabled"):
         chat.invoke([HumanMessage(content=["look", {"type": "image", "url": "https://example.com/a.png"}])])
 
