@@ -2,8 +2,8 @@
 
 Capability flags are honest: no tool calling or structured output (those tests skip with the
 suite's reason); the image/audio input flags stay off because the standard multimodal tests
-download their media from the internet - tests/unit/test_chat_models.py and
-tests/integration/test_agent.py send the same block shapes with real local files.
+download their media from the internet - tests/integration/test_chat_multimodal.py and
+tests/unit/test_chat_models.py send the same block shapes with real local files.
 """
 
 from __future__ import annotations
@@ -71,11 +71,11 @@ class TestChatImageBindLLMIntegration(ChatModelIntegrationTests):
 
     @property
     def supports_image_inputs(self) -> bool:
-        return False  # the standard test fetches its PNG from the internet; see test_chat_models.py
+        return False  # the standard test fetches its PNG from the internet; see test_chat_multimodal.py
 
     @property
     def supports_audio_inputs(self) -> bool:
-        return False  # the standard test fetches its WAV from the internet; see test_chat_models.py
+        return False  # the standard test fetches its WAV from the internet; see test_chat_multimodal.py
 
 
 # --- embeddings ----------------------------------------------------------------------------------------
