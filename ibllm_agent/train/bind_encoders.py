@@ -1,0 +1,182 @@
+"""Binding ImageBind encoders to the image space with InfoNCE, as ImageBind itself was trained.
+
+Two kinds of objectives over the same `ImageBindModel`:
+
+* `PairedContrastive`: both sides trained, e.g. image <-> text (the image space is made here).
+* `ToImageContrastive`: one encoder (audio, point, ...) trained against FROZEN image embeddings,
+  precomputed once: the image space does not move, so every other modality lands in it.
+
+Samples carry a concept label; pairs are positives when they come from the same concept. Other
+samples of the same concept in a batch are masked out of the negatives (they are not negatives, and
+counting them as such pulls apart what should coincide).
+
+Embeddings are the heads' outputs, L2-normalised (ImageBind's post-processing scales do not matter
+here: ImageBind-LLM normalises every embedding again before fusing).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+
+def masked_info_nce(a: Tensor, b: Tensor, labels: Tensor, scale: float | Tensor) -> Tensor:
+    """Symmetric InfoNCE of row-aligned pairs (a[i], b[i]); a, b [B, D] normalised, labels [B].
+
+    logits = scale * a @ b.T; for row i the positive is column i and columns j != i with the same
+    label are excluded (set to -inf) in both directions.
+    """
+    logits = scale * a @ b.T  # (B, B)
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    logits = logits.masked_fill(same & ~eye, float("-inf"))
+    target = torch.arange(len(labels), device=labels.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def embed(image_bind: nn.Module, modality: str, value: Tensor) -> Tensor:
+    """Normalised head output [B, D] of one clip per sample (`value` WITHOUT a clips dimension).
+
+    Points may come pre-grouped as a dict {"groups": [B, G, k, 3], "centres": [B, G, 3]}: farthest point
+    sampling is deterministic, so the build computes it once per cloud instead of at every step. Or as
+    {"tokens": [B, G, C], "centres": ...}: the mini-PointNet's outputs, when it is kept frozen.
+    """
+    if modality == "point" and isinstance(value, dict):
+        trunk = image_bind.point_trunk
+        if "tokens" in value:
+            feature = point_features_from_tokens(trunk.point_encoder, value["tokens"], value["centres"])
+        else:
+            feature = trunk.point_encoder(value["groups"], value["centres"])
+        feature = feature @ trunk.pc_projection  # (B, proj)
+        return F.normalize(image_bind.modality_heads["point"](feature), dim=-1)
+    return F.normalize(image_bind.encode(modality, value), dim=-1)
+
+
+def point_features_from_tokens(encoder: nn.Module, tokens: Tensor, centres: Tensor) -> Tensor:
+    """`PointTransformer.forward` after its mini-PointNet: group tokens [B, G, C] -> [B, 2*dim]."""
+    x = encoder.reduce_dim(tokens)  # (B, G, dim)
+    B = x.shape[0]
+    x = torch.cat([encoder.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1+G, dim)
+    pos = torch.cat([encoder.cls_pos.expand(B, -1, -1), encoder.pos_embed(centres)], dim=1)
+    x = encoder.norm(encoder.blocks(x, pos))
+    return torch.cat([x[:, 0], x[:, 1:].amax(dim=1)], dim=-1)
+
+
+@torch.no_grad()
+def point_tokens(image_bind: nn.Module, grouped: dict[str, Tensor], batch: int = 16) -> dict[str, Tensor]:
+    """Run the (frozen, eval-mode) mini-PointNet once over pre-grouped clouds: {"tokens", "centres"}."""
+    encoder = image_bind.point_trunk.point_encoder.encoder.eval()
+    groups = grouped["groups"]
+    tokens = torch.cat([encoder(groups[s:s + batch]) for s in range(0, len(groups), batch)])
+    return {"tokens": tokens, "centres": grouped["centres"]}
+
+
+def modality_parameters(image_bind: nn.Module, modality: str) -> list[nn.Parameter]:
+    """The parameters of one modality's encoder (preprocessor, trunk, head, post-processor)."""
+    params = []
+    for container in ("modality_preprocessors", "modality_trunks", "modality_heads", "modality_postprocessors"):
+        modules = getattr(image_bind, container)
+        if modality in modules:
+            params += list(modules[modality].parameters())
+    if modality == "point":
+        params += list(image_bind.point_trunk.parameters())
+    return params
+
+
+def train_only(image_bind: nn.Module, modalities: tuple[str, ...]) -> None:
+    """Freeze `image_bind` except the encoders of `modalities`."""
+    image_bind.requires_grad_(False)
+    for m in modalities:
+        for p in modality_parameters(image_bind, m):
+            p.requires_grad_(True)
+
+
+class PairedContrastive(nn.Module):
+    """Both encoders trained: batch {"a": ..., "b": ..., "label": [B]} for modalities (a, b)."""
+
+    def __init__(self, image_bind: nn.Module, a: str, b: str, scale: float = 20.0):
+        super().__init__()
+        self.image_bind, self.a, self.b, self.scale = image_bind, a, b, scale
+        train_only(image_bind, (a, b))
+
+    def forward(self, batch: dict) -> Tensor:
+        ea = embed(self.image_bind, self.a, batch["a"])
+        eb = embed(self.image_bind, self.b, batch["b"])
+        return masked_info_nce(ea, eb, batch["label"], self.scale)
+
+
+class ToImageContrastive(nn.Module):
+    """One encoder trained against frozen targets: batch {"x": ..., "target": [B, D], "label": [B]}."""
+
+    def __init__(self, image_bind: nn.Module, modality: str, scale: float = 20.0):
+        super().__init__()
+        self.image_bind, self.modality, self.scale = image_bind, modality, scale
+        train_only(image_bind, (modality,))
+
+    def forward(self, batch: dict) -> Tensor:
+        e = embed(self.image_bind, self.modality, batch["x"])
+        return masked_info_nce(e, F.normalize(batch["target"], dim=-1), batch["label"], self.scale)
+
+
+class ConceptPairs(Dataset):
+    """Samples of one modality paired, at each visit, with a random same-concept item of the other side.
+
+    `items[i]` (a tensor or a dict of tensors) has concept `labels[i]`; `partners` are the other side
+    (tensors [M, ...] or an embedding matrix [M, D]) with `partner_labels` [M]. Yields
+    {key_a: item, key_b: partner, "label": label}. Items stored as [S, ...] clip lists (audio) give one
+    random clip per visit.
+    """
+
+    def __init__(self, items, labels: Tensor, partners, partner_labels: Tensor, *,
+                 keys: tuple[str, str] = ("x", "target"), random_clip: bool = False):
+        self.items, self.labels = items, labels
+        self.partners, self.partner_labels = partners, partner_labels
+        self.keys, self.random_clip = keys, random_clip
+        self.by_label = {int(c): (partner_labels == c).nonzero().flatten() for c in partner_labels.unique()}
+        missing = sorted(set(labels.tolist()) - set(self.by_label))
+        if missing:
+            raise ValueError(f"concept labels {missing} have no partner samples")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _item(self, i: int):
+        if isinstance(self.items, dict):
+            return {k: v[i] for k, v in self.items.items()}
+        x = self.items[i]
+        if self.random_clip:
+            x = x[int(torch.randint(len(x), ()))]
+        return x.float()
+
+    def __getitem__(self, i: int) -> dict:
+        label = int(self.labels[i])
+        choices = self.by_label[label]
+        j = int(choices[int(torch.randint(len(choices), ()))])
+        partner = self.partners[j]
+        return {self.keys[0]: self._item(i), self.keys[1]: partner.float() if partner.is_floating_point() else partner,
+                "label": torch.tensor(label)}
+
+
+@torch.no_grad()
+def embed_all(image_bind: nn.Module, modality: str, values, batch_size: int = 64) -> Tensor:
+    """Normalised embeddings [N, D] of all `values` in eval mode; [N, S, ...] clip lists are averaged
+    over S after normalising each clip (ImageBind's multi-clip rule), then renormalised."""
+    image_bind.eval()
+    n = len(values["centres"]) if isinstance(values, dict) else len(values)
+    out = []
+    for start in range(0, n, batch_size):
+        if isinstance(values, dict):
+            chunk = {k: v[start:start + batch_size] for k, v in values.items()}
+            out.append(embed(image_bind, modality, chunk))
+            continue
+        chunk = values[start:start + batch_size].float()
+        clips = chunk.ndim >= 5 and modality != "vision" or chunk.ndim >= 6
+        if clips:
+            B, S = chunk.shape[:2]
+            e = embed(image_bind, modality, chunk.reshape(B * S, *chunk.shape[2:])).reshape(B, S, -1).mean(1)
+            out.append(F.normalize(e, dim=-1))
+        else:
+            out.append(embed(image_bind, modality, chunk))
+    return torch.cat(out)
