@@ -41,13 +41,11 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
-from pydantic import ConfigDict, PrivateAttr, model_validator
 
 from ibllm_agent.arithmetic import combine
 from ibllm_agent.batching import GenerationParams, batcher_for
 from ibllm_agent.content_blocks import EmbeddingPart, MediaPart, Turn, parse_message
-from ibllm_agent.model_pool import shared_model
-from ibllm_agent.sources import DEFAULT_MAX_BYTES, SourcePolicy
+from ibllm_agent.model_pool import PooledModelFields
 
 _MEDIA_TYPES = ("image", "audio", "video", "file")
 _CALL_OVERRIDES = ("temperature", "top_p", "max_tokens", "seed", "cache", "cache_size", "cache_t", "cache_weight")
@@ -69,35 +67,13 @@ class PreparedRequest:
     dropped_messages: int
 
 
-class ChatImageBindLLM(BaseChatModel):
+class ChatImageBindLLM(BaseChatModel, PooledModelFields):
     """ImageBind-LLM chat model: text plus images, audio, video, point clouds and embeddings in, text out.
 
     Not a tool-calling model: `bind_tools` is not implemented, so agents that need tool calls
     should use another chat model and reach ImageBind-LLM through `ibllm_agent.tools`.
+    Which model to load and where media may come from: see `PooledModelFields`.
     """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
-
-    model: Any = "toy"
-    """A model name ("toy", "7B"), a path to an adapter checkpoint, or an already-loaded `ImageBindLLM`."""
-    model_name: str | None = None
-    """Name reported in metadata and traces; defaults to the loaded model's name."""
-    llama_dir: str | None = None
-    """Folder with `tokenizer.model` and `<llama_type>/params.json` (official weights only)."""
-    llama_type: str | None = None
-    """LLaMA size folder inside `llama_dir`, e.g. "7B"."""
-    imagebind_ckpt: str | None = None
-    """ImageBind (+ Point-Bind) checkpoint for official weights."""
-    knn: bool | None = None
-    """Load the visual cache with the model (official: `knn.index`)."""
-    knn_index: str | None = None
-    """Path of the cache index to load when `knn` is set."""
-    device: str | None = None
-    """Torch device to load the model on ("cpu", "cuda")."""
-    dtype: str | None = None
-    """Weights dtype ("float32", "float16", "bfloat16"); default float32 on CPU, float16 on CUDA."""
-    max_seq_len: int | None = None
-    """Context window (prompt + answer) to load the model with; default the loader's (2048)."""
 
     temperature: float = 0.1
     """Sampling temperature; 0 = greedy. Default as upstream."""
@@ -126,36 +102,10 @@ class ChatImageBindLLM(BaseChatModel):
     cache_weight: float = 0.5
     """Share of the cache blend in the visual feature (upstream default)."""
 
-    media_roots: list[str] | None = None
-    """Folders local media in messages must lie in; None allows any local file (trusted callers only)."""
-    allow_urls: bool = False
-    """Fetch http(s) media URLs in messages."""
-    max_media_bytes: int = DEFAULT_MAX_BYTES
-    """Largest media file or inline data accepted."""
     default_question: str = "Describe this input."
     """Question asked when a turn has media but no text."""
     max_batch_size: int = 8
     """Most concurrent conversations decoded together in one batch."""
-
-    _llm: Any = PrivateAttr(default=None)
-    _policy: SourcePolicy = PrivateAttr(default=None)
-
-    @model_validator(mode="after")
-    def _load(self) -> ChatImageBindLLM:
-        self._llm = shared_model(self.model, llama_dir=self.llama_dir, llama_type=self.llama_type,
-                                 imagebind_ckpt=self.imagebind_ckpt, knn=self.knn, knn_index=self.knn_index,
-                                 device=self.device, dtype=self.dtype,
-                                 max_seq_len=self.max_seq_len)
-        if self.model_name is None:
-            self.model_name = str(getattr(self._llm, "name", None) or self.model)
-        self._policy = SourcePolicy(roots=tuple(self.media_roots) if self.media_roots is not None else None,
-                                    allow_urls=self.allow_urls, max_bytes=self.max_media_bytes)
-        return self
-
-    @property
-    def llm(self) -> Any:
-        """The underlying `ImageBindLLM` (shared with other objects built from the same name)."""
-        return self._llm
 
     @property
     def _llm_type(self) -> str:

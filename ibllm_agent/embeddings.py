@@ -29,9 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
+from pydantic import PrivateAttr
 
-from ibllm_agent.model_pool import shared_model
+from ibllm_agent.model_pool import PooledModelFields
 from ibllm_agent.sources import DEFAULT_MAX_BYTES, SourcePolicy
 
 try:  # chromadb is a dependency, but keep the LangChain class importable without it
@@ -41,55 +41,21 @@ except ImportError:  # pragma: no cover
     EmbeddingFunction, register_embedding_function = object, (lambda cls: cls)
 
 
-class ImageBindEmbeddings(BaseModel, Embeddings):
-    """ImageBind embeddings (1024-d for the official model) for every modality in one space."""
+class ImageBindEmbeddings(PooledModelFields, Embeddings):
+    """ImageBind embeddings (1024-d for the official model) for every modality in one space.
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+    Which model to load and where media may come from: see `PooledModelFields`.
+    """
 
-    model: Any = "toy"
-    """A model name ("toy", "7B"), an adapter path, or an already-loaded `ImageBindLLM` (shared)."""
-    model_name: str | None = None
-    """Reported name; defaults to the loaded model's."""
-    llama_dir: str | None = None
-    """Folder with the LLaMA weights (official models only; the pooled model is shared with the chat model)."""
-    llama_type: str | None = None
-    """LLaMA size folder inside `llama_dir`."""
-    imagebind_ckpt: str | None = None
-    """ImageBind (+ Point-Bind) checkpoint (official models only)."""
-    device: str | None = None
-    """Torch device to load the model on."""
     normalize: bool = True
     """L2-normalise every vector (cosine = inner product across modalities)."""
     batch_size: int = 32
     """Inputs encoded per forward pass."""
     cache_entries: int = 4096
     """Vectors kept in the LRU cache (0 disables it)."""
-    media_roots: list[str] | None = None
-    """Folders media paths must lie in; None allows any local file (trusted callers only)."""
-    allow_urls: bool = False
-    """Fetch http(s) media URLs."""
-    max_media_bytes: int = DEFAULT_MAX_BYTES
-    """Largest media file accepted."""
 
-    _llm: Any = PrivateAttr(default=None)
-    _policy: SourcePolicy = PrivateAttr(default=None)
     _cache: OrderedDict = PrivateAttr(default_factory=OrderedDict)
     _cache_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-
-    @model_validator(mode="after")
-    def _load(self) -> ImageBindEmbeddings:
-        self._llm = shared_model(self.model, llama_dir=self.llama_dir, llama_type=self.llama_type,
-                                 imagebind_ckpt=self.imagebind_ckpt, device=self.device)
-        if self.model_name is None:
-            self.model_name = str(getattr(self._llm, "name", None) or self.model)
-        self._policy = SourcePolicy(roots=tuple(self.media_roots) if self.media_roots is not None else None,
-                                    allow_urls=self.allow_urls, max_bytes=self.max_media_bytes)
-        return self
-
-    @property
-    def llm(self) -> Any:
-        """The underlying `ImageBindLLM`."""
-        return self._llm
 
     @property
     def dim(self) -> int:

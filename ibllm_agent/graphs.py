@@ -110,12 +110,7 @@ class _Nodes:
         return {"feature": feature.tolist(), "composition": parts, "steps": ["combine"]}
 
     def retrieve(self, state: PerceptionState) -> dict:
-        cache = self.p.cache
-        k = int(state.get("k", 5))
-        query = cache.check_query(torch.tensor(state["feature"])[None].numpy(), k)
-        result = cache.search(query, min(k, len(cache)))
-        neighbors = [{"id": i, "score": float(s), "metadata": dict(m)}
-                     for i, s, m in zip(result.ids[0], result.scores[0], result.metadatas[0])]
+        neighbors = self.p.search_cache(torch.tensor(state["feature"]), int(state.get("k", 5)))
         return {"neighbors": neighbors, "steps": ["retrieve"]}
 
     def answer(self, state: PerceptionState) -> dict:

@@ -2,6 +2,7 @@
 
 `ChatImageBindLLM(model="toy")`, `ImageBindEmbeddings(model="toy")` and `get_tools("toy")` end up
 with the same model in memory; passing an already-loaded `ImageBindLLM` shares it explicitly.
+`PooledModelFields` holds the constructor fields those classes share.
 """
 
 from __future__ import annotations
@@ -9,6 +10,10 @@ from __future__ import annotations
 import os
 import threading
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
+
+from ibllm_agent.sources import DEFAULT_MAX_BYTES, SourcePolicy
 
 _MODELS: dict[tuple, Any] = {}
 _LOCK = threading.Lock()
@@ -36,3 +41,56 @@ def clear() -> None:
     """Forget pooled models (they are freed once no LangChain object holds them)."""
     with _LOCK:
         _MODELS.clear()
+
+
+class PooledModelFields(BaseModel):
+    """Fields the LangChain classes share: which model to load (from the pool) and where media may come from."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+
+    model: Any = "toy"
+    """A model name ("toy", "7B"), a path to an adapter checkpoint, or an already-loaded `ImageBindLLM`."""
+    model_name: str | None = None
+    """Name reported in metadata and traces; defaults to the loaded model's name."""
+    llama_dir: str | None = None
+    """Folder with `tokenizer.model` and `<llama_type>/params.json` (official weights only)."""
+    llama_type: str | None = None
+    """LLaMA size folder inside `llama_dir`, e.g. "7B"."""
+    imagebind_ckpt: str | None = None
+    """ImageBind (+ Point-Bind) checkpoint for official weights."""
+    knn: bool | None = None
+    """Load the visual cache with the model (official: `knn.index`)."""
+    knn_index: str | None = None
+    """Path of the cache index to load when `knn` is set."""
+    device: str | None = None
+    """Torch device to load the model on ("cpu", "cuda")."""
+    dtype: str | None = None
+    """Weights dtype ("float32", "float16", "bfloat16"); default float32 on CPU, float16 on CUDA."""
+    max_seq_len: int | None = None
+    """Context window (prompt + answer) to load the model with; default the loader's (2048)."""
+
+    media_roots: list[str] | None = None
+    """Folders local media must lie in; None allows any local file (trusted callers only)."""
+    allow_urls: bool = False
+    """Fetch http(s) media URLs."""
+    max_media_bytes: int = DEFAULT_MAX_BYTES
+    """Largest media file or inline data accepted."""
+
+    _llm: Any = PrivateAttr(default=None)
+    _policy: SourcePolicy = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _attach_model(self):
+        self._llm = shared_model(self.model, llama_dir=self.llama_dir, llama_type=self.llama_type,
+                                 imagebind_ckpt=self.imagebind_ckpt, knn=self.knn, knn_index=self.knn_index,
+                                 device=self.device, dtype=self.dtype, max_seq_len=self.max_seq_len)
+        if self.model_name is None:
+            self.model_name = str(getattr(self._llm, "name", None) or self.model)
+        self._policy = SourcePolicy(roots=tuple(self.media_roots) if self.media_roots is not None else None,
+                                    allow_urls=self.allow_urls, max_bytes=self.max_media_bytes)
+        return self
+
+    @property
+    def llm(self) -> Any:
+        """The underlying `ImageBindLLM` (shared with other objects built from the same name and options)."""
+        return self._llm

@@ -168,6 +168,15 @@ class Perception:
             return vectors[0], expression.terms[0][0].value
         return combine(vectors, expression.coefficients), str(expression)
 
+    def search_cache(self, vector: torch.Tensor, k: int) -> list[dict]:
+        """The `k` nearest visual-cache items of a (D,) vector: id, inner-product score, metadata."""
+        if self.cache is None:
+            raise ToolException("no visual cache is loaded (load the model with knn=True, or pass cache= to get_tools)")
+        query = self.cache.check_query(vector[None].numpy(), k)
+        result = self.cache.search(query, min(k, len(self.cache)))
+        return [{"id": i, "score": float(s), "metadata": dict(m)}
+                for i, s, m in zip(result.ids[0], result.scores[0], result.metadatas[0])]
+
     def describe(self, blocks: list, question: str | None) -> str:
         message = HumanMessage(content=[question or self.chat.default_question, *blocks])
         return self.chat.invoke([message]).text
@@ -325,14 +334,8 @@ class RetrieveFromCacheTool(PerceptionTool):
 
     @_tool_errors
     def _run(self, query: str, k: int = 5, run_manager=None) -> tuple[str, list[dict]]:
-        cache = self.perception.cache
-        if cache is None:
-            raise ToolException("no visual cache is loaded (load the model with knn=True, or pass cache= to get_tools)")
         vector, what = self.perception.resolve_query(query)
-        q = cache.check_query(vector[None].numpy(), k)
-        result = cache.search(q, min(k, len(cache)))
-        hits = [{"id": i, "score": float(s), "metadata": dict(m)}
-                for i, s, m in zip(result.ids[0], result.scores[0], result.metadatas[0])]
+        hits = self.perception.search_cache(vector, k)
         return _format_hits(f"nearest cache items to {what}", hits), hits
 
 
