@@ -124,6 +124,10 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
         params["ls_model_name"] = override if isinstance(override, str) else self.model_name
         return params
 
+    def get_token_ids(self, text: str) -> list[int]:
+        """The model's own (sentencepiece) token ids, so `get_num_tokens` and `trim_messages` count right."""
+        return list(self._llm.tokenizer.encode(text, bos=False, eos=False))
+
     # --- conversation -> prompt + feature -------------------------------------------------------
 
     def prepare(self, messages: Sequence[BaseMessage], stop: list[str] | None = None,

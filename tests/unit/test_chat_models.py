@@ -199,3 +199,9 @@ def test_timeout(chat):
         list(impatient.stream("Tell me a story."))
     with pytest.raises(TimeoutError):
         impatient.invoke("Tell me a story.")
+
+
+def test_token_counts_use_the_models_tokenizer(chat):
+    text = "How many tokens is this?"
+    assert chat.get_token_ids(text) == chat.llm.tokenizer.encode(text, bos=False, eos=False)
+    assert chat.get_num_tokens(text) == len(chat.get_token_ids(text))
