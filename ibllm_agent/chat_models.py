@@ -48,7 +48,8 @@ from ibllm_agent.content_blocks import EmbeddingPart, MediaPart, Turn, parse_mes
 from ibllm_agent.model_pool import PooledModelFields
 
 _MEDIA_TYPES = ("image", "audio", "video", "file")
-_CALL_OVERRIDES = ("temperature", "top_p", "max_tokens", "seed", "cache", "cache_size", "cache_t", "cache_weight")
+_CALL_OVERRIDES = ("temperature", "top_p", "max_tokens", "seed", "visual_cache", "cache_size", "cache_t",
+                   "cache_weight")
 
 
 class ContextWindowWarning(UserWarning):
@@ -93,8 +94,9 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
     streaming: bool = False
     """Stream tokens through callbacks on `invoke` as well."""
 
-    cache: bool | None = None
-    """Use the visual cache: None = whenever the model has one."""
+    visual_cache: bool | None = None
+    """Blend the model's visual cache into the feature (upstream `knn`): None = whenever the model has one.
+    (Not `cache`: that field of every LangChain model switches LangChain's response cache.)"""
     cache_size: int = 10
     """Neighbours retrieved from the cache (upstream default)."""
     cache_t: float = 20.0
@@ -114,7 +116,7 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "temperature": self.temperature, "top_p": self.top_p,
-                "max_tokens": self.max_tokens, "cache": self.cache, "cache_size": self.cache_size,
+                "max_tokens": self.max_tokens, "visual_cache": self.visual_cache, "cache_size": self.cache_size,
                 "cache_t": self.cache_t, "cache_weight": self.cache_weight}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any):
@@ -154,7 +156,7 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
         stops = tuple(stop if stop is not None else (self.stop or ()))
         return GenerationParams(max_gen_len=int(values["max_tokens"]), temperature=float(values["temperature"]),
                                 top_p=float(values["top_p"]), seed=values["seed"], stop=stops,
-                                cache=values["cache"], cache_size=int(values["cache_size"]),
+                                cache=values["visual_cache"], cache_size=int(values["cache_size"]),
                                 cache_t=float(values["cache_t"]), cache_weight=float(values["cache_weight"]))
 
     def _latest_media_turn(self, messages: Sequence[BaseMessage]) -> Turn | None:

@@ -119,7 +119,7 @@ class _Nodes:
             if state.get("feature") is not None else []
         # the model blends its own cache only; a cache given to the graph alone is for retrieval
         use_cache = bool(state.get("neighbors")) if getattr(self.p.llm, "cache", None) is not None else None
-        reply = self.p.chat.invoke([HumanMessage(content=[question, *blocks])], cache=use_cache)
+        reply = self.p.chat.invoke([HumanMessage(content=[question, *blocks])], visual_cache=use_cache)
         messages = [HumanMessage(question), AIMessage(reply.text, response_metadata=reply.response_metadata)]
         return {"answer": reply.text, "messages": messages, "steps": ["answer"]}
 

@@ -205,3 +205,22 @@ def test_token_counts_use_the_models_tokenizer(chat):
     text = "How many tokens is this?"
     assert chat.get_token_ids(text) == chat.llm.tokenizer.encode(text, bos=False, eos=False)
     assert chat.get_num_tokens(text) == len(chat.get_token_ids(text))
+
+
+def test_cache_settings_per_call_and_neighbours_in_metadata():
+    from ibllm_agent.cache.faiss import FaissCache
+
+    llm = load("tiny")
+    torch.manual_seed(3)
+    stored = torch.nn.functional.normalize(torch.randn(4, llm.feature_dim), dim=-1)
+    llm.cache = FaissCache.from_vectors(stored.numpy(), ids=["a", "b", "c", "d"],
+                                        metadatas=[{"caption": c} for c in "abcd"])
+    chat = ChatImageBindLLM(model=llm, temperature=0, max_tokens=6, visual_cache=True, cache_size=2)
+    message = [HumanMessage(content=["What is it?", embedding_block(stored[2] + 0.1 * stored[0])])]
+    used = chat.invoke(message).response_metadata["cache_neighbors"]
+    assert [n["id"] for n in used] == ["c", "a"] and sum(n["weight"] for n in used) == pytest.approx(1.0)
+    assert used[0]["metadata"] == {"caption": "c"}
+    assert chat.invoke(message, visual_cache=False).response_metadata["cache_neighbors"] == []
+    assert len(chat.invoke(message, cache_size=3).response_metadata["cache_neighbors"]) == 3
+    streamed = [c for c in chat.stream(message) if c.response_metadata]
+    assert [n["id"] for n in streamed[-1].response_metadata["cache_neighbors"]] == ["c", "a"]
