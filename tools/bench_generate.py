@@ -1,0 +1,191 @@
+"""Decoding speed of ImageBind-LLM against the memory-bandwidth bound, and loading memory.
+
+    python tools/bench_generate.py                       # parity model (if built) + mid-size random model
+    python tools/bench_generate.py --parity-dir DIR --bf16 --json out.json
+
+For each model: prefill tokens/s, decode tokens/s at batch 1 and batch 8, and the fraction of the
+bandwidth bound at batch 1 = (LLaMA weight bytes read per decode step / time per step) / copy
+bandwidth, the copy bandwidth measured in the same run as (bytes read + bytes written) / time of a
+1 GiB tensor copy. Every figure is the median of several repetitions; machines are noisy, so the
+ratios (measured side by side) matter more than absolute numbers. For the parity model the load is
+also run in a fresh process to report its peak RSS against the size of the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ibllm_agent.llama.model import Transformer  # noqa: E402
+
+
+def copy_bandwidth(gib: float = 1.0, reps: int = 5) -> float:
+    """Bytes/s of (read + write) for a `gib` GiB float32 tensor copy (median of `reps`)."""
+    src = torch.ones(int(gib * (1 << 30)) // 4)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t)
+    return 2 * src.numel() * 4 / statistics.median(times)
+
+
+def step_bytes(llama: Transformer) -> int:
+    """Weight bytes one decode step reads: every parameter except the embedding table (one row each)."""
+    return sum(p.numel() * p.element_size() for n, p in llama.named_parameters() if n != "tok_embeddings.weight")
+
+
+@torch.inference_mode()
+def time_decode(llama: Transformer, adapter, batch: int, prompt_len: int, steps: int, reps: int) -> dict:
+    """Median seconds of a prefill of `prompt_len` tokens and of one decode step, at `batch`."""
+    vocab = llama.vocab_size
+    g = torch.Generator().manual_seed(0)
+    device = llama.tok_embeddings.weight.device
+    adapter = [None if a is None else a.expand(batch, -1, -1, -1).contiguous() for a in adapter]
+    prefill, decode = [], []
+    for _ in range(reps):
+        tokens = torch.randint(0, vocab, (batch, prompt_len), generator=g).to(device)
+        cache = llama.new_cache(batch, prompt_len + steps)
+        t = time.perf_counter()
+        logits = llama(tokens, cache, adapter, last_only=True)
+        prefill.append(time.perf_counter() - t)
+        for _ in range(steps):
+            nxt = logits.argmax(-1, keepdim=True)
+            t = time.perf_counter()
+            logits = llama(nxt, cache, adapter, last_only=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            decode.append(time.perf_counter() - t)
+    return {"prefill_s": statistics.median(prefill), "step_s": statistics.median(decode),
+            "step_spread": (min(decode), max(decode))}
+
+
+def bench_model(label: str, model, *, bandwidth: float, prompt_len: int, steps: int, reps: int, bf16: bool) -> dict:
+    llama = model.llama
+    with torch.inference_mode():
+        vq = model.bind(torch.randn(1, model.feature_dim))
+        adapter = llama.adapter_values(model.adapter_queries(vq))
+    time_decode(llama, adapter, 1, 8, 2, 1)  # warm-up: page in mmap'd weights, allocator, kernels
+    b1 = time_decode(llama, adapter, 1, prompt_len, steps, reps)
+    b8 = time_decode(llama, adapter, 8, prompt_len, steps, reps)
+    nbytes = step_bytes(llama)
+    row = {
+        "model": label, "dtype": str(model.dtype).removeprefix("torch."), "weight_bytes_per_step": nbytes,
+        "prefill_tok_s": prompt_len / b1["prefill_s"], "decode_tok_s_b1": 1 / b1["step_s"],
+        "decode_tok_s_b8": 8 / b8["step_s"], "step_ms_b1_min_max": [round(x * 1e3, 1) for x in b1["step_spread"]],
+        "bound_fraction_b1": nbytes / b1["step_s"] / bandwidth,
+    }
+    row["b8_over_b1"] = row["decode_tok_s_b8"] / row["decode_tok_s_b1"]
+    if bf16 and model.device.type == "cpu":
+        llama.to(torch.bfloat16)
+        with torch.inference_mode():
+            adapter16 = [None if a is None else a.to(torch.bfloat16) for a in adapter]
+        time_decode(llama, adapter16, 1, 8, 2, 1)
+        b1_16 = time_decode(llama, adapter16, 1, prompt_len, steps, reps)
+        row["decode_tok_s_b1_bf16"] = 1 / b1_16["step_s"]
+        row["bf16_over_fp32"] = row["decode_tok_s_b1_bf16"] / row["decode_tok_s_b1"]
+        row["bound_fraction_b1_bf16"] = step_bytes(llama) / b1_16["step_s"] / bandwidth
+        llama.to(torch.float32)
+    return row
+
+
+def load_parity(parity_dir: Path):
+    import ibllm_agent
+
+    return ibllm_agent.load(str(parity_dir / "adapter.pth"), str(parity_dir / "llama"),
+                            imagebind_ckpt=str(parity_dir / "imagebind.pth"))
+
+
+def measure_load(parity_dir: Path) -> dict:
+    """Run in a fresh process: peak RSS of the load itself, then after every weight was touched."""
+    t = time.perf_counter()
+    model = load_parity(parity_dir)
+    seconds = time.perf_counter() - t
+    peak_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    with torch.inference_mode():
+        checksum = sum(float(t.float().sum()) for t in model.state_dict().values())  # page in every tensor
+    peak_all = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"load_s": seconds, "weights_bytes": weights, "peak_rss_load": peak_load, "peak_rss_touched": peak_all,
+            "load_over_weights": peak_load / weights, "touched_over_weights": peak_all / weights,
+            "checksum_finite": checksum == checksum}
+
+
+def mid_model():
+    """A random mid-size model (LLaMA dim 2048, 4 layers, vocab 32000, all layers adapted)."""
+    from ibllm_agent.imagebind.model import imagebind_tiny_args
+    from ibllm_agent.model import ImageBindLLM, tiny_tokenizer
+    from ibllm_agent.presets import llama_args
+
+    args = llama_args("mid", vocab_size=32000, max_seq_len=1024)
+    torch.manual_seed(0)
+    model = ImageBindLLM(args, tiny_tokenizer(), imagebind_tiny_args(), query_layer=args.n_layers, name="mid")
+    with torch.no_grad():
+        for layer in model.llama.layers:
+            layer.attention.gate.normal_(0, 0.3)
+    return model.eval()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--parity-dir", type=Path, default=Path("/tmp/ibllm-parity"))
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--steps", type=int, default=12, help="decode steps per repetition")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--bf16", action="store_true", help="also time bfloat16 weights on CPU")
+    p.add_argument("--skip-load", action="store_true", help="do not measure the loading RSS")
+    p.add_argument("--only", choices=["parity", "mid"], help="benchmark one model")
+    p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--measure-load", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.measure_load:
+        print(json.dumps(measure_load(args.parity_dir)))
+        return 0
+
+    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "models": []}
+    have_parity = (args.parity_dir / "adapter.pth").is_file()
+    if have_parity and not args.skip_load and args.only != "mid":
+        out = subprocess.run([sys.executable, __file__, "--measure-load", "--parity-dir", str(args.parity_dir)],
+                             check=True, capture_output=True, text=True).stdout
+        results["load"] = json.loads(out.strip().splitlines()[-1])
+        print(f"load (fresh process): {results['load']['load_s']:.1f} s, peak RSS "
+              f"{results['load']['peak_rss_load'] / 1e9:.2f} GB = {results['load']['load_over_weights']:.2f} x weights "
+              f"({results['load']['weights_bytes'] / 1e9:.2f} GB); after touching every weight "
+              f"{results['load']['touched_over_weights']:.2f} x")
+    results["copy_GBps_before"] = copy_bandwidth() / 1e9
+    models = []
+    if have_parity and args.only != "mid":
+        models.append(("parity (dim 4096, 2 layers)", load_parity))
+    elif args.only == "parity":
+        raise SystemExit(f"{args.parity_dir} has no parity fixtures")
+    if args.only != "parity":
+        models.append(("mid (dim 2048, 4 layers, random)", lambda _: mid_model()))
+    for label, make in models:
+        model = make(args.parity_dir)
+        bw = copy_bandwidth()  # measured next to each model's run
+        row = bench_model(label, model, bandwidth=bw, prompt_len=args.prompt_len, steps=args.steps, reps=args.reps,
+                          bf16=args.bf16)
+        row["copy_GBps"] = bw / 1e9
+        results["models"].append(row)
+        print(json.dumps(row, indent=1))
+        del model
+    results["copy_GBps_after"] = copy_bandwidth() / 1e9
+    print(f"copy bandwidth before/after: {results['copy_GBps_before']:.1f} / {results['copy_GBps_after']:.1f} GB/s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
