@@ -126,6 +126,16 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
         params["ls_model_name"] = override if isinstance(override, str) else self.model_name
         return params
 
+    def _resolve_model_profile(self) -> dict[str, Any]:
+        """What this model honestly does (read by `create_agent` and other LangChain helpers)."""
+        profile = {"name": self.model_name or str(self.model), "open_weights": True, "text_inputs": True,
+                   "image_inputs": True, "image_url_inputs": self.allow_urls, "audio_inputs": True,
+                   "video_inputs": True, "pdf_inputs": False, "text_outputs": True, "tool_calling": False,
+                   "tool_choice": False, "structured_output": False}
+        if self._llm is not None:
+            profile["max_input_tokens"] = profile["max_output_tokens"] = int(self._llm.max_seq_len)
+        return profile
+
     def get_token_ids(self, text: str) -> list[int]:
         """The model's own (sentencepiece) token ids, so `get_num_tokens` and `trim_messages` count right."""
         return list(self._llm.tokenizer.encode(text, bos=False, eos=False))

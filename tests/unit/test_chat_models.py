@@ -224,3 +224,10 @@ def test_cache_settings_per_call_and_neighbours_in_metadata():
     assert len(chat.invoke(message, cache_size=3).response_metadata["cache_neighbors"]) == 3
     streamed = [c for c in chat.stream(message) if c.response_metadata]
     assert [n["id"] for n in streamed[-1].response_metadata["cache_neighbors"]] == ["c", "a"]
+
+
+def test_profile_is_honest(chat):
+    profile = chat.profile
+    assert profile["tool_calling"] is False and profile["structured_output"] is False
+    assert profile["image_inputs"] and profile["audio_inputs"] and profile["video_inputs"]
+    assert profile["max_input_tokens"] == chat.llm.max_seq_len
