@@ -276,8 +276,11 @@ class ImageBindLLM(nn.Module):
             adapter = self.llama.adapter_values(self.adapter_queries(visual_query))
             return self.llama(tokens, cache, adapter, last_only=True)
 
-    def _decoder(self, prompts: Sequence[str | Sequence[int]], visual_query: torch.Tensor, *, max_gen_len: int,
-                 temperature: float, top_p: float, seed: int | None, stop: Sequence[str] | None) -> Decoder:
+    def decoder(self, prompts: Sequence[str | Sequence[int]], visual_query: torch.Tensor, *, max_gen_len: int = 256,
+                temperature: float = 0.1, top_p: float = 0.75, seed: int | None = None,
+                stop: Sequence[str] | None = None) -> Decoder:
+        """A step-by-step `Decoder` for prompts (text, BOS added, or token ids) and visual queries [B or 1, 1, dim]:
+        iterate it for per-step text deltas (callers that share the model hold `lock` per step)."""
         ids = [self.tokenizer.encode(p, bos=True, eos=False) if isinstance(p, str) else list(p) for p in prompts]
         if visual_query.shape[0] == 1 and len(ids) > 1:
             visual_query = visual_query.expand(len(ids), -1, -1)
@@ -298,9 +301,11 @@ class ImageBindLLM(nn.Module):
         """The reference's generate: answers (str) for `prompts` (already formatted, e.g. `format_prompt`),
         conditioned on the `inputs` mix; greedy when temperature is 0. Any batch size."""
         visual_query = self.forward_visual(inputs, cache_size, cache_t, cache_weight)
-        decoder = self._decoder(prompts, visual_query, max_gen_len=max_gen_len, temperature=temperature,
+        decoder = self.decoder(prompts, visual_query, max_gen_len=max_gen_len, temperature=temperature,
                                 top_p=top_p, seed=None, stop=None)
         return [text for text, _, _ in decoder.run()]
+
+    _decoder = decoder  # the name the first callers used
 
     def _features(self, features: torch.Tensor | None, batch: int) -> torch.Tensor:
         if features is None:
@@ -320,7 +325,7 @@ class ImageBindLLM(nn.Module):
                                                     cache_size=cache_size, cache_t=cache_t, cache_weight=cache_weight)
         if len(neighbors) == 1 and len(prompts) > 1:
             neighbors = neighbors * len(prompts)
-        decoder = self._decoder(prompts, visual_query, max_gen_len=max_gen_len, temperature=temperature,
+        decoder = self.decoder(prompts, visual_query, max_gen_len=max_gen_len, temperature=temperature,
                                 top_p=top_p, seed=seed, stop=stop)
         return [Generation(text=text, token_ids=ids, prompt_tokens=len(prompt), finish_reason=finish,
                            neighbors=n)
@@ -331,7 +336,7 @@ class ImageBindLLM(nn.Module):
         (for greedy decoding, or the same seed). Takes the keyword arguments of `generate_batch`."""
         cache_kw = {k: kwargs.pop(k) for k in ("cache", "cache_size", "cache_t", "cache_weight") if k in kwargs}
         visual_query, _ = self.visual_query(self._features(feature, 1), **cache_kw)
-        decoder = self._decoder([prompt], visual_query, **{"max_gen_len": 256, "temperature": 0.1, "top_p": 0.75,
+        decoder = self.decoder([prompt], visual_query, **{"max_gen_len": 256, "temperature": 0.1, "top_p": 0.75,
                                                             "seed": None, "stop": None, **kwargs})
         for deltas in decoder:
             if deltas[0]:
