@@ -74,7 +74,8 @@ def chat_model(model, generation: GenerationSettings, cache: CacheSettings) -> C
     """The LangChain chat model over the shared ImageBindLLM with this session's settings."""
     return ChatImageBindLLM(
         model=model, temperature=generation.temperature, top_p=generation.top_p,
-        max_tokens=generation.max_tokens, cache=cache.enabled and getattr(model, "cache", None) is not None,
+        max_tokens=generation.max_tokens,
+        visual_cache=cache.enabled and getattr(model, "cache", None) is not None,
         cache_size=cache.size, cache_t=cache.t, cache_weight=cache.weight)
 
 
