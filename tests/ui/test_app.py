@@ -162,3 +162,36 @@ def test_a_model_that_cannot_load_is_reported_and_the_toy_is_one_click_away(app)
     assert "Could not load **/nowhere/7B.pth**" in app.error[0].value
     app.button(key="back_to_toy").click().run()
     assert app.session_state.spec.name == "toy"
+
+
+def test_two_sessions_share_one_model_and_answer_concurrently(tmp_path, monkeypatch, app_config):
+    """Two browser sessions at once: one load for both, and the same answers as one at a time (greedy)."""
+    import json
+    import threading
+
+    import ibllm_agent
+
+    # a spec no other test uses, so this test sees the shared cache's first load
+    config = tmp_path / "fresh.json"
+    config.write_text(json.dumps({"model": {"name": app_config, "dtype": "float32"}}))
+    monkeypatch.setenv("IBLLM_UI_CONFIG", str(config))
+    loads = []
+    real_load = ibllm_agent.load
+    monkeypatch.setattr(ibllm_agent, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    questions = ["What is this?", "Describe the sound of rain."]
+    sessions = [AppTest.from_file(APP, default_timeout=300) for _ in questions]
+    threads = [threading.Thread(target=s.run) for s in sessions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    threads = [threading.Thread(target=s.chat_input[0].set_value(q).run) for s, q in zip(sessions, questions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    together = [history(s)[-1].text for s in sessions]
+    alone = [history(AppTest.from_file(APP, default_timeout=300).run().chat_input[0].set_value(q).run())[-1].text
+             for q in questions]
+    assert len(loads) == 1
+    assert together == alone and all(together)
