@@ -107,8 +107,10 @@ def timed_queries(search, queries: np.ndarray, truth: np.ndarray) -> tuple[float
     return float(np.percentile(lat_ms, 50)), float(np.percentile(lat_ms, 95)), hits / truth.size
 
 
-def bench_faiss(data: Dataset, n: int, kind: str, queries, truth, sweep: list[int]) -> list[Row]:
-    options = FaissOptions(kind=kind, nlist=max(16, int(np.sqrt(n))) if kind == "ivf" else None)
+def bench_faiss(data: Dataset, n: int, kind: str, queries, truth, sweep: list[int], hnsw_m: int,
+                hnsw_efc: int) -> list[Row]:
+    options = FaissOptions(kind=kind, nlist=max(16, int(np.sqrt(n))) if kind == "ivf" else None, hnsw_m=hnsw_m,
+                           ef_construction=hnsw_efc)
     t0 = time.perf_counter()
     train = data.draw(min(n, 40 * options.nlist), stream=2 * 10**6) if kind == "ivf" else None
     cache = FaissCache.create(DIM, options, train_vectors=train)
@@ -121,7 +123,7 @@ def bench_faiss(data: Dataset, n: int, kind: str, queries, truth, sweep: list[in
         def search(q):
             return [int(i) for i in cache.search(q, K).ids[0]]
         p50, p95, rec = timed_queries(search, queries, truth)
-        setting = {"flat": "exact", "hnsw": f"M=32 efC=200 efSearch={value}", "ivf": f"nlist={options.nlist} "
+        setting = {"flat": "exact", "hnsw": f"M={hnsw_m} efC={hnsw_efc} efSearch={value}", "ivf": f"nlist={options.nlist} "
                    f"nprobe={value}"}[kind]
         rows.append(Row(data.kind, n, f"faiss-{kind}", setting, rate, p50, p95, rec))
         logger.info("%s", rows[-1])
@@ -188,13 +190,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--ef-search", type=int, nargs="+", default=[64, 128, 256, 512])
     parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 32, 128])
+    parser.add_argument("--hnsw-m", type=int, default=FaissOptions.hnsw_m)
+    parser.add_argument("--hnsw-efc", type=int, default=FaissOptions.ef_construction)
     parser.add_argument("--candidates", type=int, nargs="+", default=[100])
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
-    parser.add_argument("--out", type=Path, help="append the markdown table and JSON rows here")
+    parser.add_argument("--out", type=Path, help="append the markdown table here (rows also go to OUT.jsonl as "
+                        "they are measured)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
     rows: list[Row] = []
+    jsonl = args.out.with_suffix(".jsonl") if args.out else None
     for kind in args.data:
         data = Dataset(kind)
         queries = data.queries(args.queries)
@@ -203,16 +209,20 @@ def main(argv: list[str] | None = None) -> int:
             for backend in args.backends:
                 if backend.startswith("faiss-"):
                     sweep = {"flat": [], "hnsw": args.ef_search, "ivf": args.nprobe}[backend[6:]]
-                    rows += bench_faiss(data, n, backend[6:], queries, truth, sweep)
+                    rows += bench_faiss(data, n, backend[6:], queries, truth, sweep, args.hnsw_m, args.hnsw_efc)
                 else:
                     hnsw = chroma_settings(backend)
                     rows += bench_chroma(data, n, backend[7:], hnsw, queries, truth, args.workdir,
                                          args.candidates)
+                if jsonl:
+                    with jsonl.open("a") as f:
+                        f.writelines(json.dumps(r.__dict__) + "\n" for r in rows if r.backend == backend and r.n == n
+                                     and r.data == kind)
     table = markdown(rows)
     print(table)
     if args.out:
         with args.out.open("a") as f:
-            f.write(table + "\n\n<!-- rows\n" + json.dumps([r.__dict__ for r in rows]) + "\n-->\n")
+            f.write(table + "\n\n")
     return 0
 
 

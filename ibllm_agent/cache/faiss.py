@@ -37,7 +37,7 @@ class FaissOptions:
     """"flat" (exact IndexFlatIP), "hnsw" (IndexHNSWFlat) or "ivf" (IndexIVFFlat), all inner product."""
     hnsw_m: int = 32
     """HNSW graph degree: higher = better recall, more memory and slower build."""
-    ef_construction: int = 200
+    ef_construction: int = 64
     """HNSW candidate list while building."""
     ef_search: int = 128
     """HNSW candidate list while searching (recall/latency knob, can be changed after loading)."""
