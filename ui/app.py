@@ -149,14 +149,14 @@ def sidebar(config: AppConfig) -> tuple[GenerationSettings, CacheSettings]:
     return generation, cache
 
 
-def inputs_panel() -> None:
+def inputs_panel(*, expanded: bool) -> None:
     """The mixing desk: each input with its weight and a subtract switch, plus an upload panel."""
     inputs = st.session_state.inputs
     for att in inputs:  # the widgets' values from the last interaction, before anything is drawn with them
         att.weight = st.session_state.get(f"weight_{att.key}", att.weight)
         att.subtract = st.session_state.get(f"subtract_{att.key}", att.subtract)
     title = f"Inputs · {mixture_summary(inputs)}" if inputs else "Inputs"
-    with st.expander(title, expanded=bool(inputs), icon=":material/instant_mix:"):
+    with st.expander(title, expanded=expanded and bool(inputs), icon=":material/instant_mix:"):
         cols = st.columns(3)
         for i, att in enumerate(inputs):
             with cols[i % 3], st.container(border=True):
@@ -267,7 +267,7 @@ st.caption(backend.status_line(model))
 notice = backend.toy_notice(model)
 if notice:
     st.info(notice, icon=":material/toys:")
-inputs_panel()
+inputs_panel(expanded=view == "chat")  # folded in the explorer, whose heatmap needs the room
 if view == "explorer":
     explorer(model, backend.toy_concepts())
 else:

@@ -60,12 +60,14 @@ def with_mixture(labels: list[str], embeddings: torch.Tensor,
     return [*labels, "mixture"], torch.cat([embeddings, mix[None]])
 
 
-def heatmap_figure(matrix: np.ndarray, labels: list[str]) -> go.Figure:
-    """Annotated cosine-similarity heatmap with the inputs and prompts on both axes."""
+def heatmap_figure(matrix: np.ndarray, labels: list[str], *, annotate_up_to: int = 10) -> go.Figure:
+    """Cosine-similarity heatmap with the inputs and prompts on both axes (values written in small ones)."""
+    annotate = len(labels) <= annotate_up_to
     fig = go.Figure(go.Heatmap(
         z=matrix, x=labels, y=labels, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True,
-        text=np.round(matrix, 2), texttemplate="%{text}", hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>",
-        colorbar={"title": "cosine"}))
-    fig.update_layout(height=120 + 42 * len(labels), margin={"l": 10, "r": 10, "t": 10, "b": 10},
-                      yaxis={"autorange": "reversed"})
+        text=np.round(matrix, 2) if annotate else None, texttemplate="%{text}" if annotate else None,
+        hovertemplate="%{y} · %{x}: %{z:.3f}<extra></extra>", colorbar={"title": {"text": "cosine"}}))
+    cell = 44 if annotate else 28
+    fig.update_layout(height=160 + cell * len(labels), margin={"l": 10, "r": 10, "t": 10, "b": 10},
+                      xaxis={"side": "top", "tickangle": -45}, yaxis={"autorange": "reversed"})
     return fig
