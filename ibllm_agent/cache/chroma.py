@@ -166,10 +166,15 @@ class ChromaCache(VisualCache):
         """Add vectors (N, D) in batches of at most the client's max batch size; existing ids are skipped.
 
         Without ids, ids are positions continuing from the current count (single writer only).
+        Without documents, an item's document is its caption or URI from the metadata, so that
+        LangChain's `Chroma` wrapper (which drops items without a document) sees it too.
         Returns how many items were added.
         """
         x = as_matrix(vectors, self.dim)
         n = len(x)
+        if documents is None and metadatas is not None:
+            documents = [(m or {}).get("caption") or (m or {}).get("uri") for m in metadatas]
+            documents = documents if any(d is not None for d in documents) else None
         if ids is None:
             start = len(self)
             ids = [str(start + i) for i in range(n)]

@@ -18,6 +18,9 @@ from ibllm_agent.cache.base import CacheError, VisualCache
 
 logger = logging.getLogger(__name__)
 
+IVF_TRAIN_MAX = 100_000
+"""Vectors an exported IVF index is trained on (k-means cost grows with it)."""
+
 
 def register(subparsers) -> None:
     """Add the `cache` command and its subcommands to the `ibllm` parser."""
@@ -161,13 +164,27 @@ def _export_faiss(args) -> int:
     source = _open_chroma(args, create=False)
     if len(source) == 0:
         raise CacheError(f"collection {args.collection!r} is empty: nothing to export")
-    options = FaissOptions(kind=args.kind)
-    train = next(source.iter_batches())[1] if args.kind == "ivf" else None
-    dest = FaissCache.create(source.dim, options, train_vectors=train)
+    train = _training_sample(source, IVF_TRAIN_MAX) if args.kind == "ivf" else None
+    # IVF cells: ~4 sqrt(n), but k-means wants >= 39 training points per cell
+    nlist = max(1, min(int(4 * len(source) ** 0.5), len(train) // 39)) if train is not None else None
+    dest = FaissCache.create(source.dim, FaissOptions(kind=args.kind, nlist=nlist), train_vectors=train)
     copy_cache(source.iter_batches(), dest, total=len(source), progress=True, desc="export")
     dest.save(args.out)
     print(json.dumps({"out": str(args.out), "count": len(dest), "kind": args.kind}))
     return 0
+
+
+def _training_sample(cache, limit: int):
+    """The first `limit` vectors of a cache (Chroma pages are in insertion order, not sorted: a fair sample)."""
+    import numpy as np
+
+    chunks, n = [], 0
+    for _, vectors, _ in cache.iter_batches():
+        chunks.append(vectors[:limit - n])
+        n += len(chunks[-1])
+        if n >= limit:
+            break
+    return np.concatenate(chunks)
 
 
 @_errors

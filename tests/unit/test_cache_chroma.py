@@ -52,6 +52,8 @@ def test_add_in_batches_is_idempotent_and_keeps_metadata(client):
     assert res.metadatas[0][0] == {"uri": "/m/4.png", "modality": "image", "caption": "thing 4"}
     assert res.metadatas[1][0] == {"uri": "/m/5.png", "modality": "image"}  # None values are dropped
     assert cache.existing_ids(["h1", "nope", "h29"]) == {"h1", "h29"}
+    docs = cache.collection.get(ids=["h4", "h5"], include=["documents"])
+    assert dict(zip(docs["ids"], docs["documents"])) == {"h4": "thing 4", "h5": "/m/5.png"}
     assert cache.stats()["modalities"] == {"image": 30}
 
 
