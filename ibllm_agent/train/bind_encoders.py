@@ -40,37 +40,13 @@ def embed(image_bind: nn.Module, modality: str, value: Tensor) -> Tensor:
     """Normalised head output [B, D] of one clip per sample (`value` WITHOUT a clips dimension).
 
     Points may come pre-grouped as a dict {"groups": [B, G, k, 3], "centres": [B, G, 3]}: farthest point
-    sampling is deterministic, so the build computes it once per cloud instead of at every step. Or as
-    {"tokens": [B, G, C], "centres": ...}: the mini-PointNet's outputs, when it is kept frozen.
+    sampling is deterministic, so the build computes it once per cloud instead of at every step.
     """
     if modality == "point" and isinstance(value, dict):
         trunk = image_bind.point_trunk
-        if "tokens" in value:
-            feature = point_features_from_tokens(trunk.point_encoder, value["tokens"], value["centres"])
-        else:
-            feature = trunk.point_encoder(value["groups"], value["centres"])
-        feature = feature @ trunk.pc_projection  # (B, proj)
+        feature = trunk.point_encoder(value["groups"], value["centres"]) @ trunk.pc_projection  # (B, proj)
         return F.normalize(image_bind.modality_heads["point"](feature), dim=-1)
     return F.normalize(image_bind.encode(modality, value), dim=-1)
-
-
-def point_features_from_tokens(encoder: nn.Module, tokens: Tensor, centres: Tensor) -> Tensor:
-    """`PointTransformer.forward` after its mini-PointNet: group tokens [B, G, C] -> [B, 2*dim]."""
-    x = encoder.reduce_dim(tokens)  # (B, G, dim)
-    B = x.shape[0]
-    x = torch.cat([encoder.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1+G, dim)
-    pos = torch.cat([encoder.cls_pos.expand(B, -1, -1), encoder.pos_embed(centres)], dim=1)
-    x = encoder.norm(encoder.blocks(x, pos))
-    return torch.cat([x[:, 0], x[:, 1:].amax(dim=1)], dim=-1)
-
-
-@torch.no_grad()
-def point_tokens(image_bind: nn.Module, grouped: dict[str, Tensor], batch: int = 16) -> dict[str, Tensor]:
-    """Run the (frozen, eval-mode) mini-PointNet once over pre-grouped clouds: {"tokens", "centres"}."""
-    encoder = image_bind.point_trunk.point_encoder.encoder.eval()
-    groups = grouped["groups"]
-    tokens = torch.cat([encoder(groups[s:s + batch]) for s in range(0, len(groups), batch)])
-    return {"tokens": tokens, "centres": grouped["centres"]}
 
 
 def modality_parameters(image_bind: nn.Module, modality: str) -> list[nn.Parameter]:
@@ -126,14 +102,14 @@ class ConceptPairs(Dataset):
     `items[i]` (a tensor or a dict of tensors) has concept `labels[i]`; `partners` are the other side
     (tensors [M, ...] or an embedding matrix [M, D]) with `partner_labels` [M]. Yields
     {key_a: item, key_b: partner, "label": label}. Items stored as [S, ...] clip lists (audio) give one
-    random clip per visit.
+    random clip per visit; `augment(item)` transforms dict items at each visit.
     """
 
     def __init__(self, items, labels: Tensor, partners, partner_labels: Tensor, *,
-                 keys: tuple[str, str] = ("x", "target"), random_clip: bool = False):
+                 keys: tuple[str, str] = ("x", "target"), random_clip: bool = False, augment=None):
         self.items, self.labels = items, labels
         self.partners, self.partner_labels = partners, partner_labels
-        self.keys, self.random_clip = keys, random_clip
+        self.keys, self.random_clip, self.augment = keys, random_clip, augment
         self.by_label = {int(c): (partner_labels == c).nonzero().flatten() for c in partner_labels.unique()}
         missing = sorted(set(labels.tolist()) - set(self.by_label))
         if missing:
@@ -144,7 +120,8 @@ class ConceptPairs(Dataset):
 
     def _item(self, i: int):
         if isinstance(self.items, dict):
-            return {k: v[i] for k, v in self.items.items()}
+            item = {k: v[i] for k, v in self.items.items()}
+            return self.augment(item) if self.augment else item
         x = self.items[i]
         if self.random_clip:
             x = x[int(torch.randint(len(x), ()))]
@@ -157,6 +134,16 @@ class ConceptPairs(Dataset):
         partner = self.partners[j]
         return {self.keys[0]: self._item(i), self.keys[1]: partner.float() if partner.is_floating_point() else partner,
                 "label": torch.tensor(label)}
+
+
+def random_rotation(grouped: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The same grouped cloud under a uniformly random 3D rotation. Farthest point sampling and kNN
+    depend only on distances, so rotating the groups and centres equals grouping the rotated cloud."""
+    q, r = torch.linalg.qr(torch.randn(3, 3))
+    q = q * torch.sign(torch.diagonal(r))  # Haar-uniform orthogonal
+    if torch.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return {k: v @ q.T for k, v in grouped.items()}
 
 
 @torch.no_grad()

@@ -1,0 +1,427 @@
+"""Build the embedded `toy` model from a seed, with the project's own training code.
+
+    python tools/build_toy_model.py                      # writes ibllm_agent/assets/toy/
+    python tools/build_toy_model.py --out /tmp/toy --quick
+
+Stages, as the ImageBind-LLM paper trains (DESIGN.md section 5):
+ 1. render the training split of the toy world (files through real encoders, read back by the loaders);
+ 2. bind tiny ImageBind encoders with InfoNCE: image <-> text (both trained), then, with the image
+    encoder frozen and its embeddings computed once, audio -> image and point cloud -> image;
+ 3. train a SentencePiece tokenizer on the toy text and pretrain a tiny LLaMA on it;
+ 4. ImageBind-LLM pretraining on image-caption pairs (bind network, gates, prefix queries);
+ 5. instruction finetuning (LLaMA norms, biases, LoRA) on image questions and text-only questions;
+ 6. the visual cache: a FAISS IndexFlatIP of toy image features (the official knn.index layout).
+The LLM sees only image features and text; audio, video and point clouds reach it only through the
+shared embedding space. Output: the official file layout plus toy.json.
+
+Intermediate results are cached under --work, so an interrupted build resumes at the stage it
+stopped in. Same seed, same thread count, same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from ibllm_agent.train import toy_world as tw  # noqa: E402
+from ibllm_agent.train.engine import TrainConfig  # noqa: E402
+
+logger = logging.getLogger("build_toy_model")
+
+
+@dataclass
+class Recipe:
+    """Sizes and step counts of one build."""
+
+    images: int = 32
+    """Training images per concept."""
+    sounds: int = 24
+    """Training sounds per concept."""
+    clouds: int = 48
+    """Training point clouds per concept."""
+    cache_images: int = 16
+    """Images per concept in the visual cache (taken from the training images)."""
+    vision_text_steps: int = 250
+    audio_steps: int = 250
+    point_steps: int = 400
+    lm_steps: int = 400
+    pretrain_steps: int = 400
+    finetune_steps: int = 500
+    llama: tuple = (("dim", 128), ("n_layers", 4), ("n_heads", 4), ("multiple_of", 32), ("norm_eps", 1e-6),
+                    ("vocab_size", -1))
+    vocab: int = 700
+
+
+QUICK = Recipe(images=3, sounds=2, clouds=2, cache_images=2, vision_text_steps=3, audio_steps=3, point_steps=3,
+               lm_steps=5, pretrain_steps=5, finetune_steps=5)
+
+
+POINT_GROUPS = {"point_num_group": 128, "point_group_size": 32}
+"""Point-Bind grouping of the toy (the official 512 x 32 costs 4x more per cloud). Shapes cannot tell
+these, so they ship in imagebind_config.json next to imagebind.pth, which the loader reads."""
+
+
+def imagebind_args():
+    """The toy ImageBind: the official input shapes (224 px, 128x204 fbank, 8192 points, CLIP text),
+    narrow trunks, a 32-pixel vision patch (50 tokens instead of 257: the CPU budget). Every size here
+    is inferred back from the tensor shapes when loading, so the checkpoint needs no config."""
+    from ibllm_agent.imagebind.model import ImageBindArgs
+
+    return ImageBindArgs(
+        modalities=("vision", "text", "audio", "point"), kernel_size=(2, 32, 32),
+        vision_embed_dim=64, vision_num_blocks=2, vision_num_heads=1,
+        text_embed_dim=64, text_num_blocks=2, text_num_heads=1,
+        audio_embed_dim=64, audio_num_blocks=1, audio_num_heads=1, audio_drop_path=0.0,
+        point_embed_dim=64, point_num_blocks=2, point_num_heads=1, point_encoder_dims=32,
+        point_encoder_widths=(16, 32, 64), point_pos_hidden=32, point_proj_dim=64, point_drop_path=0.0,
+        point_num_group=POINT_GROUPS["point_num_group"], point_group_size=POINT_GROUPS["point_group_size"],
+    )
+
+
+def _cfg(work: Path, name: str, seed: int, **kw) -> TrainConfig:
+    return TrainConfig(output_dir=str(work / name), seed=seed, progress=sys.stderr.isatty(), log_every=10, **kw)
+
+
+def _cached(path: Path, build):
+    if path.exists():
+        logger.info("reusing %s", path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    value = build()
+    torch.save(value, path)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1-2. data and encoders
+# ---------------------------------------------------------------------------------------------------
+
+
+def render_data(world: tw.ToyWorld, recipe: Recipe, work: Path) -> dict:
+    from ibllm_agent.imagebind.bpe import tokenize
+    from ibllm_agent.train.toy_data import group_clouds, render_split
+
+    def media():
+        images = render_split(world, "image", range(recipe.images), work / "files")
+        sounds = render_split(world, "audio", range(recipe.sounds), work / "files")
+        texts = [(i, t) for i, c in enumerate(tw.CONCEPTS) for t in tw.captions(c) + tw.text_prompts(c)]
+        return {
+            "image": images.values.half(), "image_label": images.labels,
+            "image_path": [s.path for s in images.samples],
+            "audio": sounds.values.half(), "audio_label": sounds.labels,
+            "text": tokenize([t for _, t in texts]), "text_label": torch.tensor([i for i, _ in texts]),
+        }
+
+    def clouds():
+        # farthest point sampling and kNN grouping are deterministic: once per cloud, not per step
+        split = render_split(world, "point", range(recipe.clouds), work / "files")
+        args = imagebind_args()
+        return {**group_clouds(split.values, args.point_num_group, args.point_group_size),
+                "point_label": split.labels}
+
+    data = _cached(work / "data.pt", media)
+    grouped = _cached(work / "points.pt", clouds)
+    data["point"] = {"groups": grouped["groups"], "centres": grouped["centres"]}
+    data["point_label"] = grouped["point_label"]
+    return data
+
+
+def bind_encoders(data: dict, recipe: Recipe, work: Path, seed: int):
+    """Each modality's stage is cached (the whole ImageBind state after it), so one can be redone alone."""
+    from ibllm_agent.imagebind.model import ImageBindModel
+    from ibllm_agent.train.bind_encoders import (
+        ConceptPairs,
+        PairedContrastive,
+        ToImageContrastive,
+        embed_all,
+        random_rotation,
+    )
+    from ibllm_agent.train.engine import train
+
+    torch.manual_seed(seed)
+    ib = ImageBindModel(imagebind_args())
+    image_emb = None
+
+    def stage(name: str, run) -> None:
+        path = work / f"encoders-{name}.pth"
+        if path.exists():
+            logger.info("reusing %s", path)
+            ib.load_state_dict(torch.load(path, weights_only=True))
+        else:
+            run()
+            torch.save(ib.state_dict(), path)
+
+    def vision_text():
+        # image <-> text: both sides learn; this makes the space every other modality is bound to
+        pairs = ConceptPairs(data["image"], data["image_label"], data["text"], data["text_label"], keys=("a", "b"))
+        train(PairedContrastive(ib, "vision", "text"), pairs,
+              _cfg(work, "vision_text", seed, steps=recipe.vision_text_steps, batch_size=56, lr=2e-3,
+                   warmup_steps=20, weight_decay=0.05), state_fn=ib.state_dict, name="image<->text")
+
+    def audio():
+        sounds = ConceptPairs(data["audio"], data["audio_label"], image_emb, data["image_label"], random_clip=True)
+        train(ToImageContrastive(ib, "audio"), sounds,
+              _cfg(work, "audio", seed, steps=recipe.audio_steps, batch_size=48, lr=2e-3, warmup_steps=20,
+                   weight_decay=0.05), state_fn=ib.state_dict, name="audio->image")
+
+    def point():
+        # a fresh random 3D rotation of every cloud at every visit (the world rotates its shapes fully)
+        clouds = ConceptPairs(data["point"], data["point_label"], image_emb, data["image_label"],
+                              augment=random_rotation)
+        train(ToImageContrastive(ib, "point"), clouds,
+              _cfg(work, "point", seed, steps=recipe.point_steps, batch_size=32, lr=3e-3, warmup_steps=20,
+                   weight_decay=0.05), state_fn=ib.state_dict, name="point->image")
+
+    stage("vision_text", vision_text)
+    image_emb = embed_all(ib, "vision", data["image"])  # the image encoder is frozen from here on
+    stage("audio", audio)
+    stage("point", point)
+    ib.requires_grad_(False)
+    return ib.eval()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. tokenizer and language model
+# ---------------------------------------------------------------------------------------------------
+
+
+def toy_text() -> list[str]:
+    """The LM's corpus: the toy sentences, and the instruction data in the Alpaca prompt format."""
+    from ibllm_agent.generation import format_prompt
+    from ibllm_agent.train.datasets import PRETRAIN_INSTRUCTION
+
+    lines = tw.corpus()
+    for c in tw.CONCEPTS:
+        lines += [format_prompt(s["instruction"]) + s["output"] for s in tw.visual_instructions(c)]
+        lines += [format_prompt(PRETRAIN_INSTRUCTION) + cap for cap in tw.captions(c)]
+    lines += [format_prompt(s["instruction"], s["input"]) + s["output"] for s in tw.text_instructions()]
+    return lines
+
+
+def language_model(recipe: Recipe, work: Path, seed: int) -> tuple[Path, dict]:
+    from ibllm_agent.llama.tokenizer import Tokenizer
+    from ibllm_agent.train.language_model import pretrain_language_model, save_llama, train_tokenizer
+
+    llama_dir, params = work / "llama", dict(recipe.llama)
+    if (llama_dir / "toy" / "consolidated.00.pth").exists():
+        logger.info("reusing %s", llama_dir)
+        return llama_dir, params
+    lines = toy_text()
+    tok_path = train_tokenizer(lines, llama_dir / "tokenizer.model", vocab_size=recipe.vocab)
+    tokenizer = Tokenizer(tok_path)
+    llama, _ = pretrain_language_model(lines, tokenizer, params,
+                                       _cfg(work, "lm", seed, steps=recipe.lm_steps, batch_size=32, lr=3e-3,
+                                            warmup_steps=30, weight_decay=0.05), max_words=160)
+    save_llama(llama, params, llama_dir, "toy")
+    return llama_dir, params
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4-5. ImageBind-LLM pretraining and finetuning
+# ---------------------------------------------------------------------------------------------------
+
+
+def image_features(ib, data: dict) -> dict[str, torch.Tensor]:
+    """Path -> ImageBind image feature (post-processed as at inference), plus "" -> the zero image's."""
+    from ibllm_agent.train.bind_encoders import embed_all
+
+    feats = embed_all(ib, "vision", data["image"])
+    out = {p: f for p, f in zip(data["image_path"], feats)}
+    with torch.no_grad():
+        zero = torch.zeros(1, 3, 224, 224)
+        out[""] = ib({"vision": zero})["vision"][0]
+    return out
+
+
+def write_pretrain_meta(data: dict, work: Path, seed: int) -> Path:
+    """A TSV in the upstream pretraining format: url <tab> caption, three captions per image."""
+    import random
+
+    rng = random.Random(seed)
+    path = work / "pretrain.tsv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["url", "caption"])
+        for p, label in zip(data["image_path"], data["image_label"].tolist()):
+            for caption in rng.sample(tw.captions(tw.CONCEPTS[label]), 3):
+                w.writerow([p, caption])
+    return path
+
+
+def write_finetune_meta(data: dict, work: Path, seed: int) -> list[Path]:
+    """LLaVA-style JSON (an image + one question/answer) and Alpaca-style JSON (text-only questions)."""
+    import random
+
+    rng = random.Random(seed)
+    llava = []
+    for p, label in zip(data["image_path"], data["image_label"].tolist()):
+        for qa in rng.sample(tw.visual_instructions(tw.CONCEPTS[label]), 4):
+            llava.append({"image": p, "conversations": [{"from": "human", "value": "<image>\n" + qa["instruction"]},
+                                                        {"from": "gpt", "value": qa["output"]}]})
+    alpaca = tw.text_instructions() * 4
+    (work / "llava.json").write_text(json.dumps(llava))
+    (work / "alpaca.json").write_text(json.dumps(alpaca))
+    return [work / "llava.json", work / "alpaca.json"]
+
+
+def toy_llm(phase: str, llama_dir: Path, params: dict, ib, *, seed: int, adapter: Path | None = None):
+    """An ImageBindLLM for `phase` from the toy LLaMA files, the trained ImageBind and (for finetune)
+    the pretrain adapter; the rest initialised as the reference does (see build_for_training)."""
+    from ibllm_agent.train.adapter import build_for_training
+
+    ib_path = write_imagebind(ib, llama_dir.parent)
+    return build_for_training(llama_dir, "toy", ib_path, phase, adapter=adapter, seed=seed, max_seq_len=512)
+
+
+def adapter_phases(data: dict, ib, llama_dir: Path, params: dict, recipe: Recipe, work: Path, seed: int) -> Path:
+    from ibllm_agent.llama.tokenizer import Tokenizer
+    from ibllm_agent.train.adapter import run_phase, save_adapter
+    from ibllm_agent.train.datasets import FinetuneDataset, PretrainDataset
+
+    final = work / "adapter.pth"
+    if final.exists():
+        logger.info("reusing %s", final)
+        return final
+    feats = image_features(ib, data)
+    tokenizer = Tokenizer(llama_dir / "tokenizer.model")
+    pre_path = work / "adapter-pretrain.pth"
+    if not pre_path.exists():
+        model = toy_llm("pretrain", llama_dir, params, ib, seed=seed)
+        dataset = PretrainDataset([write_pretrain_meta(data, work, seed)], tokenizer, max_words=96, features=feats)
+        run_phase(model, dataset, "pretrain", _cfg(work, "pretrain", seed, steps=recipe.pretrain_steps, batch_size=32,
+                                                   lr=3e-3, warmup_steps=30, weight_decay=0.02))
+        save_adapter(model, pre_path)
+    model = toy_llm("finetune", llama_dir, params, ib, seed=seed, adapter=pre_path)
+    dataset = FinetuneDataset(write_finetune_meta(data, work, seed), tokenizer, max_words=160, features=feats)
+    run_phase(model, dataset, "finetune", _cfg(work, "finetune", seed, steps=recipe.finetune_steps, batch_size=32,
+                                               lr=3e-3, warmup_steps=30, weight_decay=0.02))
+    save_adapter(model, final)
+    return final
+
+
+# ---------------------------------------------------------------------------------------------------
+# 6. cache and output
+# ---------------------------------------------------------------------------------------------------
+
+
+def write_cache(ib, data: dict, recipe: Recipe, path: Path) -> int:
+    import faiss
+
+    from ibllm_agent.train.bind_encoders import embed_all
+
+    keep = torch.cat([(data["image_label"] == c).nonzero().flatten()[: recipe.cache_images]
+                      for c in range(len(tw.CONCEPTS))])
+    vectors = F.normalize(embed_all(ib, "vision", data["image"][keep]), dim=-1).numpy()
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    faiss.write_index(index, str(path))
+    return len(keep)
+
+
+def write_imagebind(ib, folder: Path) -> Path:
+    """imagebind.pth, the CLIP token table in float16 (its 49408 rows are most of the file and the toy
+    text uses a few hundred of them; loading converts to the model dtype), and imagebind_config.json."""
+    sd = ib.state_dict()
+    key = "modality_preprocessors.text.token_embedding.weight"
+    sd[key] = sd[key].half()
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(sd, folder / "imagebind.pth")
+    (folder / "imagebind_config.json").write_text(json.dumps({"kwargs": POINT_GROUPS}, indent=2) + "\n")
+    return folder / "imagebind.pth"
+
+
+def write_output(out: Path, work: Path, llama_dir: Path, ib, data: dict, recipe: Recipe, seed: int,
+                 seconds: float) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "llama").exists():
+        shutil.rmtree(out / "llama")
+    shutil.copytree(llama_dir, out / "llama", ignore=shutil.ignore_patterns("*.tmp"))
+    shutil.copyfile(work / "adapter.pth", out / "adapter.pth")
+    write_imagebind(ib, out)
+    n_cache = write_cache(ib, data, recipe, out / "knn.index")
+    meta = {
+        "name": "toy",
+        "description": tw.WORLD_DESCRIPTION,
+        "concepts": list(tw.CONCEPT_NAMES),
+        "seed": seed,
+        "llama_type": "toy",
+        "llama_dir": "llama",
+        "adapter": "adapter.pth",
+        "imagebind": "imagebind.pth",
+        "knn_index": "knn.index",
+        "cache_vectors": n_cache,
+        "recipe": {k: v for k, v in recipe.__dict__.items() if k != "llama"},
+        "build_seconds": round(seconds),
+        "built_with": "tools/build_toy_model.py",
+    }
+    (out / "toy.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+EXAMPLES = {"rain": "audio", "dog": "image", "bell": "audio", "car": "video", "drum": "point", "bird": "image"}
+"""The README's example files: one toy-world sample each, from a seed the build never trains on."""
+EXAMPLE_SEED = 2024
+
+
+def write_examples(folder: Path) -> list[Path]:
+    """examples/rain.wav, examples/dog.png, ... (`ibllm ask --audio examples/rain.wav "What do you hear?"`)."""
+    world = tw.ToyWorld(EXAMPLE_SEED)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, modality in EXAMPLES.items():
+        sample = world.write(name, modality, 0, folder)  # index 0: WAV for audio, ASCII PLY for points
+        target = folder / f"{name}{Path(sample.path).suffix}"
+        Path(sample.path).replace(target)
+        written.append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "ibllm_agent" / "assets" / "toy")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/ibllm-toy-build"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: on a shared 2-core machine more threads were 5x slower)")
+    parser.add_argument("--quick", action="store_true", help="a few steps of everything (tests)")
+    parser.add_argument("--examples", type=Path, default=ROOT / "examples",
+                        help="where to write the README's example files")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every step count")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(args.threads)
+    recipe = QUICK if args.quick else Recipe()
+    if args.scale != 1.0:
+        recipe = replace(recipe, **{k: max(1, int(getattr(recipe, k) * args.scale)) for k in recipe.__dict__
+                                    if k.endswith("_steps")})
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    world = tw.ToyWorld(args.seed)
+    data = render_data(world, recipe, work)
+    logger.info("data ready (%.0f s)", time.perf_counter() - t0)
+    ib = bind_encoders(data, recipe, work, args.seed)
+    logger.info("encoders bound (%.0f s)", time.perf_counter() - t0)
+    llama_dir, params = language_model(recipe, work, args.seed)
+    logger.info("language model ready (%.0f s)", time.perf_counter() - t0)
+    adapter_phases(data, ib, llama_dir, params, recipe, work, args.seed)
+    logger.info("adapter trained (%.0f s)", time.perf_counter() - t0)
+    write_output(args.out, work, llama_dir, ib, data, recipe, args.seed, time.perf_counter() - t0)
+    write_examples(args.examples)
+    logger.info("wrote %s and %s in %.0f s", args.out, args.examples, time.perf_counter() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
