@@ -15,9 +15,13 @@ one-to-one and `UPSTREAM_KEY_MAP` is empty. Renames, if ever needed, go in that 
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
+import mmap
 import pickle
 import re
+import sys
 import zipfile
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -48,6 +52,31 @@ FROZEN_LLAMA_KEY = re.compile(
 
 MAX_LISTED = 25
 """Keys shown per list in an error message (the exception carries the full lists)."""
+
+
+class MappedStateDict(dict):
+    """A state dict whose tensors live in a read-only file mapping (torch.load(mmap=True)).
+
+    `load_into` may drop the pages of a tensor it has copied (converted to another dtype or device),
+    so a conversion never holds the file's copy and the converted copy of the whole model at once.
+    """
+
+
+def release_pages(tensor: torch.Tensor) -> None:
+    """madvise(MADV_DONTNEED) the whole pages inside `tensor`'s bytes: for a private, unwritten file
+    mapping the kernel just drops them (they would be re-read from the file if touched again)."""
+    if sys.platform != "linux" or tensor.device.type != "cpu" or tensor.numel() == 0:
+        return
+    page = mmap.PAGESIZE
+    start = -(-tensor.data_ptr() // page) * page
+    end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page * page
+    if end > start:
+        _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), 4)  # 4 = MADV_DONTNEED
+
+
+@functools.cache
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
 
 
 class CheckpointError(ValueError):
@@ -84,10 +113,11 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"{path}: checkpoint not found", file=path)
+    mapped = False
     if path.suffix == ".safetensors":
         sd = _load_safetensors(path)
     else:
-        sd = _load_torch(path)
+        sd, mapped = _load_torch(path)
     if isinstance(sd, Mapping) and "model" in sd and isinstance(sd["model"], Mapping):
         sd = sd["model"]
     if not isinstance(sd, Mapping):
@@ -95,18 +125,20 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     bad = sorted(k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
     if bad:
         raise CheckpointError(f"{path}: entries that are not tensors: {_listing(bad)}", file=path)
-    return {UPSTREAM_KEY_MAP.get(k, k): v for k, v in sd.items()}
+    renamed = {UPSTREAM_KEY_MAP.get(k, k): v for k, v in sd.items()}
+    return MappedStateDict(renamed) if mapped else renamed
 
 
 def _load_torch(path: Path):
+    """(object, whether its tensors are memory-mapped)."""
     try:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
         except RuntimeError as e:
             if "mmap can only be used" not in str(e):
                 raise
             # legacy (pre-zip) serialization: still weights_only, just not memory-mapped
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True), False
     except pickle.UnpicklingError as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise CheckpointError(
@@ -150,6 +182,8 @@ def load_into(module: nn.Module, sd: Mapping[str, torch.Tensor], *, file: str | 
     The module may live on the meta device (built without memory): tensors are then assigned on
     `device` (default CPU). A tensor whose dtype and device already match is used as is (it stays in
     the file mapping), so no second copy is made. All checks run before the first assignment.
+    `sd` from `load_state_dict` (a `MappedStateDict`) lets the pages of each converted tensor go as
+    soon as its copy exists; do not read those source tensors again afterwards (they re-read the file).
     """
     expected = module.state_dict(keep_vars=True)
     is_allowed = _allowed(allowed_missing)
@@ -181,6 +215,8 @@ def load_into(module: nn.Module, sd: Mapping[str, torch.Tensor], *, file: str | 
             torch.device("cpu") if target.is_meta else target.device)
         dtype = target.dtype if (target.is_floating_point() or not value.is_floating_point()) else value.dtype
         converted[key] = value.to(device=dev, dtype=dtype)
+        if isinstance(sd, MappedStateDict) and converted[key].data_ptr() != value.data_ptr():
+            release_pages(value)  # the file's bytes are no longer needed in memory
     module.load_state_dict(converted, strict=False, assign=True)
     logger.info("%s: loaded %d tensors (%d absent as allowed, %d ignored)", file, len(converted),
                 len(missing_all), len(ignored))

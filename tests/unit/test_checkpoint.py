@@ -178,3 +178,14 @@ def test_wrong_llama_shapes_and_wrong_index_dimension(tmp_path, official):
     with pytest.raises(CacheError, match="small.index.*dimension 16"):
         ibllm_agent.load(str(official["adapter"]), str(official["llama_dir"]), imagebind_ckpt=str(official["imagebind"]),
                          knn=True, knn_index=str(tmp_path / "small.index"))
+
+
+def test_converted_tensors_release_the_file_pages_and_stay_correct(tmp_path):
+    w = torch.randn(512, 1024)  # 1 MiB in float16: many whole pages
+    torch.save({"weight": w.half(), "bias": torch.randn(512)}, tmp_path / "half.pth")
+    sd = load_state_dict(tmp_path / "half.pth")
+    module = nn.Linear(1024, 512)
+    load_into(module, sd, file="half.pth")
+    assert torch.equal(module.weight, w.half().float())
+    assert torch.equal(sd["weight"], w.half())  # dropped pages are read back from the file
+    assert module.bias.data_ptr() == sd["bias"].data_ptr()  # same dtype: used in place, no copy
