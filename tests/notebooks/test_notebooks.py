@@ -14,9 +14,11 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from ibllm_agent.model import TOY_DIR
+
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-TOY_READY = (ROOT / "ibllm_agent" / "assets" / "toy" / "toy.json").is_file()
+TOY_READY = (TOY_DIR / "toy.json").is_file()
 
 
 def _builder():

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from ibllm_agent.model import TOY_DIR
+
 ROOT = Path(__file__).resolve().parents[2]
-TOY_READY = (ROOT / "ibllm_agent" / "assets" / "toy" / "toy.json").is_file()
+TOY_READY = (TOY_DIR / "toy.json").is_file()
 
 TOY_SEED = 2026
 """A world seed the toy model was not trained on (training uses seed 0)."""

@@ -19,6 +19,7 @@ MIME = {"image": "image/png", "audio": "audio/wav", "video": "video/mp4", "point
 def app(app_config) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=300).run()
     assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]  # e.g. the model failed to load
     return at
 
 
@@ -35,7 +36,7 @@ def history(at: AppTest):
 
 
 def test_status_line_names_the_model_device_and_precision(app, app_config):
-    status = app.caption[0].value
+    status = app.main.caption[0].value
     assert f"**{app_config}**" in status and "cpu" in status and "float32" in status
     if app_config == "toy":
         assert "Toy world" in app.info[0].value and "official" in app.info[0].value
