@@ -71,7 +71,8 @@ def neighbors(items: list[Neighbor], *, limit: int = 5) -> None:
                 image = _neighbor_image(item.metadata)
                 if image is not None:
                     st.image(image, width="stretch")
-                title = item.metadata.get("caption") or item.metadata.get("concept") or item.id
+                meta = item.metadata
+                title = meta.get("caption") or meta.get("concept") or meta.get("name") or f"cache item {item.id}"
                 st.markdown(f"**{title}**")
                 st.caption(f"similarity {item.score:.3f} · weight {item.weight:.0%}")
 
