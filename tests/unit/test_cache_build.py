@@ -110,3 +110,21 @@ def test_copy_faiss_to_chroma_resumes_and_back(tmp_path, chroma):
     copy_cache(chroma.iter_batches(16), back, total=50)
     ids, vectors, _ = next(back.iter_batches(50))
     np.testing.assert_array_equal(vectors[np.argsort([int(i) for i in ids])], source.get_vectors(0, 50))
+
+
+def test_model_answers_with_a_chroma_cache_and_names_its_neighbours(tmp_path, tiny_model, chroma):
+    paths = write_images(tmp_path / "media", 5, seed=2)
+    build_from_media(list_media(tmp_path / "media"), chroma, tiny_model.encode)
+    from ibllm_agent.media import load_media
+
+    feature = tiny_model.encode([load_media(paths[4])])  # (1, D)
+    previous = tiny_model.cache
+    tiny_model.cache = chroma
+    try:
+        query, neighbors = tiny_model.visual_query(feature, cache=True, cache_size=3)
+    finally:
+        tiny_model.cache = previous
+    assert query.shape[0] == 1 and len(neighbors[0]) == 3
+    best = neighbors[0][0]
+    assert best.metadata["uri"] == str(paths[4].resolve()) and best.score == pytest.approx(1.0, abs=1e-5)
+    assert best.weight > neighbors[0][1].weight and sum(n.weight for n in neighbors[0]) == pytest.approx(1.0)
