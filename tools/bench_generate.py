@@ -6,15 +6,18 @@
 For each model: prefill tokens/s, decode tokens/s at batch 1 and batch 8, and the fraction of the
 bandwidth bound at batch 1 = (LLaMA weight bytes read per decode step / time per step) / copy
 bandwidth, the copy bandwidth measured in the same run as (bytes read + bytes written) / time of a
-1 GiB tensor copy. Every figure is the median of several repetitions; machines are noisy, so the
-ratios (measured side by side) matter more than absolute numbers. For the parity model the load is
-also run in a fresh process to report its peak RSS against the size of the weights.
+1 GiB tensor copy. All variants (batch 1, batch 8, bf16) and the copy run interleaved, repetition by
+repetition, so a change of load hits them alike; each figure is given as the median and the best of
+its repetitions (use "best" on a shared, noisy machine). For the parity model the load also runs in
+a fresh process to report its peak RSS against the size of the weights.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -29,16 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ibllm_agent.llama.model import Transformer  # noqa: E402
 
 
-def copy_bandwidth(gib: float = 1.0, reps: int = 5) -> float:
-    """Bytes/s of (read + write) for a `gib` GiB float32 tensor copy (median of `reps`)."""
-    src = torch.ones(int(gib * (1 << 30)) // 4)
-    dst = torch.empty_like(src)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        dst.copy_(src)
-        times.append(time.perf_counter() - t)
-    return 2 * src.numel() * 4 / statistics.median(times)
+def copy_seconds(src: torch.Tensor, dst: torch.Tensor) -> float:
+    t = time.perf_counter()
+    dst.copy_(src)
+    return time.perf_counter() - t
 
 
 def step_bytes(llama: Transformer) -> int:
@@ -47,56 +44,62 @@ def step_bytes(llama: Transformer) -> int:
 
 
 @torch.inference_mode()
-def time_decode(llama: Transformer, adapter, batch: int, prompt_len: int, steps: int, reps: int) -> dict:
-    """Median seconds of a prefill of `prompt_len` tokens and of one decode step, at `batch`."""
-    vocab = llama.vocab_size
-    g = torch.Generator().manual_seed(0)
+def run_once(llama: Transformer, adapter, batch: int, prompt_len: int, steps: int) -> tuple[float, list[float]]:
+    """Seconds of one prefill of `prompt_len` tokens and of each of `steps` decode steps, at `batch`."""
     device = llama.tok_embeddings.weight.device
-    adapter = [None if a is None else a.expand(batch, -1, -1, -1).contiguous() for a in adapter]
-    prefill, decode = [], []
-    for _ in range(reps):
-        tokens = torch.randint(0, vocab, (batch, prompt_len), generator=g).to(device)
-        cache = llama.new_cache(batch, prompt_len + steps)
+    dtype = llama.tok_embeddings.weight.dtype
+    adapter = [None if a is None else a.to(dtype).expand(batch, -1, -1, -1).contiguous() for a in adapter]
+    tokens = torch.randint(0, llama.vocab_size, (batch, prompt_len), generator=torch.Generator().manual_seed(0))
+    cache = llama.new_cache(batch, prompt_len + steps)
+    t = time.perf_counter()
+    logits = llama(tokens.to(device), cache, adapter, last_only=True)
+    prefill = time.perf_counter() - t
+    decode = []
+    for _ in range(steps):
+        nxt = logits.argmax(-1, keepdim=True)
         t = time.perf_counter()
-        logits = llama(tokens, cache, adapter, last_only=True)
-        prefill.append(time.perf_counter() - t)
-        for _ in range(steps):
-            nxt = logits.argmax(-1, keepdim=True)
-            t = time.perf_counter()
-            logits = llama(nxt, cache, adapter, last_only=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            decode.append(time.perf_counter() - t)
-    return {"prefill_s": statistics.median(prefill), "step_s": statistics.median(decode),
-            "step_spread": (min(decode), max(decode))}
+        logits = llama(nxt, cache, adapter, last_only=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        decode.append(time.perf_counter() - t)
+    return prefill, decode
 
 
-def bench_model(label: str, model, *, bandwidth: float, prompt_len: int, steps: int, reps: int, bf16: bool) -> dict:
+def bench_model(label: str, model, *, prompt_len: int, steps: int, reps: int, bf16: bool) -> dict:
+    """All variants interleaved rep by rep (with a 1 GiB copy each rep), so load changes hit them alike.
+
+    Reported: median and best (min) of each; the bound fractions use the same statistic for the step
+    time and the copy bandwidth."""
     llama = model.llama
     with torch.inference_mode():
         vq = model.bind(torch.randn(1, model.feature_dim))
         adapter = llama.adapter_values(model.adapter_queries(vq))
-    time_decode(llama, adapter, 1, 8, 2, 1)  # warm-up: page in mmap'd weights, allocator, kernels
-    b1 = time_decode(llama, adapter, 1, prompt_len, steps, reps)
-    b8 = time_decode(llama, adapter, 8, prompt_len, steps, reps)
-    nbytes = step_bytes(llama)
-    row = {
-        "model": label, "dtype": str(model.dtype).removeprefix("torch."), "weight_bytes_per_step": nbytes,
-        "prefill_tok_s": prompt_len / b1["prefill_s"], "decode_tok_s_b1": 1 / b1["step_s"],
-        "decode_tok_s_b8": 8 / b8["step_s"], "step_ms_b1_min_max": [round(x * 1e3, 1) for x in b1["step_spread"]],
-        "bound_fraction_b1": nbytes / b1["step_s"] / bandwidth,
-    }
-    row["b8_over_b1"] = row["decode_tok_s_b8"] / row["decode_tok_s_b1"]
+    variants = {"b1": (llama, 1), "b8": (llama, 8)}
     if bf16 and model.device.type == "cpu":
-        llama.to(torch.bfloat16)
-        with torch.inference_mode():
-            adapter16 = [None if a is None else a.to(torch.bfloat16) for a in adapter]
-        time_decode(llama, adapter16, 1, 8, 2, 1)
-        b1_16 = time_decode(llama, adapter16, 1, prompt_len, steps, reps)
-        row["decode_tok_s_b1_bf16"] = 1 / b1_16["step_s"]
-        row["bf16_over_fp32"] = row["decode_tok_s_b1_bf16"] / row["decode_tok_s_b1"]
-        row["bound_fraction_b1_bf16"] = step_bytes(llama) / b1_16["step_s"] / bandwidth
-        llama.to(torch.float32)
+        variants["b1_bf16"] = (copy.deepcopy(llama).to(torch.bfloat16), 1)
+    src = torch.ones((1 << 30) // 4)
+    dst = torch.empty_like(src)
+    for m, batch in variants.values():
+        run_once(m, adapter, batch, 8, 2)  # warm-up: page in mmap'd weights, allocator, kernels
+    copies, prefill, steps_s = [], {k: [] for k in variants}, {k: [] for k in variants}
+    for _ in range(reps):
+        copies.append(copy_seconds(src, dst))
+        for key, (m, batch) in variants.items():
+            p, d = run_once(m, adapter, batch, prompt_len, steps)
+            prefill[key].append(p)
+            steps_s[key].extend(d)
+    bw = {"median": 2 * src.numel() * 4 / statistics.median(copies), "best": 2 * src.numel() * 4 / min(copies)}
+    row = {"model": label, "weight_bytes_per_step": step_bytes(llama), "copy_GBps": {k: v / 1e9 for k, v in bw.items()}}
+    for stat, fn in (("median", statistics.median), ("best", min)):
+        r = {"prefill_tok_s_b1": prompt_len / fn(prefill["b1"])}
+        for key, (m, batch) in variants.items():
+            step = fn(steps_s[key])
+            r[f"decode_tok_s_{key}"] = batch / step
+            r[f"bound_fraction_{key}"] = step_bytes(m) / step / bw[stat]
+        r["b8_over_b1"] = r["decode_tok_s_b8"] / r["decode_tok_s_b1"]
+        if "b1_bf16" in variants:
+            r["bf16_over_fp32"] = r["decode_tok_s_b1_bf16"] / r["decode_tok_s_b1"]
+        row[stat] = r
     return row
 
 
@@ -141,8 +144,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parity-dir", type=Path, default=Path("/tmp/ibllm-parity"))
     p.add_argument("--prompt-len", type=int, default=64)
-    p.add_argument("--steps", type=int, default=12, help="decode steps per repetition")
-    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=8, help="decode steps per repetition")
+    p.add_argument("--reps", type=int, default=4)
     p.add_argument("--bf16", action="store_true", help="also time bfloat16 weights on CPU")
     p.add_argument("--skip-load", action="store_true", help="do not measure the loading RSS")
     p.add_argument("--only", choices=["parity", "mid"], help="benchmark one model")
@@ -163,7 +166,6 @@ def main(argv=None) -> int:
               f"{results['load']['peak_rss_load'] / 1e9:.2f} GB = {results['load']['load_over_weights']:.2f} x weights "
               f"({results['load']['weights_bytes'] / 1e9:.2f} GB); after touching every weight "
               f"{results['load']['touched_over_weights']:.2f} x")
-    results["copy_GBps_before"] = copy_bandwidth() / 1e9
     models = []
     if have_parity and args.only != "mid":
         models.append(("parity (dim 4096, 2 layers)", load_parity))
@@ -173,15 +175,11 @@ def main(argv=None) -> int:
         models.append(("mid (dim 2048, 4 layers, random)", lambda _: mid_model()))
     for label, make in models:
         model = make(args.parity_dir)
-        bw = copy_bandwidth()  # measured next to each model's run
-        row = bench_model(label, model, bandwidth=bw, prompt_len=args.prompt_len, steps=args.steps, reps=args.reps,
-                          bf16=args.bf16)
-        row["copy_GBps"] = bw / 1e9
+        row = bench_model(label, model, prompt_len=args.prompt_len, steps=args.steps, reps=args.reps, bf16=args.bf16)
+        row["load_average"] = os.getloadavg()
         results["models"].append(row)
         print(json.dumps(row, indent=1))
         del model
-    results["copy_GBps_after"] = copy_bandwidth() / 1e9
-    print(f"copy bandwidth before/after: {results['copy_GBps_before']:.1f} / {results['copy_GBps_after']:.1f} GB/s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0
