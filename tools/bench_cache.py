@@ -153,7 +153,7 @@ def bench_chroma(data: Dataset, n: int, name: str, hnsw: ChromaHnsw, queries, tr
         cache.candidates = c
         def search(q):
             return [int(i) for i in cache.search(q, K).ids[0]]
-        rows.append(Row(data.kind, n, f"chroma-{name}", setting + f" ChromaCache {c} cand.", rate,
+        rows.append(Row(data.kind, n, f"chroma-{name}", setting + (f" ChromaCache {c} cand." if c else " ChromaCache k=10"), rate,
                         *timed_queries(search, queries, truth)))
         logger.info("%s", rows[-1])
     client.clear_system_cache()  # Chroma keeps one system per path alive otherwise

@@ -1,4 +1,4 @@
-"""`ibllm cache build | import-faiss | export-faiss | stats | query`.
+"""`ibllm cache build | import-faiss | export-faiss | convert | stats | query`.
 
 A cache is either a Chroma collection (`--collection NAME`, embedded at `--path`, default
 ./chroma, or on a server with `--url http://host:port`) or a FAISS file (`--faiss PATH`, for
@@ -49,6 +49,12 @@ def register(subparsers) -> None:
     _chroma_args(p, required=True)
     p.add_argument("--kind", choices=["flat", "hnsw", "ivf"], default="flat", help="exact (flat) or approximate")
     p.set_defaults(func=_export_faiss)
+
+    p = sub.add_parser("convert", help="rewrite a FAISS index as exact (flat) or approximate (hnsw, ivf)")
+    p.add_argument("index", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--kind", choices=["flat", "hnsw", "ivf"], default="ivf")
+    p.set_defaults(func=_convert)
 
     p = sub.add_parser("stats", help="count, dimension, modalities of a cache")
     _chroma_args(p, required=False)
@@ -158,24 +164,44 @@ def _import_faiss(args) -> int:
 
 @_errors
 def _export_faiss(args) -> int:
-    from ibllm_agent.cache.build import copy_cache
-    from ibllm_agent.cache.faiss import FaissCache, FaissOptions
-
     source = _open_chroma(args, create=False)
     if len(source) == 0:
         raise CacheError(f"collection {args.collection!r} is empty: nothing to export")
-    train = _training_sample(source, IVF_TRAIN_MAX) if args.kind == "ivf" else None
+    train = _first_vectors(source, IVF_TRAIN_MAX) if args.kind == "ivf" else None
+    return _write_faiss(source.iter_batches(), len(source), source.dim, args.out, args.kind, train)
+
+
+@_errors
+def _convert(args) -> int:
+    import numpy as np
+
+    from ibllm_agent.cache.faiss import FaissCache
+
+    source = FaissCache.load(args.index, dim=None)
+    if len(source) == 0:
+        raise CacheError(f"{args.index} is empty: nothing to convert")
+    train = None
+    if args.kind == "ivf":  # evenly spaced positions: the file's order may follow its sources
+        positions = np.linspace(0, len(source) - 1, min(len(source), IVF_TRAIN_MAX)).astype(np.int64)
+        train = source.index.reconstruct_batch(positions)
+    return _write_faiss(source.iter_batches(8192), len(source), source.dim, args.out, args.kind, train)
+
+
+def _write_faiss(batches, total: int, dim: int, out: Path, kind: str, train) -> int:
+    from ibllm_agent.cache.build import copy_cache
+    from ibllm_agent.cache.faiss import FaissCache, FaissOptions
+
     # IVF cells: ~4 sqrt(n), but k-means wants >= 39 training points per cell
-    nlist = max(1, min(int(4 * len(source) ** 0.5), len(train) // 39)) if train is not None else None
-    dest = FaissCache.create(source.dim, FaissOptions(kind=args.kind, nlist=nlist), train_vectors=train)
-    copy_cache(source.iter_batches(), dest, total=len(source), progress=True, desc="export")
-    dest.save(args.out)
-    print(json.dumps({"out": str(args.out), "count": len(dest), "kind": args.kind}))
+    nlist = max(1, min(int(4 * total ** 0.5), len(train) // 39)) if train is not None else None
+    dest = FaissCache.create(dim, FaissOptions(kind=kind, nlist=nlist), train_vectors=train)
+    copy_cache(batches, dest, total=total, progress=True, desc=f"writing {kind} index")
+    dest.save(out)
+    print(json.dumps({"out": str(out), "count": len(dest), "kind": kind, "nlist": nlist}))
     return 0
 
 
-def _training_sample(cache, limit: int):
-    """The first `limit` vectors of a cache (Chroma pages are in insertion order, not sorted: a fair sample)."""
+def _first_vectors(cache, limit: int):
+    """The first `limit` vectors of a Chroma cache (pages come in insertion order)."""
     import numpy as np
 
     chunks, n = [], 0

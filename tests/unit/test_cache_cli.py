@@ -50,6 +50,11 @@ def test_import_stats_export_roundtrip(tmp_path, knn_index, capsys):
     assert back.search(q, 5).ids == original.search(q, 5).ids  # ids are the original positions
     code, out, _ = run(capsys, "stats", "--faiss", tmp_path / "back.index")
     assert json.loads(out)["count"] == 120
+    for kind in ("ivf", "hnsw"):
+        code, out, _ = run(capsys, "convert", tmp_path / "back.index", tmp_path / f"{kind}.index", "--kind", kind)
+        assert code == 0 and json.loads(out)["count"] == 120
+        approx = FaissCache.load(tmp_path / f"{kind}.index")
+        assert [row[0] for row in approx.search(original.get_vectors(0, 20), 1).ids] == [str(i) for i in range(20)]
 
 
 def test_build_then_query_a_file_and_a_text(tmp_path, capsys):
