@@ -181,3 +181,16 @@ def test_pretrain_phase_and_bfloat16():
     assert m.dtype == torch.bfloat16 and not any("lora" in k for k in m.state_dict())
     [g] = m.generate_batch(["a dog"], None, max_gen_len=3, temperature=0.0)
     assert len(g.token_ids) == 3
+
+
+@pytest.mark.gpu
+def test_cuda_defaults_to_float16_and_generates(tmp_path):
+    m = ibllm_agent.load("tiny", device="cuda")
+    assert m.dtype == torch.float16 and m.device.type == "cuda"
+    feature = m.encode([Media("image", images(1)[0])])[0]
+    [g] = m.generate_batch(["a dog"], feature, max_gen_len=4, temperature=0.0)
+    assert len(g.token_ids) == 4
+    official = ibllm_agent.load("tiny").save_official(tmp_path)
+    loaded = ibllm_agent.load(str(official["adapter"]), str(official["llama_dir"]),
+                              imagebind_ckpt=str(official["imagebind"]), device="cuda", dtype="bfloat16")
+    assert loaded.dtype == torch.bfloat16 and all(p.device.type == "cuda" for p in loaded.parameters())
