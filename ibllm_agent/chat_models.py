@@ -263,7 +263,7 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
             visual_query, neighbors = llm.visual_query(feature, cache=p.cache, cache_size=p.cache_size,
                                                        cache_t=p.cache_t, cache_weight=p.cache_weight)
             decoder = llm.decoder([request.prompt], visual_query, max_gen_len=p.max_gen_len,
-                                   temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=list(p.stop))
+                                  temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=list(p.stop))
         steps = iter(decoder)
         deadline = time.monotonic() + self.timeout if self.timeout else None
         while True:
