@@ -18,7 +18,7 @@ import torch
 
 from .media import load_media, load_text
 from .media.audio import FBANK_MEAN, FBANK_STD, NUM_MEL_BINS, SAMPLE_RATE, TARGET_LENGTH, load_audio
-from .media.detect import detect
+from .media.detect import Format, can_load_as, detect
 from .media.errors import CorruptMediaError, UnsupportedFormatError, typed_errors
 from .media.limits import DEFAULT_LIMITS
 from .media.source import Source
@@ -57,7 +57,7 @@ def load_and_transform_audio_data(audio_paths: Sequence | None, device, num_mel_
     out = []
     for path in audio_paths:
         source, fmt = _open(path)
-        if fmt.modality != "audio" and fmt.kind not in ("mp4", "mov", "webm", "mkv", "avi", "ogv"):
+        if not can_load_as(fmt, "audio"):
             raise UnsupportedFormatError(source.name, f"asked for audio, but the content is {fmt.kind}")
         with typed_errors(source.name, "audio"):
             tensor, _ = load_audio(source, fmt, DEFAULT_LIMITS, sample_rate=sample_rate, num_clips=clips_per_video,
@@ -76,7 +76,7 @@ def load_and_transform_video_data(video_paths: Sequence | None, device, clip_dur
     out = []
     for path in video_paths:
         source, fmt = _open(path)
-        if fmt.modality != "video" and fmt.kind != "gif":
+        if not can_load_as(fmt, "video"):
             raise UnsupportedFormatError(source.name, f"asked for video, but the content is {fmt.kind}")
         with typed_errors(source.name, "video"):
             tensor, _ = load_video(source, "." + fmt.kind, DEFAULT_LIMITS, num_clips=clips_per_video,
@@ -92,7 +92,7 @@ def load_and_transform_point_cloud_data(point_paths: Sequence | None, device) ->
     return _stack([load_media(p, "point", exact_upstream=True).tensor for p in point_paths]).to(device)
 
 
-def _open(path) -> tuple[Source, object]:
+def _open(path) -> tuple[Source, Format]:
     source = Source(path, DEFAULT_LIMITS)
     return source, detect(source.head, source.name, source.suffix)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .detect import MIME_TO_MODALITY, Format, detect
+from .detect import MIME_TO_MODALITY, Format, can_load_as, detect
 from .errors import (
     CorruptMediaError,
     EmptyMediaError,
@@ -42,8 +42,6 @@ __all__ = [
 MODALITIES = ("image", "video", "audio", "point", "text")
 _ALIASES = {"vision": "image", "picture": "image", "photo": "image", "sound": "audio", "clip": "video",
             "points": "point", "point_cloud": "point", "pointcloud": "point", "3d": "point"}
-_CONTAINERS_WITH_AUDIO = {"mp4", "mov", "webm", "mkv", "avi", "ogv", "m4a"}
-_TEXTUAL = {"text", "xyz", "obj", "off", "pcd", "ply"}
 
 
 @dataclass(frozen=True)
@@ -123,25 +121,25 @@ def _canonical(modality: str | None) -> str | None:
 
 def _load(source: Source, fmt: Format, target: str, limits: MediaLimits,
           exact_upstream: bool) -> tuple[torch.Tensor, dict]:
-    if target == "image" and fmt.modality == "image":
+    if not can_load_as(fmt, target):
+        raise UnsupportedFormatError(source.name, f"asked for {target}, but the content is {fmt.kind} ({fmt.modality})")
+    if target == "image":
         from .image import load_image
 
         return load_image(source, limits, exif_transpose=not exact_upstream)
-    if target == "video" and (fmt.modality == "video" or fmt.kind == "gif"):
+    if target == "video":
         from .video import load_video
 
         return load_video(source, "." + fmt.kind, limits)
-    if target == "audio" and (fmt.modality == "audio" or fmt.kind in _CONTAINERS_WITH_AUDIO):
+    if target == "audio":
         from .audio import load_audio
 
         return load_audio(source, fmt, limits)
-    if target == "point" and fmt.modality == "point":
+    if target == "point":
         from .points import load_points
 
         return load_points(source, fmt, limits, normalize=not exact_upstream)
-    if target == "text" and fmt.kind in _TEXTUAL:
-        from .text import tokenize_text
+    from .text import tokenize_text
 
-        text = source.read_bytes().decode("utf-8", "replace").lstrip("\ufeff")
-        return tokenize_text(text, source.name, limits), {"chars": len(text)}
-    raise UnsupportedFormatError(source.name, f"asked for {target}, but the content is {fmt.kind} ({fmt.modality})")
+    text = source.read_bytes().decode("utf-8", "replace").lstrip("\ufeff")
+    return tokenize_text(text, source.name, limits), {"chars": len(text)}

@@ -72,6 +72,19 @@ _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf|infinity)"
 _NUMERIC_ROW = re.compile(rf"^\s*(?:{_NUMBER})(?:[\s,;]+(?:{_NUMBER})){{2,}}[\s,;]*$", re.IGNORECASE)
 
 
+_CONTAINERS_WITH_AUDIO = {"mp4", "mov", "webm", "mkv", "avi", "ogv", "m4a"}
+_TEXTUAL = {"text", "xyz", "obj", "off", "pcd", "ply"}
+
+
+def can_load_as(fmt: Format, modality: str) -> bool:
+    """Whether content of format `fmt` can be loaded as `modality` (besides its own modality:
+    the audio track of a video container, a GIF as video, a textual file as text)."""
+    return (fmt.modality == modality
+            or (modality == "audio" and fmt.kind in _CONTAINERS_WITH_AUDIO)
+            or (modality == "video" and fmt.kind == "gif")
+            or (modality == "text" and fmt.kind in _TEXTUAL))
+
+
 def detect(head: bytes, name: str, suffix: str) -> Format:
     """The format of content starting with `head`. Raises UnsupportedFormatError when unknown."""
     fmt = _detect_binary(head)
@@ -158,7 +171,9 @@ def _detect_text(h: bytes) -> Format | None:
         text = h[: e.start].decode("utf-8")
     if text.startswith("\ufeff"):
         text = text[1:]
-    lines = [ln.strip() for ln in text.splitlines()[:-1] or text.splitlines()]
+    lines = [ln.strip() for ln in text.splitlines()]
+    if len(h) >= 4096 and not text.endswith("\n") and len(lines) > 1:
+        lines = lines[:-1]  # the head cut the last line short
     content = [ln for ln in lines if ln and not ln.startswith("#")]
     first = content[0] if content else ""
     if any(ln.startswith("FIELDS") for ln in content) and any(ln.startswith("DATA") for ln in content):

@@ -60,7 +60,7 @@ def read_clip_frames(path: str, name: str, limits: MediaLimits, *, num_clips: in
         # Guess the frames we will need from the header, and keep them while grabbing; the real
         # selection comes from the timestamps, and any frame the guess missed is read in a second pass.
         guessed = set()
-        if fps > 0 and header_count > 0:
+        if fps > 0 and 0 < header_count <= limits.max_video_frames:
             guess_times = [_us(1000.0 * i / fps) for i in range(header_count)]
             guess_dur = Fraction(header_count, 1) / Fraction(fps).limit_denominator(100000)
             guessed = set(_select(guess_times, guess_dur, num_clips, clip_seconds, frames_per_clip)[0])
@@ -69,6 +69,8 @@ def read_clip_frames(path: str, name: str, limits: MediaLimits, *, num_clips: in
             if len(times) >= limits.max_video_frames:
                 raise MediaTooLongError(name, f"more than {limits.max_video_frames} frames (MediaLimits.max_video_frames)")
             times.append(_us(cap.get(cv2.CAP_PROP_POS_MSEC)))
+            if times[-1] > limits.max_video_seconds:  # stop early rather than decode hours of video
+                raise MediaTooLongError(name, f"longer than {limits.max_video_seconds} s (MediaLimits.max_video_seconds)")
             if len(times) - 1 in guessed:
                 kept[len(times) - 1] = _retrieve(cap, name)
     finally:
