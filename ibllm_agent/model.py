@@ -302,7 +302,7 @@ class ImageBindLLM(nn.Module):
         conditioned on the `inputs` mix; greedy when temperature is 0. Any batch size."""
         visual_query = self.forward_visual(inputs, cache_size, cache_t, cache_weight)
         decoder = self.decoder(prompts, visual_query, max_gen_len=max_gen_len, temperature=temperature,
-                                top_p=top_p, seed=None, stop=None)
+                               top_p=top_p, seed=None, stop=None)
         return [text for text, _, _ in decoder.run()]
 
     _decoder = decoder  # the name the first callers used
@@ -326,7 +326,7 @@ class ImageBindLLM(nn.Module):
         if len(neighbors) == 1 and len(prompts) > 1:
             neighbors = neighbors * len(prompts)
         decoder = self.decoder(prompts, visual_query, max_gen_len=max_gen_len, temperature=temperature,
-                                top_p=top_p, seed=seed, stop=stop)
+                               top_p=top_p, seed=seed, stop=stop)
         return [Generation(text=text, token_ids=ids, prompt_tokens=len(prompt), finish_reason=finish,
                            neighbors=n)
                 for (text, ids, finish), prompt, n in zip(decoder.run(), decoder.prompts, neighbors)]
