@@ -54,17 +54,13 @@ def load_and_transform_audio_data(audio_paths: Sequence | None, device, num_mel_
     """Audio files -> float32 [B, clips_per_video, 1, num_mel_bins, target_length] on `device`."""
     if audio_paths is None:
         return None
-    out = []
-    for path in audio_paths:
-        source, fmt = _open(path)
-        if not can_load_as(fmt, "audio"):
-            raise UnsupportedFormatError(source.name, f"asked for audio, but the content is {fmt.kind}")
-        with typed_errors(source.name, "audio"):
-            tensor, _ = load_audio(source, fmt, DEFAULT_LIMITS, sample_rate=sample_rate, num_clips=clips_per_video,
-                                   clip_seconds=clip_duration, num_mel_bins=num_mel_bins,
-                                   target_length=target_length, mean=mean, std=std)
-        out.append(tensor)
-    return _stack(out).to(device)
+
+    def load(source: Source, fmt: Format) -> tuple[torch.Tensor, dict]:
+        return load_audio(source, fmt, DEFAULT_LIMITS, sample_rate=sample_rate, num_clips=clips_per_video,
+                          clip_seconds=clip_duration, num_mel_bins=num_mel_bins, target_length=target_length,
+                          mean=mean, std=std)
+
+    return _load_each(audio_paths, "audio", load).to(device)
 
 
 def load_and_transform_video_data(video_paths: Sequence | None, device, clip_duration: int = 2,
@@ -73,16 +69,11 @@ def load_and_transform_video_data(video_paths: Sequence | None, device, clip_dur
     `sample_rate` is accepted for compatibility; upstream does not decode the audio here either."""
     if video_paths is None:
         return None
-    out = []
-    for path in video_paths:
-        source, fmt = _open(path)
-        if not can_load_as(fmt, "video"):
-            raise UnsupportedFormatError(source.name, f"asked for video, but the content is {fmt.kind}")
-        with typed_errors(source.name, "video"):
-            tensor, _ = load_video(source, "." + fmt.kind, DEFAULT_LIMITS, num_clips=clips_per_video,
-                                   clip_seconds=clip_duration)
-        out.append(tensor)
-    return _stack(out).to(device)
+
+    def load(source: Source, fmt: Format) -> tuple[torch.Tensor, dict]:
+        return load_video(source, "." + fmt.kind, DEFAULT_LIMITS, num_clips=clips_per_video, clip_seconds=clip_duration)
+
+    return _load_each(video_paths, "video", load).to(device)
 
 
 def load_and_transform_point_cloud_data(point_paths: Sequence | None, device) -> torch.Tensor | None:
@@ -92,9 +83,17 @@ def load_and_transform_point_cloud_data(point_paths: Sequence | None, device) ->
     return _stack([load_media(p, "point", exact_upstream=True).tensor for p in point_paths]).to(device)
 
 
-def _open(path) -> tuple[Source, Format]:
-    source = Source(path, DEFAULT_LIMITS)
-    return source, detect(source.head, source.name, source.suffix)
+def _load_each(paths: Sequence, modality: str, load) -> torch.Tensor:
+    """Detect, check and load each path with `load(source, fmt)`, then stack."""
+    out = []
+    for path in paths:
+        source = Source(path, DEFAULT_LIMITS)
+        fmt = detect(source.head, source.name, source.suffix)
+        if not can_load_as(fmt, modality):
+            raise UnsupportedFormatError(source.name, f"asked for {modality}, but the content is {fmt.kind}")
+        with typed_errors(source.name, modality):
+            out.append(load(source, fmt)[0])
+    return _stack(out)
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -41,6 +41,7 @@ def open_rgb(source: Source, limits: MediaLimits, *, exif_transpose: bool = True
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with source.open() as fp, Image.open(fp) as img:
                 w, h = img.size
+                pil_format = img.format
                 _check_size(source.name, w, h, limits)
                 img.seek(0)
                 img.load()
@@ -57,7 +58,7 @@ def open_rgb(source: Source, limits: MediaLimits, *, exif_transpose: bool = True
         raise CorruptMediaError(source.name, "Pillow cannot read this image (damaged or truncated)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise CorruptMediaError(source.name, f"cannot decode the image: {e}") from None
-    meta = {"size_wh": [w, h], "mode": mode, "exif_orientation": orientation, "format": source.suffix or None}
+    meta = {"size_wh": [w, h], "mode": mode, "exif_orientation": orientation, "format": pil_format}
     return rgb, meta
 
 
