@@ -34,6 +34,9 @@ GIF = _F("gif", "image", "image/gif")
 WEBP = _F("webp", "image", "image/webp")
 BMP = _F("bmp", "image", "image/bmp")
 TIFF = _F("tiff", "image", "image/tiff")
+AVIF = _F("avif", "image", "image/avif")
+HEIF = _F("heif", "image", "image/heif")
+"""Recognised so that it is refused by name: Pillow has no HEIF decoder without a plugin."""
 WAV = _F("wav", "audio", "audio/wav", "wav")
 FLAC = _F("flac", "audio", "audio/flac", "flac")
 OGG = _F("ogg", "audio", "audio/ogg", "ogg")
@@ -57,14 +60,14 @@ OBJ = _F("obj", "point", "model/obj")
 XYZ = _F("xyz", "point", "model/x-xyz")
 TEXT = _F("text", "text", "text/plain")
 
-ALL_FORMATS = (JPEG, PNG, GIF, WEBP, BMP, TIFF, WAV, FLAC, OGG, MP3, AAC, AIFF, M4A, MP4, MOV, WEBM, MKV, AVI,
+ALL_FORMATS = (JPEG, PNG, GIF, WEBP, BMP, TIFF, AVIF, WAV, FLAC, OGG, MP3, AAC, AIFF, M4A, MP4, MOV, WEBM, MKV, AVI,
                OGV, TORCH, NPY, NPZ, PLY, PCD, OFF, OBJ, XYZ, TEXT)
 MIME_TO_MODALITY = {f.mime: f.modality for f in ALL_FORMATS}
 """For callers that route by MIME type (LangChain content blocks)."""
 
 # Extensions that promise binary content: text under one of these names is refused.
 _BINARY_SUFFIXES = {
-    ".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".wav", ".flac", ".ogg", ".oga",
+    ".jpg", ".jpeg", ".png", ".gif", ".webp", ".avif", ".heic", ".bmp", ".tif", ".tiff", ".wav", ".flac", ".ogg", ".oga",
     ".opus", ".mp3", ".aac", ".m4a", ".aif", ".aiff", ".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi",
     ".ogv", ".pt", ".pth", ".npy", ".npz",
 }
@@ -123,6 +126,10 @@ def _detect_binary(h: bytes) -> Format | None:
         return AIFF
     if h[4:8] == b"ftyp":
         brand = h[8:12]
+        if brand in (b"avif", b"avis"):
+            return AVIF
+        if brand in (b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1"):
+            return HEIF
         if brand in (b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B "):
             return M4A
         return MOV if brand == b"qt  " else MP4

@@ -130,6 +130,7 @@ def test_lying_extensions(tmp_path):
     _try(b"hello there", UnsupportedFormatError, name="photo.jpg")
     _try(wav_as_png, UnsupportedFormatError, modality="image")
     _try(CORPUS / "nan_points.xyz", UnsupportedFormatError, modality="video")
+    _try(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic", UnsupportedFormatError, name="photo.heic")
 
 
 def test_inconsistent_wav_headers(tmp_path):
