@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -84,7 +84,17 @@ def load_media(src: SourceLike, modality: str | None = None, *, limits: MediaLim
     fmt = detect(source.head, source.name, source.suffix)
     target = modality or fmt.modality
     with typed_errors(source.name, target):
-        tensor, meta = _load(source, fmt, target, limits, exact_upstream)
+        try:
+            tensor, meta = _load(source, fmt, target, limits, exact_upstream)
+        except (CorruptMediaError, EmptyMediaError):
+            # A video container without pictures (a browser's audio recording in WebM, an MP4 of
+            # sound only) is what it sounds like: audio. Only when no modality was asked for.
+            if modality is not None or not can_load_as(fmt, "audio") or fmt.modality != "video":
+                raise
+            if not _has_audio_only(source, fmt):
+                raise
+            target, fmt = "audio", replace(fmt, modality="audio", mime=fmt.mime.replace("video/", "audio/"))
+            tensor, meta = _load(source, fmt, target, limits, exact_upstream)
     return MediaInput(target, tensor, source.name, source.sha256, fmt.mime, meta)
 
 
@@ -108,6 +118,17 @@ def detect_format(src: SourceLike, *, limits: MediaLimits | None = None, name: s
     """The format of `src` from its content (reads only the first bytes of a path)."""
     source = Source(src, limits or DEFAULT_LIMITS, name)
     return detect(source.head, source.name, source.suffix)
+
+
+def _has_audio_only(source: Source, fmt: Format) -> bool:
+    from .audio import probe
+
+    with source.as_path(suffix="." + fmt.kind) as path:
+        try:
+            streams = probe(str(path), fmt.demuxer, source.name)
+        except MediaError:
+            return False
+    return bool(streams["audio"]) and not streams["video"]
 
 
 def _canonical(modality: str | None) -> str | None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ibllm_agent.media import load_audio_track, load_media
+from ibllm_agent.media import MediaError, load_audio_track, load_media
 from ibllm_agent.media.audio import ffmpeg_exe
 
 SHAPES = {"image": (3, 224, 224), "video": (15, 3, 2, 224, 224), "audio": (3, 1, 128, 204), "point": (8192, 3)}
@@ -65,6 +65,15 @@ def test_video_and_its_audio_track(encoded, name):
     assert audio.modality == "audio" and audio.tensor.shape == SHAPES["audio"]
     assert audio.sha256 == video.sha256  # one file, two inputs
     assert torch.equal(load_media((encoded / name).read_bytes(), "audio", name=name).tensor, audio.tensor)
+
+
+@pytest.mark.parametrize("name,codec", [("recording.webm", "libopus"), ("sound_only.mp4", "aac")])
+def test_container_without_pictures_is_audio(tmp_path, name, codec):
+    _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=3", "-c:a", codec, str(tmp_path / name))
+    item = load_media(tmp_path / name)  # a browser's audio recording is WebM with no video track
+    assert item.modality == "audio" and item.mime.startswith("audio/") and item.tensor.shape == SHAPES["audio"]
+    with pytest.raises(MediaError):
+        load_media(tmp_path / name, "video")  # asked for video explicitly: no fallback
 
 
 def test_video_without_audio_track(encoded):
