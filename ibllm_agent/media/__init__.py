@@ -89,9 +89,7 @@ def load_media(src: SourceLike, modality: str | None = None, *, limits: MediaLim
         except (CorruptMediaError, EmptyMediaError):
             # A video container without pictures (a browser's audio recording in WebM, an MP4 of
             # sound only) is what it sounds like: audio. Only when no modality was asked for.
-            if modality is not None or not can_load_as(fmt, "audio") or fmt.modality != "video":
-                raise
-            if not _has_audio_only(source, fmt):
+            if modality is not None or fmt.modality != "video" or not _has_audio_only(source, fmt):
                 raise
             target, fmt = "audio", replace(fmt, modality="audio", mime=fmt.mime.replace("video/", "audio/"))
             tensor, meta = _load(source, fmt, target, limits, exact_upstream)
