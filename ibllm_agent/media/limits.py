@@ -17,11 +17,12 @@ class MediaLimits:
     (a 20000×20000 PNG can be a few kilobytes)."""
     min_image_side: int = 4
     """Images smaller than this on either side carry no content (a 1×1 tracking pixel)."""
-    max_audio_seconds: float = 3600.0
-    """Duration of an audio input, or of the audio track of a video."""
-    max_video_seconds: float = 3600.0
-    """Duration of a video."""
-    max_video_frames: int = 200_000
+    max_audio_seconds: float = 600.0
+    """Duration of an audio input, or of the audio track of a video. The whole track is decoded
+    into memory (10 min of 48 kHz stereo peaks at about 0.4 GB)."""
+    max_video_seconds: float = 1800.0
+    """Duration of a video (only the 10 frames used are kept, but every frame is decoded)."""
+    max_video_frames: int = 100_000
     """Frames decoded from one video (every frame is decoded to find the timestamps)."""
     max_points: int = 20_000_000
     """Points in one cloud before resampling."""
