@@ -192,6 +192,18 @@ class KVCache:
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and keys). A single bfloat16 row on the CPU goes through torch.mv:
+    in torch 2.13 F.linear's bfloat16 path for one row runs slower than the matrix-vector kernel,
+    and decoding at batch 1 is exactly that case (tools/bench_generate.py)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.numel() == x.shape[-1]:
+            out = torch.mv(self.weight, x.reshape(-1)).view(*x.shape[:-1], -1)
+            return out if self.bias is None else out + self.bias
+        return F.linear(x, self.weight, self.bias)
+
+
 def lora_linear(module: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
     """`module.<name>(x)` plus its LoRA `lora_<name>_l2(lora_<name>_l1(x))` when the module has LoRA."""
     out = getattr(module, name)(x)
@@ -205,17 +217,17 @@ class Attention(nn.Module):
         super().__init__()
         self.n_heads = args.n_heads
         self.head_dim = args.head_dim
-        self.wq = nn.Linear(args.dim, args.dim, bias=args.w_bias)
-        self.wk = nn.Linear(args.dim, args.dim, bias=False)
-        self.wv = nn.Linear(args.dim, args.dim, bias=False)
-        self.wo = nn.Linear(args.dim, args.dim, bias=args.w_bias)
+        self.wq = Linear(args.dim, args.dim, bias=args.w_bias)
+        self.wk = Linear(args.dim, args.dim, bias=False)
+        self.wv = Linear(args.dim, args.dim, bias=False)
+        self.wo = Linear(args.dim, args.dim, bias=args.w_bias)
         self.w_lora = args.w_lora
         if args.w_lora:
             r = args.lora_rank
-            self.lora_wq_l1, self.lora_wq_l2 = nn.Linear(args.dim, r, bias=False), nn.Linear(r, args.dim, bias=False)
-            self.lora_wk_l1, self.lora_wk_l2 = nn.Linear(args.dim, r, bias=False), nn.Linear(r, args.dim, bias=False)
-            self.lora_wv_l1, self.lora_wv_l2 = nn.Linear(args.dim, r, bias=False), nn.Linear(r, args.dim, bias=False)
-            self.lora_wo_l1, self.lora_wo_l2 = nn.Linear(args.dim, r, bias=False), nn.Linear(r, args.dim, bias=False)
+            self.lora_wq_l1, self.lora_wq_l2 = Linear(args.dim, r, bias=False), Linear(r, args.dim, bias=False)
+            self.lora_wk_l1, self.lora_wk_l2 = Linear(args.dim, r, bias=False), Linear(r, args.dim, bias=False)
+            self.lora_wv_l1, self.lora_wv_l2 = Linear(args.dim, r, bias=False), Linear(r, args.dim, bias=False)
+            self.lora_wo_l1, self.lora_wo_l2 = Linear(args.dim, r, bias=False), Linear(r, args.dim, bias=False)
         self.gate = nn.Parameter(torch.zeros(1, args.n_heads, 1, 1))
 
     def adapter_value(self, query: torch.Tensor) -> torch.Tensor:
@@ -246,15 +258,15 @@ class FeedForward(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         dim, hidden = args.dim, args.hidden_dim
-        self.w1 = nn.Linear(dim, hidden, bias=args.w_bias)
-        self.w2 = nn.Linear(hidden, dim, bias=args.w_bias)
-        self.w3 = nn.Linear(dim, hidden, bias=args.w_bias)
+        self.w1 = Linear(dim, hidden, bias=args.w_bias)
+        self.w2 = Linear(hidden, dim, bias=args.w_bias)
+        self.w3 = Linear(dim, hidden, bias=args.w_bias)
         self.w_lora = args.w_lora
         if args.w_lora:
             r = args.lora_rank
-            self.lora_w1_l1, self.lora_w1_l2 = nn.Linear(dim, r, bias=False), nn.Linear(r, hidden, bias=False)
-            self.lora_w2_l1, self.lora_w2_l2 = nn.Linear(hidden, r, bias=False), nn.Linear(r, dim, bias=False)
-            self.lora_w3_l1, self.lora_w3_l2 = nn.Linear(dim, r, bias=False), nn.Linear(r, hidden, bias=False)
+            self.lora_w1_l1, self.lora_w1_l2 = Linear(dim, r, bias=False), Linear(r, hidden, bias=False)
+            self.lora_w2_l1, self.lora_w2_l2 = Linear(hidden, r, bias=False), Linear(r, dim, bias=False)
+            self.lora_w3_l1, self.lora_w3_l2 = Linear(dim, r, bias=False), Linear(r, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return lora_linear(self, "w2", F.silu(lora_linear(self, "w1", x)) * lora_linear(self, "w3", x))
@@ -284,7 +296,7 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
         self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, eps=args.norm_eps)
-        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        self.output = Linear(args.dim, args.vocab_size, bias=False)
 
     def new_cache(self, batch: int, capacity: int, pad: torch.Tensor | None = None) -> KVCache:
         """An empty request cache on this model's device and dtype."""

@@ -190,3 +190,13 @@ def test_pretrain_phase_has_no_bias_or_lora_and_keys_are_meta_names():
     assert {"layers.0.attention.lora_wq_l1.weight", "layers.0.feed_forward.lora_w2_l2.weight",
             "layers.0.attention.wq.bias", "layers.0.attention.wo.bias", "layers.0.feed_forward.w3.bias"} <= full
     assert "layers.0.attention.wk.bias" not in full and "layers.0.attention.wv.bias" not in full
+
+
+def test_linear_single_bfloat16_row_matches_f_linear():
+    from ibllm_agent.llama.model import Linear
+
+    layer = Linear(64, 48).to(torch.bfloat16)
+    x = torch.randn(1, 1, 64).to(torch.bfloat16)
+    expected = F.linear(x.float(), layer.weight.float(), layer.bias.float())
+    torch.testing.assert_close(layer(x).float(), expected, atol=0.05, rtol=0.02)
+    assert layer(x).shape == (1, 1, 48) and layer(torch.randn(3, 64).to(torch.bfloat16)).shape == (3, 48)
