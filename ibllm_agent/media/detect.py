@@ -189,6 +189,7 @@ def _detect_text(h: bytes) -> Format | None:
         return OFF
     if content and sum(ln.startswith("v ") for ln in content) >= max(1, len(content) // 4):
         return OBJ
-    if content and all(_NUMERIC_ROW.match(ln) for ln in content[:50]):
+    rows = content[1:] if content and not any(ch.isdigit() for ch in content[0]) else content  # a "x y z" header
+    if rows and all(_NUMERIC_ROW.match(ln) for ln in rows[:50]):
         return XYZ
     return TEXT

@@ -284,7 +284,7 @@ def _ply_ascii(body: bytes, elements, vertex_index: int, name: str):
     start = sum(e[1] for e in elements[:vertex_index])  # one line per element instance
     count = elements[vertex_index][1]
     cols = [p[0] for p in elements[vertex_index][2]]
-    rows = [ln for ln in lines[start : start + count]]
+    rows = lines[start : start + count]
     if len(rows) < count:
         raise CorruptMediaError(name, f"the PLY header declares {count} vertices but the file holds {len(rows)}")
     ix = [cols.index(c) for c in ("x", "y", "z")]
@@ -350,6 +350,8 @@ def _text_lines(source: Source) -> list[str]:
 
 def _parse_xyz(source: Source, limits: MediaLimits):
     rows = [_SPLIT.split(ln.strip()) for ln in _text_lines(source) if ln.strip() and not ln.lstrip().startswith("#")]
+    if rows and not any(ch.isdigit() for ch in "".join(rows[0])):
+        rows = rows[1:]  # a column header such as "x y z" or "X,Y,Z,R,G,B"
     if len(rows) > limits.max_points:
         raise MediaTooLargeError(source.name, f"{len(rows)} points, over the limit of {limits.max_points}")
     return np.array([[float(v) for v in r[:3]] for r in rows], dtype=np.float64).reshape(-1, 3).astype(np.float32)

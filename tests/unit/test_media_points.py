@@ -71,6 +71,7 @@ FILES = {
     "binary.pcd": lambda: _pcd("binary"),
     "cloud.xyz": lambda: "".join(f"{x!r} {y!r} {z!r}\n" for x, y, z in CLOUD.tolist()).encode(),
     "cloud.txt": lambda: ("# x,y,z,r,g,b\n" + "".join(f"{x!r},{y!r},{z!r},1,2,3\n" for x, y, z in CLOUD.tolist())).encode(),
+    "cloud.csv": lambda: ("X,Y,Z,R,G,B\n" + "".join(f"{x!r},{y!r},{z!r},1,2,3\n" for x, y, z in CLOUD.tolist())).encode(),
     "cloud.obj": lambda: ("# obj\no thing\n" + "".join(f"v {x!r} {y!r} {z!r} 0.5 0.5 0.5\n" for x, y, z in CLOUD.tolist())
                           + "vn 0 0 1\nf 1 2 3\n").encode(),
     "cloud.off": lambda: ("OFF\n# comment\n500 1 0\n" + "".join(f"{x!r} {y!r} {z!r}\n" for x, y, z in CLOUD.tolist())
