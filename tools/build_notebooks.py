@@ -478,16 +478,14 @@ model's `cache` attribute is any `VisualCache` (FAISS or Chroma).
 import pandas as pd
 
 shipped, model.cache = model.cache, cache
-rows = []
-for modality in ("audio", "point"):
-    for name in ("rain", "dog", "bell", "car", "ocean", "piano"):
-        item = load_media(world.write(name, modality, 7, Path("media")).path)
-        feature = model.encode([item])
-        prompt = [format_prompt("What is this?")]
-        off = model.generate_batch(prompt, feature, max_gen_len=16, temperature=0, cache=False)[0].text
-        on = model.generate_batch(prompt, feature, max_gen_len=16, temperature=0, cache=True)[0].text
-        rows.append({"input": f"{modality}: {name}", "without cache": off, "with cache": on,
-                     "right without": names_concept(off, name), "right with": names_concept(on, name)})
+asked = [(modality, name) for modality in ("audio", "point") for name in ("rain", "dog", "bell", "car", "piano")]
+features = model.encode([load_media(world.write(name, modality, 7, Path("media")).path) for modality, name in asked])
+prompts = [format_prompt("What is this?")] * len(asked)
+without = model.generate_batch(prompts, features, max_gen_len=16, temperature=0, cache=False)  # one batch each
+with_cache = model.generate_batch(prompts, features, max_gen_len=16, temperature=0, cache=True)
+rows = [{"input": f"{modality}: {name}", "without cache": off.text, "with cache": on.text,
+         "right without": names_concept(off.text, name), "right with": names_concept(on.text, name)}
+        for (modality, name), off, on in zip(asked, without, with_cache)]
 pd.DataFrame(rows)
 """),
         md("""
@@ -502,7 +500,7 @@ helps most) and a mixture check. `tools/eval_toy.py` prints the same table with 
 from ibllm_agent.train.toy_eval import evaluate, table
 
 model.cache = shipped  # back to the shipped FAISS cache
-report = evaluate(model, per_concept=2, video_per_concept=1, modalities=("image", "audio", "point"))
+report = evaluate(model, per_concept=1, video_per_concept=1, modalities=("image", "audio", "point"))
 print(table(report))
 """),
     ])
