@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -95,7 +96,8 @@ class ChromaCache(VisualCache):
     """
 
     def __init__(self, collection, client, *, dim: int = IMAGEBIND_DIM, search: str = "auto",
-                 exact_max: int = 20_000, candidates: int = 0, max_batch_size: int | None = None):
+                 exact_max: int = 20_000, candidates: int = 0, max_batch_size: int | None = None,
+                 count_ttl: float = 1.0):
         if search not in SEARCH_MODES:
             raise CacheError(f"unknown search mode {search!r}; expected one of {SEARCH_MODES}")
         self.collection = collection
@@ -105,8 +107,10 @@ class ChromaCache(VisualCache):
         self.exact_max = exact_max
         self.candidates = candidates
         self.max_batch_size = min(max_batch_size or client.get_max_batch_size(), client.get_max_batch_size())
+        self.count_ttl = count_ttl
         self._lock = threading.Lock()
         self._snapshot: tuple[int, np.ndarray, list[str], list[dict]] | None = None
+        self._counted: tuple[float, int] | None = None
 
     @classmethod
     def open(cls, name: str, *, path: str | Path | None = None, url: str | None = None, client=None,
@@ -140,12 +144,20 @@ class ChromaCache(VisualCache):
         return f"ChromaCache({self.collection.name!r}, {len(self)} x {self.dim})"
 
     def __len__(self) -> int:
-        return int(self.collection.count())
+        """The item count, re-read at most every `count_ttl` seconds and after each `add`.
+
+        Chroma's count() costs milliseconds (~17 ms at 20k items here) and a blend needs the
+        size several times, so adds by *other* processes show up within `count_ttl` seconds.
+        """
+        now = time.monotonic()
+        if self._counted is None or now - self._counted[0] >= self.count_ttl:
+            self._counted = (now, int(self.collection.count()))
+        return self._counted[1]
 
     @property
     def space(self) -> str:
-        return (self.collection.configuration or {}).get("hnsw", {}).get("space") or \
-            (self.collection.metadata or {}).get("hnsw:space", "l2")
+        hnsw = (self.collection.configuration or {}).get("hnsw") or {}
+        return hnsw.get("space") or (self.collection.metadata or {}).get("hnsw:space", "l2")
 
     def _check_collection(self) -> None:
         stored = (self.collection.metadata or {}).get(DIM_KEY)
@@ -176,7 +188,7 @@ class ChromaCache(VisualCache):
             documents = [(m or {}).get("caption") or (m or {}).get("uri") for m in metadatas]
             documents = documents if any(d is not None for d in documents) else None
         if ids is None:
-            start = len(self)
+            start = int(self.collection.count())
             ids = [str(start + i) for i in range(n)]
         for name, seq in (("ids", ids), ("metadatas", metadatas), ("documents", documents)):
             if seq is not None and len(seq) != n:
@@ -195,6 +207,7 @@ class ChromaCache(VisualCache):
                 metadatas=[_clean_metadata(metadatas[lo + j]) for j in keep] if metadatas is not None else None,
                 documents=[documents[lo + j] for j in keep] if documents is not None else None)
             added += len(keep)
+            self._counted = None
         return added
 
     # -- reading ------------------------------------------------------------------------------
@@ -215,8 +228,12 @@ class ChromaCache(VisualCache):
                     for ids, emb, metas in zip(res["ids"], res["embeddings"], res["metadatas"])]
         else:
             rows = self._widened_candidates(q, k, min(self.candidates, n))
+        found = min(len(row_ids) for row_ids, _, _ in rows)  # < k only if items vanished since counting
+        if found == 0:
+            raise CacheError(f"{self!r} is empty: add features before using it")
         scores, vectors, ids, metas = [], [], [], []
         for b, (row_ids, cand, row_metas) in enumerate(rows):
+            row_ids, cand, row_metas = row_ids[:found], cand[:found], row_metas[:found]
             sims = cand @ q[b]  # (k,) the true inner products of the stored float32 vectors
             order = np.argsort(-sims, kind="stable")  # re-rank: exact order among the candidates
             scores.append(sims[order])
