@@ -44,6 +44,7 @@ def test_decoder_stops_at_max_gen_len_and_streams_the_same_text(model):
 
 def test_eos_ends_a_row_and_is_not_returned(model):
     ids = [model.tokenizer.encode("dog", bos=True, eos=False)]
+    saved = model.llama.output.weight[model.tokenizer.eos_id].clone()
     with torch.no_grad():
         model.llama.output.weight[model.tokenizer.eos_id] += 50.0  # make EOS the greedy choice
     try:
@@ -51,7 +52,7 @@ def test_eos_ends_a_row_and_is_not_returned(model):
                                            temperature=0.0).run()
     finally:
         with torch.no_grad():
-            model.llama.output.weight[model.tokenizer.eos_id] -= 50.0
+            model.llama.output.weight[model.tokenizer.eos_id] = saved
     assert (text, tokens, finish) == ("", [], "stop")
 
 
