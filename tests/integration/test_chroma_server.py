@@ -155,6 +155,7 @@ def test_server_killed_mid_import_resumes(tmp_path, server):
     assert sum(hits) / (10 * len(queries)) >= 0.95
 
 
+@pytest.mark.slow
 def test_embedded_build_killed_mid_build_resumes(tmp_path):
     media = tmp_path / "media"
     media.mkdir()
