@@ -46,7 +46,7 @@ logger = logging.getLogger("build_toy_model")
 class Recipe:
     """Sizes and step counts of one build."""
 
-    images: int = 32
+    images: int = 96
     """Training images per concept."""
     sounds: int = 24
     """Training sounds per concept."""
@@ -54,12 +54,12 @@ class Recipe:
     """Training point clouds per concept."""
     cache_images: int = 16
     """Images per concept in the visual cache (taken from the training images)."""
-    vision_text_steps: int = 250
+    vision_text_steps: int = 500
     audio_steps: int = 250
-    point_steps: int = 400
+    point_steps: int = 1500
     lm_steps: int = 400
     pretrain_steps: int = 400
-    finetune_steps: int = 500
+    finetune_steps: int = 300
     llama: tuple = (("dim", 128), ("n_layers", 4), ("n_heads", 4), ("multiple_of", 32), ("norm_eps", 1e-6),
                     ("vocab_size", -1))
     vocab: int = 700
@@ -69,9 +69,8 @@ QUICK = Recipe(images=3, sounds=2, clouds=2, cache_images=2, vision_text_steps=3
                lm_steps=5, pretrain_steps=5, finetune_steps=5)
 
 
-POINT_GROUPS = {"point_num_group": 128, "point_group_size": 32}
-"""Point-Bind grouping of the toy (the official 512 x 32 costs 4x more per cloud). Shapes cannot tell
-these, so they ship in imagebind_config.json next to imagebind.pth, which the loader reads."""
+POINT_GROUPS = {"point_num_group": 64, "point_group_size": 16}
+"""Point-Bind grouping of the toy: 64 centres x 16 neighbours (the official 512 x 32 costs 16x more per cloud)."""
 
 
 def imagebind_args():
@@ -146,6 +145,7 @@ def bind_encoders(data: dict, recipe: Recipe, work: Path, seed: int):
         PairedContrastive,
         ToImageContrastive,
         embed_all,
+        random_crop_flip,
         random_rotation,
     )
     from ibllm_agent.train.engine import train
@@ -165,7 +165,8 @@ def bind_encoders(data: dict, recipe: Recipe, work: Path, seed: int):
 
     def vision_text():
         # image <-> text: both sides learn; this makes the space every other modality is bound to
-        pairs = ConceptPairs(data["image"], data["image_label"], data["text"], data["text_label"], keys=("a", "b"))
+        pairs = ConceptPairs(data["image"], data["image_label"], data["text"], data["text_label"], keys=("a", "b"),
+                             augment=random_crop_flip)
         train(PairedContrastive(ib, "vision", "text"), pairs,
               _cfg(work, "vision_text", seed, steps=recipe.vision_text_steps, batch_size=56, lr=2e-3,
                    warmup_steps=20, weight_decay=0.05), state_fn=ib.state_dict, name="image<->text")
@@ -181,7 +182,7 @@ def bind_encoders(data: dict, recipe: Recipe, work: Path, seed: int):
         clouds = ConceptPairs(data["point"], data["point_label"], image_emb, data["image_label"],
                               augment=random_rotation)
         train(ToImageContrastive(ib, "point"), clouds,
-              _cfg(work, "point", seed, steps=recipe.point_steps, batch_size=32, lr=3e-3, warmup_steps=20,
+              _cfg(work, "point", seed, steps=recipe.point_steps, batch_size=32, lr=4e-3, warmup_steps=30,
                    weight_decay=0.05), state_fn=ib.state_dict, name="point->image")
 
     stage("vision_text", vision_text)
@@ -330,6 +331,11 @@ def write_cache(ib, data: dict, recipe: Recipe, path: Path) -> int:
     return len(keep)
 
 
+IMAGEBIND_CONFIG_KEYS = ("vision_num_heads", "text_num_heads", "audio_num_heads", "point_num_heads",
+                         "point_num_group", "point_group_size")
+"""Sizes the tensor shapes cannot tell: they ship in imagebind_config.json, which the loader reads."""
+
+
 def write_imagebind(ib, folder: Path) -> Path:
     """imagebind.pth, the CLIP token table in float16 (its 49408 rows are most of the file and the toy
     text uses a few hundred of them; loading converts to the model dtype), and imagebind_config.json."""
@@ -338,7 +344,8 @@ def write_imagebind(ib, folder: Path) -> Path:
     sd[key] = sd[key].half()
     folder.mkdir(parents=True, exist_ok=True)
     torch.save(sd, folder / "imagebind.pth")
-    (folder / "imagebind_config.json").write_text(json.dumps({"kwargs": POINT_GROUPS}, indent=2) + "\n")
+    config = {k: getattr(ib.args, k) for k in IMAGEBIND_CONFIG_KEYS}
+    (folder / "imagebind_config.json").write_text(json.dumps({"kwargs": config}, indent=2) + "\n")
     return folder / "imagebind.pth"
 
 

@@ -98,7 +98,7 @@ def build_for_training(llama_dir: str | Path, llama_type: str, imagebind_ckpt: s
     normal `prefix_query` (nn.Embedding's default), zero gates, zero LoRA second factors. The number
     of adapted layers (`query_layer`) is all of them, as upstream for 7B."""
     from ibllm_agent.checkpoint import ADAPTER_ONLY_LLAMA_KEY, load_into, load_state_dict
-    from ibllm_agent.imagebind.model import ImageBindArgs
+    from ibllm_agent.imagebind.model import ImageBindArgs, read_imagebind_config
     from ibllm_agent.llama.model import ModelArgs
     from ibllm_agent.llama.tokenizer import Tokenizer
     from ibllm_agent.model import ImageBindLLM, _llama_file
@@ -112,11 +112,13 @@ def build_for_training(llama_dir: str | Path, llama_type: str, imagebind_ckpt: s
                                w_lora=finetune)
     args.vocab_size = tokenizer.n_words
     imagebind_sd = {k.removeprefix("image_bind."): v for k, v in load_state_dict(imagebind_ckpt).items()}
+    config = Path(imagebind_ckpt).parent / "imagebind_config.json"  # what shapes cannot tell, as load() reads it
+    ib_args = ImageBindArgs.from_state_dict(imagebind_sd, read_imagebind_config(config) if config.is_file() else None)
     adapter_sd = load_state_dict(adapter) if adapter is not None else {}
     query_layer = adapter_sd["prefix_query.weight"].shape[0] if adapter_sd else args.n_layers
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ImageBindLLM(args, tokenizer, ImageBindArgs.from_state_dict(imagebind_sd), query_layer=query_layer)
+        model = ImageBindLLM(args, tokenizer, ib_args, query_layer=query_layer)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith(".gate") or "_l2." in name or (name.startswith("llama.") and name.endswith(".bias")):

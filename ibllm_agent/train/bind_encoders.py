@@ -102,7 +102,7 @@ class ConceptPairs(Dataset):
     `items[i]` (a tensor or a dict of tensors) has concept `labels[i]`; `partners` are the other side
     (tensors [M, ...] or an embedding matrix [M, D]) with `partner_labels` [M]. Yields
     {key_a: item, key_b: partner, "label": label}. Items stored as [S, ...] clip lists (audio) give one
-    random clip per visit; `augment(item)` transforms dict items at each visit.
+    random clip per visit; `augment(item)` transforms the item at each visit.
     """
 
     def __init__(self, items, labels: Tensor, partners, partner_labels: Tensor, *,
@@ -125,7 +125,8 @@ class ConceptPairs(Dataset):
         x = self.items[i]
         if self.random_clip:
             x = x[int(torch.randint(len(x), ()))]
-        return x.float()
+        x = x.float()
+        return self.augment(x) if self.augment else x
 
     def __getitem__(self, i: int) -> dict:
         label = int(self.labels[i])
@@ -134,6 +135,17 @@ class ConceptPairs(Dataset):
         partner = self.partners[j]
         return {self.keys[0]: self._item(i), self.keys[1]: partner.float() if partner.is_floating_point() else partner,
                 "label": torch.tensor(label)}
+
+
+def random_crop_flip(image: Tensor, min_scale: float = 0.7) -> Tensor:
+    """A [3, H, W] image tensor cropped to a random square of at least `min_scale` of its side,
+    resized back (bilinear) and mirrored half of the time: cheap augmentation of preprocessed images."""
+    _, h, w = image.shape
+    side = int(h * (min_scale + (1 - min_scale) * float(torch.rand(()))))
+    top, left = int(torch.randint(h - side + 1, ())), int(torch.randint(w - side + 1, ()))
+    crop = image[:, top:top + side, left:left + side]
+    out = F.interpolate(crop[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    return out.flip(-1) if float(torch.rand(())) < 0.5 else out
 
 
 def random_rotation(grouped: dict[str, Tensor]) -> dict[str, Tensor]:
