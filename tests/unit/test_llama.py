@@ -192,11 +192,19 @@ def test_pretrain_phase_has_no_bias_or_lora_and_keys_are_meta_names():
     assert "layers.0.attention.wk.bias" not in full and "layers.0.attention.wv.bias" not in full
 
 
-def test_linear_single_bfloat16_row_matches_f_linear():
+def test_linear_fast_paths_match_f_linear():
     from ibllm_agent.llama.model import Linear
 
-    layer = Linear(64, 48).to(torch.bfloat16)
-    x = torch.randn(1, 1, 64).to(torch.bfloat16)
-    expected = F.linear(x.float(), layer.weight.float(), layer.bias.float())
-    torch.testing.assert_close(layer(x).float(), expected, atol=0.05, rtol=0.02)
-    assert layer(x).shape == (1, 1, 48) and layer(torch.randn(3, 64).to(torch.bfloat16)).shape == (3, 48)
+    layer = Linear(64, 48)
+    with torch.no_grad():
+        for rows in (1, 2, 3, 8, 40):
+            x = torch.randn(2, rows, 64)[:1]
+            torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        half = Linear(64, 48).to(torch.bfloat16)
+        x = torch.randn(1, 1, 64).to(torch.bfloat16)
+        expected = F.linear(x.float(), half.weight.float(), half.bias.float())
+        torch.testing.assert_close(half(x).float(), expected, atol=0.05, rtol=0.02)
+        assert half(x).shape == (1, 1, 48) and half(torch.randn(3, 64).to(torch.bfloat16)).shape == (3, 48)
+    x = torch.randn(5, 64, requires_grad=True)
+    layer(x).sum().backward()  # training takes the differentiable path
+    assert x.grad is not None and layer.weight.grad is not None
