@@ -13,7 +13,6 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, Too
 from langchain_core.outputs import ChatGeneration, ChatResult
 
 from ibllm_agent.arithmetic import combine
-from ibllm_agent.cache.faiss import FaissCache
 from ibllm_agent.embeddings import ImageBindEmbeddings
 from ibllm_agent.generation import format_prompt
 from ibllm_agent.graphs import create_perception_agent
@@ -21,8 +20,6 @@ from ibllm_agent.model_pool import shared_model
 from ibllm_agent.tools import get_tools
 from ibllm_agent.train.toy_world import ToyWorld, find_concepts
 
-IS_TOY = (Path(__file__).resolve().parents[2] / "ibllm_agent/assets/toy/toy.json").is_file()
-MODEL = "toy" if IS_TOY else "tiny"
 HELD_OUT = 1000  # a world seed the toy model was not trained on
 
 
@@ -44,7 +41,8 @@ class ScriptedToolCaller(FakeMessagesListChatModel):
 
 @pytest.fixture(scope="module")
 def llm():
-    return shared_model(MODEL, knn=True) if IS_TOY else shared_model(MODEL)
+    """The toy model with its visual cache (retrieve_from_cache searches it)."""
+    return shared_model("toy", knn=True)
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +53,6 @@ def media(tmp_path_factory):
             "rain": Path(world.write("rain", "audio", 0, folder).path),
             "bell": Path(world.write("bell", "video", 0, folder).path),
             "car": Path(world.write("car", "point", 1, folder).path)}
-
-
-@pytest.fixture(scope="module")
-def cache(llm, media):
-    """The toy model's own cache; for the tiny stand-in, one built from the toy images."""
-    if llm.cache is not None:
-        return None
-    folder = media["dog"].parent / "cache"
-    world = ToyWorld(HELD_OUT + 1)
-    paths = [world.write(name, "image", 0, folder).path for name in ("dog", "rain", "bell", "car")]
-    vectors = torch.tensor(ImageBindEmbeddings(model=llm).embed_image(paths)).numpy()
-    return FaissCache.from_vectors(vectors, ids=["dog", "rain", "bell", "car"],
-                                   metadatas=[{"caption": n} for n in ("dog", "rain", "bell", "car")])
 
 
 def script(dog: str, rain: str) -> list[AIMessage]:
@@ -83,8 +68,8 @@ def script(dog: str, rain: str) -> list[AIMessage]:
     ]
 
 
-def test_embed_arithmetic_retrieve_describe(llm, media, cache):
-    tools = get_tools(llm, [media["dog"].parent], cache=cache)
+def test_embed_arithmetic_retrieve_describe(llm, media):
+    tools = get_tools(llm, [media["dog"].parent])
     agent = create_perception_agent(ScriptedToolCaller(responses=script(media["dog"].name, media["rain"].name)),
                                     tools=tools)
     out = agent.invoke({"messages": [HumanMessage("Mix the dog picture with the rain sound and describe it.")]})
@@ -106,12 +91,11 @@ def test_embed_arithmetic_retrieve_describe(llm, media, cache):
     final = out["messages"][-1]
     assert isinstance(final, AIMessage) and not final.tool_calls
     assert said.strip() and said in final.content
-    if IS_TOY:
-        assert {"dog", "rain"} & set(find_concepts(said)), said
+    assert {"dog", "rain"} & set(find_concepts(said)), said
 
 
-def test_agent_streams_updates_and_tokens(llm, media, cache):
-    tools = get_tools(llm, [media["dog"].parent], cache=cache)
+def test_agent_streams_updates_and_tokens(llm, media):
+    tools = get_tools(llm, [media["dog"].parent])
     agent = create_perception_agent(ScriptedToolCaller(responses=script(media["dog"].name, media["rain"].name)),
                                     tools=tools)
     nodes, chunks = [], 0

@@ -16,14 +16,12 @@ from ibllm_agent.generation import format_prompt
 from ibllm_agent.media import load_media
 from ibllm_agent.train.toy_world import ToyWorld, find_concepts
 
-IS_TOY = (Path(__file__).resolve().parents[2] / "ibllm_agent/assets/toy/toy.json").is_file()
-MODEL = "toy" if IS_TOY else "tiny"
-HELD_OUT = 1000
+HELD_OUT = 1000  # a world seed the toy model was not trained on
 
 
 @pytest.fixture(scope="module")
 def chat():
-    return ChatImageBindLLM(model=MODEL, temperature=0, max_tokens=48)
+    return ChatImageBindLLM(model="toy", temperature=0, max_tokens=48)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +66,8 @@ def test_standard_block_shapes_from_local_files(chat, files):
         answer = chat.invoke([HumanMessage(content=[{"type": "text", "text": question}, block])])
         assert isinstance(answer, AIMessage) and answer.content
         assert answer.content == direct(chat, question, path, modality), (modality, block["type"])
-        if IS_TOY and modality in ("image", "video"):
-            assert concept in find_concepts(answer.content), answer.content
+        if modality in ("image", "video"):  # what the toy LLM was tuned on; audio/points: see tools/eval_toy.py
+            assert concept in find_concepts(answer.content), (modality, block["type"], answer.content)
 
 
 def test_streaming_with_media_equals_invoke(chat, files):

@@ -31,8 +31,8 @@ from ibllm_agent.embeddings import ImageBindEmbeddings
 from ibllm_agent.model_pool import shared_model
 from ibllm_agent.tools import get_tools
 
-MODEL = "toy" if (Path(__file__).resolve().parents[2] / "ibllm_agent/assets/toy/toy.json").is_file() else "tiny"
-"""The embedded toy model once it is built; the tiny random model until then."""
+MODEL = "toy"
+"""The embedded toy model (integration) - the unit suites use it too: loading is pooled, so it loads once."""
 
 
 # --- chat model --------------------------------------------------------------------------------------
