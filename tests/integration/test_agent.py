@@ -106,3 +106,15 @@ def test_agent_streams_updates_and_tokens(llm, media):
             chunks += 1
     assert nodes.count("tools") == 4 and nodes[-1] == "model"
     assert chunks >= 1
+
+
+def test_deterministic_graph_on_toy_media(llm, media):
+    from ibllm_agent.graphs import build_perception_graph
+
+    graph = build_perception_graph(llm, roots=[media["dog"].parent], max_tokens=48)
+    out = graph.invoke({"question": "What is this?", "media": [media["bell"].name], "k": 3})
+    assert out["steps"] == ["route", "encode", "combine", "retrieve", "answer"]
+    assert [i["modality"] for i in out["inputs"]] == ["video"]
+    assert len(out["neighbors"]) == 3
+    assert out["messages"][-1].response_metadata["cache_neighbors"]  # the answer leaned on the cache
+    assert "bell" in find_concepts(out["answer"]), out["answer"]
