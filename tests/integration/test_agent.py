@@ -15,10 +15,10 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from ibllm_agent.arithmetic import combine
 from ibllm_agent.embeddings import ImageBindEmbeddings
 from ibllm_agent.generation import format_prompt
-from ibllm_agent.graphs import create_perception_agent
+from ibllm_agent.graphs import build_perception_graph, create_perception_agent
 from ibllm_agent.model_pool import shared_model
 from ibllm_agent.tools import get_tools
-from ibllm_agent.train.toy_world import ToyWorld, find_concepts
+from ibllm_agent.train.toy_world import CONCEPT_NAMES, ToyWorld, find_concepts
 
 HELD_OUT = 1000  # a world seed the toy model was not trained on
 
@@ -109,8 +109,6 @@ def test_agent_streams_updates_and_tokens(llm, media):
 
 
 def test_deterministic_graph_on_toy_media(llm, media):
-    from ibllm_agent.graphs import build_perception_graph
-
     graph = build_perception_graph(llm, roots=[media["dog"].parent], max_tokens=48)
     out = graph.invoke({"question": "What is this?", "media": [media["bell"].name], "k": 3})
     assert out["steps"] == ["route", "encode", "combine", "retrieve", "answer"]
@@ -118,3 +116,13 @@ def test_deterministic_graph_on_toy_media(llm, media):
     assert len(out["neighbors"]) == 3
     assert out["messages"][-1].response_metadata["cache_neighbors"]  # the answer leaned on the cache
     assert "bell" in find_concepts(out["answer"]), out["answer"]
+
+
+def test_zero_shot_classification_of_toy_media(llm, media):
+    tools = {t.name: t for t in get_tools(llm, [media["dog"].parent])}
+    labels = [f"a picture of a {name}" for name in CONCEPT_NAMES]
+    msg = tools["classify_media"].invoke({"name": "classify_media", "args": {"target": media["dog"].name,
+                                                                              "labels": labels},
+                                          "id": "c1", "type": "tool_call"})
+    assert msg.status == "success"
+    assert next(iter(msg.artifact)) == "a picture of a dog", msg.content
