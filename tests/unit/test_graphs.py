@@ -129,3 +129,11 @@ def test_agent_reads_tool_errors_and_continues(llm, media):
     assert "contains '..'" in tool_messages[0].content
     assert tool_messages[1].content.startswith("emb_1:")
     assert out["messages"][-1].content == "done"
+
+
+def test_chat_model_as_a_plain_agent_node(chat):
+    from langchain.agents import create_agent
+
+    agent = create_agent(chat, tools=[])  # no tools: no tool calling needed
+    out = agent.invoke({"messages": [HumanMessage("Hello?")]})
+    assert out["messages"][-1].content == expected_answer(chat, "Hello?")
