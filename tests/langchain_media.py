@@ -1,16 +1,18 @@
-"""Small real media files for the LangChain-layer tests, written with real encoders into a folder.
+"""Small real media files for the LangChain-layer unit tests, written with real encoders into a folder
+(the toy world's writers: WAV, OpenCV MP4, PLY).
 
-(Imported by tests/unit/test_{embeddings,tools,chat_models}.py; pytest puts tests/ on sys.path
-because tests/conftest.py lives there.)
+(Imported by tests/unit/test_{embeddings,tools,graphs}.py and tests/integration/test_langchain_standard.py;
+pytest puts tests/ on sys.path because tests/conftest.py lives there.)
 """
 
 from __future__ import annotations
 
-import wave
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ibllm_agent.train.toy_world import write_mp4, write_ply, write_wav
 
 
 def write_image(path: Path, color=(200, 40, 40), shape: str = "circle") -> Path:
@@ -22,43 +24,24 @@ def write_image(path: Path, color=(200, 40, 40), shape: str = "circle") -> Path:
     return path
 
 
-def write_wav(path: Path, freq: float = 440.0, seconds: float = 1.0, rate: int = 16000) -> Path:
-    t = np.arange(int(seconds * rate)) / rate
-    samples = (0.3 * np.sin(2 * np.pi * freq * t) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.tobytes())
-    return path
-
-
-def write_mp4(path: Path, frames: int = 16, fps: int = 8) -> Path:
-    import cv2
-
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (64, 48))
+def moving_square(frames: int = 16) -> list[Image.Image]:
+    out = []
     for i in range(frames):
         frame = np.full((48, 64, 3), 30, np.uint8)
-        frame[10:30, (i * 3) % 44:(i * 3) % 44 + 20] = (0, 200, 255)
-        writer.write(frame)
-    writer.release()
-    return path
-
-
-def write_ply(path: Path, n: int = 500, seed: int = 0) -> Path:
-    pts = np.random.default_rng(seed).normal(size=(n, 3)).astype(np.float32)
-    header = f"ply\nformat ascii 1.0\nelement vertex {n}\nproperty float x\nproperty float y\nproperty float z\nend_header\n"
-    path.write_text(header + "\n".join(" ".join(f"{v:.5f}" for v in p) for p in pts) + "\n")
-    return path
+        frame[10:30, (i * 3) % 44:(i * 3) % 44 + 20] = (255, 200, 0)
+        out.append(Image.fromarray(frame))
+    return out
 
 
 def make_media(folder: Path) -> dict[str, Path]:
     """One file per modality (plus a second image) in `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
+    tone = 0.3 * np.sin(2 * np.pi * 440.0 * np.arange(16000) / 16000)
+    cloud = np.random.default_rng(0).normal(size=(500, 3)).astype(np.float32)
     return {
         "image": write_image(folder / "red_circle.png"),
         "image2": write_image(folder / "blue_square.png", (30, 60, 220), "square"),
-        "audio": write_wav(folder / "tone.wav"),
-        "video": write_mp4(folder / "clip.mp4"),
-        "point": write_ply(folder / "cloud.ply"),
+        "audio": write_wav(folder / "tone.wav", tone),
+        "video": write_mp4(folder / "clip.mp4", moving_square(), fps=8),
+        "point": write_ply(folder / "cloud.ply", cloud, binary=False),
     }
