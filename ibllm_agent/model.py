@@ -558,10 +558,19 @@ def _toy_files(root: Path) -> dict:
             "knn_index": root / meta.get("knn_index", "knn.index")}
 
 
+def _registry_file(entry: str, root: Path, download: bool) -> Path:
+    """A registry file in `root`, fetched first when `download` is set and it is missing."""
+    from ibllm_agent import pretrained
+
+    if download and not (root / pretrained.FILES[entry].filename).is_file():
+        pretrained.download(entry, root)
+    return pretrained.local_path(entry, root)
+
+
 def load(name: str = "toy", llama_dir: str | Path | None = None, llama_type: str = "7B",
          imagebind_ckpt: str | Path | None = None, knn: bool = False, knn_index: str | Path | None = None,
          device="cpu", dtype=None, phase: str = "finetune", *, max_seq_len: int = 2048,
-         download_root: str | Path | None = None) -> ImageBindLLM:
+         download_root: str | Path | None = None, download: bool = False) -> ImageBindLLM:
     """Load ImageBind-LLM (the reference's `llama.load`, plus our names).
 
     name: "toy" (the shipped toy world in ibllm_agent/assets/toy/, official file layout, read through
@@ -573,6 +582,8 @@ def load(name: str = "toy", llama_dir: str | Path | None = None, llama_type: str
     from `download_root`. knn / knn_index: use the visual cache (default knn.index from `download_root`).
     device / dtype: float32 on CPU by default, float16 on CUDA. phase: "finetune" (bias + LoRA) or
     "pretrain" (neither). max_seq_len: the longest prompt + answer (the reference caps it at 512).
+    download: fetch missing registry files into `download_root` first (the reference always does;
+    here only when asked).
     """
     if name == "tiny":
         return build_tiny(device=device, dtype=dtype, phase=phase, max_seq_len=max_seq_len)
@@ -588,20 +599,19 @@ def load(name: str = "toy", llama_dir: str | Path | None = None, llama_type: str
                                 knn_index=(knn_index or files["knn_index"]) if knn else None,
                                 device=device, dtype=dtype, phase=phase, max_seq_len=max_seq_len, name="toy",
                                 is_toy=True)
-    if name in pretrained.MODELS:
-        adapter_path = pretrained.local_path(name, root)
-    elif Path(name).is_file():
-        adapter_path = Path(name)
-    else:
+    if name not in pretrained.MODELS and not Path(name).is_file():
         raise MissingFileError(f"model {name!r} is neither a known name ({', '.join(pretrained.available_models())}, "
                                "toy, tiny) nor an existing adapter file", file=name)
     if llama_dir is None:
         raise ValueError("llama_dir is required: the folder with tokenizer.model and "
                          f"{llama_type}/params.json + consolidated.00.pth (Meta's LLaMA-1 weights)")
+    adapter_path = _registry_file(name, root, download) if name in pretrained.MODELS else Path(name)
     if imagebind_ckpt is None:
-        imagebind_ckpt = pretrained.local_imagebind(root)
+        has_huge = (root / pretrained.FILES["imagebind_huge"].filename).is_file()
+        imagebind_ckpt = pretrained.local_imagebind(root) if has_huge else _registry_file("imagebind_w3D", root,
+                                                                                            download)
     if knn and knn_index is None:
-        knn_index = pretrained.local_path("knn.index", root)
+        knn_index = _registry_file("knn.index", root, download)
     return build_from_files(adapter_path, llama_dir, llama_type, imagebind_ckpt=imagebind_ckpt,
                             knn_index=knn_index if knn else None, device=device, dtype=dtype, phase=phase,
                             max_seq_len=max_seq_len, name=name if name in pretrained.MODELS else Path(name).stem)
