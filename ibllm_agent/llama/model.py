@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -152,8 +152,6 @@ class KVCache:
     """(B,) int64: padding slots at the start of each row."""
     length: int = 0
     """Slots filled so far (the same for every row)."""
-    adapter: list[torch.Tensor | None] = field(default_factory=list)
-    """Per layer, the request's constant tanh(gate) * wv(visual query) (B, n_heads, 1, head_dim) or None."""
 
     @classmethod
     def empty(cls, args: ModelArgs, batch: int, capacity: int, *, device, dtype,
