@@ -318,7 +318,7 @@ class Transformer(nn.Module):
         return [None if q is None else layer.attention.adapter_value(q) for layer, q in zip(self.layers, queries)]
 
     def _mask(self, cache: KVCache, L: int, device) -> torch.Tensor | None:
-        """Boolean (B, 1, L, S) mask, True = may attend; None when plain causal/none suffices."""
+        """Boolean (B, 1, L, S) mask, True = may attend; None for one new token of unpadded rows."""
         start, S = cache.length, cache.length + L
         if L == 1 and not bool((cache.pad > 0).any()):
             return None  # one new token of unpadded rows sees every slot
