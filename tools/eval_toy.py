@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--toy-dir", type=Path, default=None, help="a build folder (default: the shipped toy)")
     parser.add_argument("--per-concept", type=int, default=5, help="held-out samples per concept and modality")
     parser.add_argument("--video-per-concept", type=int, default=2)
-    parser.add_argument("--hard-strength", type=float, default=1.5)
+    parser.add_argument("--hard-strength", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
