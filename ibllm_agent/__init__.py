@@ -31,6 +31,8 @@ _EXPORTS = {
     "ChatImageBindLLM": "ibllm_agent.chat_models",
     "ImageBindEmbeddings": "ibllm_agent.embeddings",
     "get_tools": "ibllm_agent.tools",
+    "build_perception_graph": "ibllm_agent.graphs",
+    "create_perception_agent": "ibllm_agent.graphs",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
