@@ -113,7 +113,8 @@ def try_example(modality: str) -> None:
 
 # ----- page parts ---------------------------------------------------------------------------------------
 
-def sidebar(config: AppConfig) -> tuple[GenerationSettings, CacheSettings]:
+def sidebar_model() -> None:
+    """Title, new chat, and which model to load (a form: nothing reloads while paths are typed)."""
     with st.sidebar:
         st.markdown("## :material/hearing: ImageBind-LLM")
         st.caption("Ask about pictures, sounds, clips and 3D shapes.")
@@ -132,13 +133,22 @@ def sidebar(config: AppConfig) -> tuple[GenerationSettings, CacheSettings]:
                 st.session_state.spec = ModelSpec(
                     name=name.strip() or "toy", llama_dir=llama_dir.strip() or None,
                     imagebind_ckpt=imagebind.strip() or None, knn_index=knn.strip() or None, device=device)
-        gen, c = config.generation, config.cache
+
+
+def sidebar_settings(config: AppConfig, model) -> tuple[GenerationSettings, CacheSettings]:
+    """Generation and cache settings; defaults from the config file, the conversation memory from the model."""
+    gen, c = config.generation, config.cache
+    history = gen.history if gen.history is not None else (0 if model.is_toy else 6)
+    with st.sidebar:
         with st.expander("Generation", icon=":material/tune:", expanded=True):
             generation = GenerationSettings(
                 temperature=st.slider("Temperature", 0.0, 1.5, gen.temperature, 0.05, key="temperature",
                                       help="0 = greedy: the same question gives the same answer"),
                 top_p=st.slider("Top-p", 0.05, 1.0, gen.top_p, 0.05, key="top_p"),
-                max_tokens=st.slider("Max tokens", 8, 512, gen.max_tokens, 8, key="max_tokens"))
+                max_tokens=st.slider("Max tokens", 8, 512, gen.max_tokens, 8, key="max_tokens"),
+                history=st.slider("Earlier messages sent", 0, 20, history, key="history_messages",
+                                  help="How much of the conversation goes with each question. The toy model "
+                                       "was tuned on single questions and answers best with none."))
         with st.expander("Visual cache", icon=":material/photo_library:", expanded=True):
             cache = CacheSettings(
                 enabled=st.toggle("Use the cache", c.enabled, key="cache_on",
@@ -156,7 +166,7 @@ def inputs_panel(*, expanded: bool) -> None:
         att.weight = st.session_state.get(f"weight_{att.key}", att.weight)
         att.subtract = st.session_state.get(f"subtract_{att.key}", att.subtract)
     title = f"Inputs · {mixture_summary(inputs)}" if inputs else "Inputs"
-    with st.expander(title, expanded=expanded and bool(inputs), icon=":material/instant_mix:"):
+    with st.expander(title, expanded=expanded, icon=":material/instant_mix:"):
         cols = st.columns(3)
         for i, att in enumerate(inputs):
             with cols[i % 3], st.container(border=True):
@@ -192,7 +202,7 @@ def answer(model, question: str, generation: GenerationSettings, cache: CacheSet
     mixture = mixture_summary(inputs)
     with st.chat_message("assistant", avatar=views.AVATARS["assistant"]):
         asked = max(i for i, t in enumerate(history) if t.role == "user")
-        messages = to_messages(history[:asked], question, inputs)
+        messages = to_messages(history[:asked], question, inputs, max_history=generation.history)
         try:
             reply = Reply(backend.chat_model(model, generation, cache).stream(messages))
             st.write_stream(reply)
@@ -245,13 +255,14 @@ def explorer(model, concepts: list[str]) -> None:
 
 config = start_config()
 init_state(config)
-generation, cache = sidebar(config)
+sidebar_model()
 try:
     model = shared_model(st.session_state.spec)
 except Exception as exc:  # noqa: BLE001 - a bad path or checkpoint must not take the app down
     st.error(f"Could not load **{st.session_state.spec.name}**: {exc}", icon=":material/error:")
     st.button("Back to the toy model", key="back_to_toy", on_click=lambda: st.session_state.update(spec=ModelSpec()))
     st.stop()
+generation, cache = sidebar_settings(config, model)
 
 view = st.segmented_control("View", list(VIEWS), format_func=VIEWS.get, default="chat", key="view",
                             label_visibility="collapsed") or "chat"
@@ -267,7 +278,8 @@ st.caption(backend.status_line(model))
 notice = backend.toy_notice(model)
 if notice:
     st.info(notice, icon=":material/toys:")
-inputs_panel(expanded=view == "chat")  # folded in the explorer, whose heatmap needs the room
+# open when there is something to mix; folded in the explorer, whose heatmap needs the room
+inputs_panel(expanded=view == "chat" and len(st.session_state.inputs) > 1)
 if view == "explorer":
     explorer(model, backend.toy_concepts())
 else:

@@ -48,13 +48,17 @@ class Turn:
         return " · ".join(parts)
 
 
-def to_messages(history: list[Turn], question: str, inputs: list[Attachment]) -> list[BaseMessage]:
-    """LangChain messages for the next answer: text-only history, then the question with its media blocks."""
+def to_messages(history: list[Turn], question: str, inputs: list[Attachment], *,
+                max_history: int | None = None) -> list[BaseMessage]:
+    """LangChain messages for the next answer: the last `max_history` earlier messages as text (None: all),
+    then the question with its media blocks."""
     messages: list[BaseMessage] = []
     for turn in history:
         if turn.error is not None or not turn.text:
             continue
         messages.append(HumanMessage(turn.text) if turn.role == "user" else AIMessage(turn.text))
+    if max_history is not None:
+        messages = messages[len(messages) - max_history:] if max_history else []
     blocks = [att.content_block() for att in inputs]
     messages.append(HumanMessage([{"type": "text", "text": question}, *blocks]) if blocks else HumanMessage(question))
     return messages

@@ -70,6 +70,9 @@ class GenerationSettings:
     top_p: float = 0.75
     max_tokens: int = 64
     """Short by default: the toy world answers in one sentence; the 7B can use up to ~400."""
+    history: int | None = None
+    """Earlier messages sent with each question; None = by model (none for the toy, which was tuned on
+    single questions, 6 for real weights)."""
 
 
 @dataclass(frozen=True)

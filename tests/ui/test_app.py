@@ -87,6 +87,11 @@ def test_weight_slider_and_subtract_switch_make_embedding_arithmetic(app, toy_fi
     assert [a.name for a in app.session_state.inputs] == ["dog_audio_0000.wav"]
 
 
+def test_the_toy_answers_each_question_alone_unless_asked_to_remember(app, app_config):
+    remembered = app.slider(key="history_messages").value
+    assert remembered == (0 if app_config == "toy" else 6)
+
+
 def test_max_tokens_slider_bounds_the_answer(app):
     app.slider(key="max_tokens").set_value(8).run()
     app.chat_input[0].set_value("Tell me a long story.").run()
@@ -150,7 +155,7 @@ def test_embedding_explorer_shows_similarities_and_zero_shot_labels(app, toy_fil
     assert app.get("plotly_chart")  # the heatmap
     table = app.dataframe[0].value
     assert list(table["input"]) == ["dog_image_0000.png", "dog_audio_0000.wav", "mixture"]
-    assert all(0 < p <= 1 for p in table["probability"])
+    assert all(0 < p <= 1 for p in table["probability"]), table
     if app_config == "toy":
         assert table["label"][0] == "a dog"
 

@@ -75,6 +75,8 @@ def test_history_becomes_text_messages_and_the_question_carries_the_inputs():
     assert messages[-1].content[0] == {"type": "text", "text": "What do you hear?"}
     assert messages[-1].content[1]["extras"] == {"weight": -0.5}
     assert to_messages([], "Just text?", [])[-1].content == "Just text?"
+    assert [m.text for m in to_messages(history[:-1], "Next?", [], max_history=1)] == ["hello", "Next?"]
+    assert [m.text for m in to_messages(history[:-1], "Next?", [], max_history=0)] == ["Next?"]
 
 
 def test_reply_streams_deltas_then_holds_the_message_and_neighbours():
