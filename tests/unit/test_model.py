@@ -145,6 +145,12 @@ def test_forward_inference_continues_like_the_reference(model):
     torch.testing.assert_close(again, full[:, -1], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="start_pos"):
         model.forward_inference(vq, tokens[:, :1], tokens.shape[1] + 5)
+    # wv(visual query) is reused between calls, but never for another (or a modified) query
+    other = vq.clone() * 3
+    changed = model.forward_inference(other, tokens, 0)
+    assert not torch.allclose(changed, again)
+    other.copy_(vq)
+    torch.testing.assert_close(model.forward_inference(other, tokens, 0), again)
 
 
 def test_generate_is_the_reference_signature_and_matches_generate_batch(model):
