@@ -120,13 +120,16 @@ def readme_screenshot(out: Path) -> None:
         world = ToyWorld(2026)
         dog = Path(world.write("dog", "audio", 0, tmp).path)
         bell = Path(world.write("bell", "point", 0, tmp).path)
-        with serve(tmp) as url, chromium_page(tmp / "profile", 1280, 1300) as page:
+        with serve(tmp) as url, chromium_page(tmp / "profile", 1280, 1400) as page:
             page.goto(url)
             ask(page, "What do you hear?", [dog])
             answer = ask(page, "What is this 3D shape?", [bell])
             answer.get_by_text("Visual cache").click()
             page.wait_for_timeout(1500)
             page.screenshot(path=str(out))
+    from PIL import Image
+
+    Image.open(out).convert("RGB").quantize(256).save(out, optimize=True)  # a UI needs no more colours
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,7 +85,7 @@ def turn(t: Turn, *, index: int) -> None:
         elif t.text:
             st.markdown(t.text)
         if t.attachments:
-            cols = st.columns(min(len(t.attachments), 4))
+            cols = st.columns(max(2, min(len(t.attachments), 4)))  # a lone file takes half the width
             for i, att in enumerate(t.attachments):
                 with cols[i % len(cols)]:
                     attachment(att, key=f"turn{index}_{i}", width=180)
