@@ -201,3 +201,16 @@ def test_two_sessions_share_one_model_and_answer_concurrently(tmp_path, monkeypa
              for q in questions]
     assert len(loads) == 1
     assert together == alone and all(together)
+
+
+@pytest.mark.usefixtures("needs_toy")
+def test_try_a_sound_attaches_a_fresh_toy_sample_and_answers(app):
+    from ibllm_agent.train.toy_world import names_concept
+
+    app.button(key="example_audio").click().run()
+    user, answer = history(app)
+    (sound,) = user.attachments
+    assert sound.modality == "audio" and user.text == "What do you hear?"
+    concept = Path(sound.name).stem  # the example is named after its concept
+    assert names_concept(answer.text, concept), (concept, answer.text)
+    assert "example_audio" not in [b.key for b in app.button]  # the welcome buttons are gone
