@@ -77,7 +77,7 @@ world = ToyWorld(seed=1000)
 media = Path("media")
 files = {
     "image": world.write("dog", "image", 0, media).path,
-    "audio": world.write("bell", "audio", 0, media).path,
+    "audio": world.write("drum", "audio", 0, media).path,
     "video": world.write("bird", "video", 0, media).path,
     "point": world.write("car", "point", 0, media).path,
 }
@@ -104,7 +104,7 @@ ax.set_title("point cloud (a car)")
 for ax in fig.axes:
     ax.set_axis_off()
 plt.show()
-display(Audio(files["audio"]))  # a bell
+display(Audio(files["audio"]))  # a drum
 """),
         md("""
 ## Ask, the upstream way
@@ -133,7 +133,7 @@ from ibllm_agent import ChatImageBindLLM
 
 chat = ChatImageBindLLM(model=model, temperature=0, max_tokens=48)
 questions = {"image": "What is in this picture?", "audio": "What do you hear?",
-             "video": "What happens in this clip?", "point": "What is this 3D shape?"}
+             "video": "What do you see?", "point": "What is this 3D shape?"}
 for kind, path in files.items():
     block = {"type": kind, "url": str(path)}
     if kind == "point":
@@ -181,7 +181,7 @@ def embedding_arithmetic():
 # Embedding arithmetic: mixtures and differences across modalities
 
 ImageBind maps pictures, sounds, point clouds and text into one space, so a weighted sum of embeddings is a
-query of its own: ImageBind-LLM can describe "a dog plus the sound of a bell" (the paper's *multi-modality
+query of its own: ImageBind-LLM can describe "a dog plus the sound of rain" (the paper's *multi-modality
 mixture*). This notebook looks at the space (similarity matrices), moves a weight between two inputs and
 watches the answer change, and evaluates a few expressions with subtraction.
 
@@ -232,7 +232,7 @@ plt.show()
         md("""
 ## A mixture, weight by weight
 
-Mix the picture of a dog with the sound of a bell, moving the weight from the picture to the sound. The fusion
+Mix the picture of a dog with the sound of rain, moving the weight from the picture to the sound. The fusion
 is upstream's: each embedding normalised, weights divided by their sum. Watch the similarity to the two
 concepts' phrases cross over, and the answer switch.
 """),
@@ -240,16 +240,16 @@ concepts' phrases cross over, and the answer switch.
 from ibllm_agent.arithmetic import combine
 from ibllm_agent.generation import format_prompt
 
-dog, bell = names.index("dog"), names.index("bell")
+dog, rain = names.index("dog"), names.index("rain")
 weights = [i / 10 for i in range(11)]
-mixes = torch.stack([combine(torch.stack([emb["image"][dog], emb["audio"][bell]]), [1 - w, w]) for w in weights])
+mixes = torch.stack([combine(torch.stack([emb["image"][dog], emb["audio"][rain]]), [1 - w, w]) for w in weights])
 answers = model.generate_batch([format_prompt("What is this?")] * len(mixes), mixes, max_gen_len=16, temperature=0)
 
-sims = F.normalize(mixes, dim=-1) @ emb["text"][[dog, bell]].T
+sims = F.normalize(mixes, dim=-1) @ emb["text"][[dog, rain]].T
 plt.figure(figsize=(6, 3.2))
 plt.plot(weights, sims[:, 0], "o-", label='cosine to "a dog"')
-plt.plot(weights, sims[:, 1], "o-", label='cosine to "a bell"')
-plt.xlabel("weight of the bell sound (picture of a dog: 1 - weight)")
+plt.plot(weights, sims[:, 1], "o-", label='cosine to "rain"')
+plt.xlabel("weight of the rain sound (picture of a dog: 1 - weight)")
 plt.legend()
 plt.show()
 for w, g in zip(weights, answers):
@@ -272,12 +272,14 @@ from ibllm_agent.content_blocks import embedding_block
 tools = {t.name: t for t in get_tools(model, roots=[media])}
 chat = ChatImageBindLLM(model=model, temperature=0, max_tokens=24)
 dog_png = Path(world.write("dog", "image", 0, media).path).name  # tools take paths inside their roots
-bell_wav = Path(world.write("bell", "audio", 0, media).path).name
+rain_wav = Path(world.write("rain", "audio", 0, media).path).name
+drum_wav = Path(world.write("drum", "audio", 0, media).path).name
 expressions = [
     f"image:{dog_png}",
     f"image:{dog_png} - text:'a dog' + text:'a cat'",
-    f"0.5*image:{dog_png} + 0.5*audio:{bell_wav}",
-    f"audio:{bell_wav} - 0.8*text:'a bell' + 0.8*text:'a drum'",
+    f"audio:{rain_wav} - 0.8*text:'rain' + 0.8*text:'the ocean'",
+    f"audio:{drum_wav} - 0.8*text:'a drum' + 0.8*text:'a bell'",
+    f"0.2*image:{dog_png} + 0.8*audio:{rain_wav}",
 ]
 for expression in expressions:
     message = tools["embedding_arithmetic"].invoke(

@@ -36,7 +36,7 @@ from ui.explorer import cosine_matrix, heatmap_figure, with_mixture, zero_shot  
 from ui.settings import AppConfig, CacheSettings, ConfigError, GenerationSettings, ModelSpec, config_path  # noqa: E402
 
 DEFAULT_QUESTIONS = {"image": "What is in this picture?", "audio": "What do you hear?",
-                     "video": "What happens in this clip?", "point": "What is this 3D shape?"}
+                     "video": "What do you see?", "point": "What is this 3D shape?"}
 VIEWS = {"chat": ":material/forum: Chat", "explorer": ":material/scatter_plot: Embedding explorer"}
 EXAMPLES = {"audio": "a sound", "image": "a picture", "video": "a clip", "point": "a 3D shape"}
 
