@@ -160,7 +160,7 @@ class FaissCache(VisualCache):
                 with sqlite3.connect(side_tmp) as dst:
                     self._meta.backup(dst)
                 dst.close()
-        # Index and sidecar are renamed into place last, so an interrupted save leaves the old pair.
+        # Both are written to temporary files and renamed into place: never a half-written file.
         tmp.replace(path)
         if has_rows:
             side_tmp.replace(side)
