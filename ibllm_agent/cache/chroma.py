@@ -81,11 +81,15 @@ def connect(path: str | Path | None = None, url: str | None = None, *, connect_t
     port = parsed.port or (443 if parsed.scheme == "https" else 8000)
     try:
         socket.create_connection((parsed.hostname, port), timeout=connect_timeout).close()
+    except OSError as e:
+        raise CacheError(f"cannot reach the Chroma server at {url}: {e}") from None
+    try:
         client = chromadb.HttpClient(host=parsed.hostname, port=port, ssl=parsed.scheme == "https",
                                      settings=settings)
         client.heartbeat()
-    except (OSError, ValueError) as e:
-        raise CacheError(f"cannot reach the Chroma server at {url}: {e}") from None
+    except Exception as e:  # something listens there, but it does not answer as Chroma does
+        detail = " ".join(str(e).split())[:160]
+        raise CacheError(f"{url} does not answer as a Chroma server ({type(e).__name__}: {detail})") from None
     return client
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
 import time
 
 import numpy as np
@@ -132,3 +134,13 @@ def test_unreachable_server_fails_fast():
     assert time.perf_counter() - t0 < 5
     with pytest.raises(CacheError, match="must look like http://host:port"):
         connect(url="ftp://example")
+
+
+def test_a_server_that_is_not_chroma_is_refused():
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(CacheError, match="does not answer as a Chroma server"):
+            connect(url=f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
