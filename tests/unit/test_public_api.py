@@ -6,7 +6,7 @@ import ibllm_agent
 
 PUBLIC = [
     "CheckpointError", "ChatImageBindLLM", "ImageBindEmbeddings", "ImageBindLLM", "ImageBindModel",
-    "MediaError", "MediaInput", "ModalityType", "__version__", "available_models",
+    "MediaError", "MediaInput", "ModalityType", "ModelArgs", "Tokenizer", "Transformer", "__version__", "available_models",
     "build_perception_graph", "create_perception_agent", "download", "format_prompt", "get_tools",
     "load", "load_media",
 ]
