@@ -312,7 +312,6 @@ class ImageBindLLM(nn.Module):
                                top_p=top_p, seed=None, stop=None)
         return [text for text, _, _ in decoder.run()]
 
-
     def _features(self, features: torch.Tensor | None, batch: int) -> torch.Tensor:
         if features is None:
             return torch.zeros(batch, self.feature_dim)
