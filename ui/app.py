@@ -128,11 +128,16 @@ def sidebar_model() -> None:
             imagebind = st.text_input("ImageBind checkpoint", spec.imagebind_ckpt or "",
                                       help="imagebind_w3D.pth (with Point-Bind, for 3D)")
             knn = st.text_input("Cache index", spec.knn_index or "", help="knn.index (optional)")
-            device = st.selectbox("Device", ["cpu", "cuda"], index=0 if spec.device == "cpu" else 1)
+            left, right = st.columns(2)
+            device = left.selectbox("Device", ["cpu", "cuda"], index=0 if spec.device == "cpu" else 1)
+            dtypes = ["auto", "float32", "float16", "bfloat16"]
+            dtype = right.selectbox("Precision", dtypes, index=dtypes.index(spec.dtype or "auto"),
+                                    help="auto: float32 on CPU, float16 on CUDA")
             if st.form_submit_button("Load", width="stretch"):
                 st.session_state.spec = ModelSpec(
                     name=name.strip() or "toy", llama_dir=llama_dir.strip() or None,
-                    imagebind_ckpt=imagebind.strip() or None, knn_index=knn.strip() or None, device=device)
+                    imagebind_ckpt=imagebind.strip() or None, knn_index=knn.strip() or None, device=device,
+                    dtype=None if dtype == "auto" else dtype)
 
 
 def sidebar_settings(config: AppConfig, model) -> tuple[GenerationSettings, CacheSettings]:

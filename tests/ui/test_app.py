@@ -229,3 +229,14 @@ def test_cache_neighbours_show_image_thumbnails_and_scores(toy_files):
     assert len(at.image) == 1  # only the item whose uri is an image file
     assert [m.value for m in at.markdown] == ["**a dog**", "**cache item 17**"]
     assert [c.value for c in at.caption] == ["similarity 0.910 · weight 60%", "similarity 0.520 · weight 40%"]
+
+
+def test_the_model_form_switches_precision_and_the_status_line_follows(app, app_config):
+    app.text_input(key="model_name").set_value(app_config)
+    app.selectbox[1].set_value("bfloat16")  # Device, Precision
+    next(b for b in app.button if b.label == "Load").click().run()
+    assert not app.exception and not app.error
+    assert app.session_state.spec.dtype == "bfloat16"
+    assert "bfloat16" in app.main.caption[0].value
+    app.chat_input[0].set_value("What is this?").run()
+    assert history(app)[-1].text
