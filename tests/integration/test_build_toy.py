@@ -1,0 +1,37 @@
+"""tools/build_toy_model.py end to end at a few steps per stage: it writes a model in the official
+layout that `ibllm_agent.load`'s file loader reads, plus the README's example files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_quick_build_writes_a_loadable_toy(tmp_path):
+    out, work, examples = tmp_path / "toy", tmp_path / "work", tmp_path / "examples"
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "build_toy_model.py"), "--quick", "--out", str(out),
+                           "--work", str(work), "--examples", str(examples)],
+                          capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((out / "toy.json").read_text())
+    for key in ("adapter", "imagebind", "knn_index"):
+        assert (out / meta[key]).is_file()
+    assert (out / "imagebind_config.json").is_file()
+    assert sorted(p.name for p in examples.iterdir()) == ["bell.wav", "bird.png", "car.mp4", "dog.png", "drum.ply",
+                                                          "rain.wav"]
+    from ibllm_agent.generation import format_prompt
+    from ibllm_agent.model import build_from_files
+
+    model = build_from_files(out / meta["adapter"], out / meta["llama_dir"], meta["llama_type"],
+                             imagebind_ckpt=out / meta["imagebind"], knn_index=out / meta["knn_index"], is_toy=True)
+    assert model.cache is not None and len(model.tokenizer.encode("a dog", bos=False, eos=False)) > 0
+    answer = model.generate_batch([format_prompt("What is this?")], None, max_gen_len=4, temperature=0.0)[0]
+    assert answer.finish_reason in ("stop", "length")
