@@ -87,10 +87,8 @@ def _media_inputs(args) -> list[tuple[object, float]]:
     specs = [(flag, *parse_media(s)) for flag in MEDIA_FLAGS for s in getattr(args, flag)]
     if not specs:
         return []
-    try:
-        from ibllm_agent.media import load_media
-    except ImportError as e:  # the media package is optional while it is being built
-        raise SystemExit(f"error: media loading is unavailable ({e})") from e
+    from ibllm_agent.media import load_media
+
     return [(load_media(path, modality), weight) for modality, path, weight in specs]
 
 
@@ -239,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="versions, devices, ffmpeg, toy and official weights")
     p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser("ui", help="run the Streamlit app (extra arguments go to streamlit)")
-    p.add_argument("streamlit_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_ui)
+    # Streamlit's own options (--server.port 8600, ...) are collected by main(), not declared here.
+    p = sub.add_parser("ui", help="run the Streamlit app (other options go to streamlit, e.g. --server.port)")
+    p.set_defaults(func=cmd_ui, streamlit_args=[])
 
     for module in ("ibllm_agent.cache.cli", "ibllm_agent.train.cli"):
         try:
@@ -253,7 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "ui":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.streamlit_args = [a for a in extra if a != "--"] if args.command == "ui" else []
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from ibllm_agent.cache.base import CacheError
     from ibllm_agent.checkpoint import CheckpointError

@@ -101,3 +101,17 @@ def test_doctor_and_registered_subcommands(capsys):
     commands = cli.build_parser()._subparsers._group_actions[0].choices
     assert {"ask", "chat", "download", "doctor", "ui"} <= set(commands)
     assert "cache" in commands  # ibllm_agent.cache.cli registers itself
+
+
+def test_ui_passes_streamlit_options_through(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: seen.append(cmd) or 0)
+    assert cli.main(["ui", "--server.port", "8600", "--server.headless", "true"]) == 0
+    assert seen[0][-4:] == ["--server.port", "8600", "--server.headless", "true"]
+    assert seen[0][1:4] == ["-m", "streamlit", "run"]
+
+
+def test_unknown_options_are_refused_outside_ui(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["doctor", "--server.port", "8600"])
+    assert "unrecognized arguments" in capsys.readouterr().err
