@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from ibllm_agent.cache.base import Neighbor, VisualCache, retrieve_and_blend
 from ibllm_agent.checkpoint import (
@@ -80,6 +81,23 @@ def fusion_weights(weights: Sequence[float], *, argument: str = "weights") -> li
     return [x / (total + 1e-6) for x in w]
 
 
+class _SkipMetaNormalInit(TorchFunctionMode):
+    """Makes `normal_` a no-op on meta tensors while a model is built for loading.
+
+    The files' tensors replace every parameter anyway, and meta's `normal_` runs a Python reference
+    that imports torch._dynamo (seconds of `load("toy")`). Modes are per thread; real tensors are untouched.
+    `nn.init.normal_` (nn.Embedding) reaches the mode itself, and its inner `Tensor.normal_` would not.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.normal_ or func is nn.init.normal_:
+            tensor = args[0] if args else kwargs["tensor"]  # nn.init.normal_ passes it by keyword
+            if tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
+
+
 class ImageBindLLM(nn.Module):
     """The whole model. Build it with `load(...)`; the constructor makes random (or meta) weights."""
 
@@ -88,10 +106,12 @@ class ImageBindLLM(nn.Module):
                  device: torch.device | str | None = None):
         """`device="meta"` builds without memory (for loading); None builds random weights on the CPU."""
         super().__init__()
-        # 1. ImageBind (it takes the device itself: its constructor computes values that meta cannot)
-        self.image_bind = ImageBindModel(imagebind_args, device=device)
-        with torch.device(device) if device is not None else contextlib.nullcontext():
-            self._build(llama_args, tokenizer, imagebind_args, query_layer, feature_dim)
+        with _SkipMetaNormalInit() if device is not None and torch.device(device).type == "meta" \
+                else contextlib.nullcontext():
+            # 1. ImageBind (it takes the device itself: its constructor computes values that meta cannot)
+            self.image_bind = ImageBindModel(imagebind_args, device=device)
+            with torch.device(device) if device is not None else contextlib.nullcontext():
+                self._build(llama_args, tokenizer, imagebind_args, query_layer, feature_dim)
         # serving state: the optional visual cache, a lock for shared use, identity
         self.cache: VisualCache | None = None
         self.knn = False

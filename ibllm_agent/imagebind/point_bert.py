@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from .preprocessors import scaled_randn
 from .transformer import POINT_BERT_LAYOUT, Block, drop_path_rates
 
 FpsStart = Literal["first", "random"]
@@ -178,7 +179,8 @@ class PointBindTrunk(nn.Module):
         self.point_encoder = PointTransformer(
             dim, depth, num_heads, encoder_dims, encoder_widths, pos_hidden, drop_path, device=device, dtype=dtype
         )
-        self.pc_projection = nn.Parameter(torch.randn(2 * dim, proj_dim, device=device, dtype=dtype) * proj_dim**-0.5)
+        self.pc_projection = nn.Parameter(
+            scaled_randn(2 * dim, proj_dim, std=proj_dim**-0.5, device=device, dtype=dtype))
 
     def forward(self, points: Tensor) -> Tensor:
         if points.ndim != 3 or points.shape[-1] != 3:

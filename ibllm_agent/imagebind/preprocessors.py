@@ -15,6 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def scaled_randn(*shape: int, std: float, device=None, dtype=None) -> Tensor:
+    """`randn(shape) * std`; a meta tensor skips the product (meta's mul imports torch._dynamo, seconds
+    of `load`, and loading replaces the values anyway)."""
+    x = torch.randn(*shape, device=device, dtype=dtype)
+    return x if x.is_meta else x * std
+
+
 class RepeatFrames(nn.Module):
     """An image [B, C, H, W] becomes a clip [B, C, T, H, W] by repeating it T times (a clip passes)."""
 
@@ -49,7 +56,7 @@ class PosEmbedding(nn.Module):
 
     def __init__(self, num_tokens: int, dim: int, *, device=None, dtype=None) -> None:
         super().__init__()
-        self.pos_embed = nn.Parameter(torch.randn(1, num_tokens, dim, device=device, dtype=dtype) * dim**-0.5)
+        self.pos_embed = nn.Parameter(scaled_randn(1, num_tokens, dim, std=dim**-0.5, device=device, dtype=dtype))
 
     def forward(self, num_patches: int) -> Tensor:
         """Positions for ``1 + num_patches`` tokens, bicubically resized from a square grid if needed."""
@@ -80,7 +87,7 @@ class PatchPreprocessor(nn.Module):
         super().__init__()
         self._stem_name = stem_name
         self.add_module(stem_name, stem)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim, device=device, dtype=dtype) * dim**-0.5)
+        self.cls_token = nn.Parameter(scaled_randn(1, 1, dim, std=dim**-0.5, device=device, dtype=dtype))
         self.pos_embedding_helper = PosEmbedding(num_tokens, dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -112,9 +119,10 @@ class TextPreprocessor(nn.Module):
     def __init__(self, vocab_size: int, context_length: int, dim: int, *, device=None, dtype=None) -> None:
         super().__init__()
         self.token_embedding = nn.Embedding(vocab_size, dim, device=device, dtype=dtype)
-        self.pos_embed = nn.Parameter(torch.randn(1, context_length, dim, device=device, dtype=dtype) * 0.01)
+        self.pos_embed = nn.Parameter(scaled_randn(1, context_length, dim, std=0.01, device=device, dtype=dtype))
         mask = torch.full((context_length, context_length), float("-inf"), device=device, dtype=dtype)
-        self.register_buffer("mask", mask.triu_(1))  # -inf above the diagonal, 0 elsewhere
+        # -inf above the diagonal, 0 elsewhere (meta skips triu_: it imports torch._dynamo; loading fills it)
+        self.register_buffer("mask", mask if mask.is_meta else mask.triu_(1))
         nn.init.normal_(self.token_embedding.weight, std=0.02)
 
     def forward(self, ids: Tensor) -> Tensor:
@@ -129,8 +137,8 @@ class IMUPreprocessor(nn.Module):
         self.kernel = kernel
         kw = {"device": device, "dtype": dtype}
         self.imu_stem = PatchStem(nn.Linear(channels * kernel, dim, bias=False, **kw), nn.LayerNorm(dim, **kw))
-        self.pos_embed = nn.Parameter(torch.randn(1, num_tokens, dim, **kw) * 0.01)
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim, **kw) * dim**-0.5)
+        self.pos_embed = nn.Parameter(scaled_randn(1, num_tokens, dim, std=0.01, **kw))
+        self.cls_token = nn.Parameter(scaled_randn(1, 1, dim, std=dim**-0.5, **kw))
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.unfold(-1, self.kernel, self.kernel).permute(0, 2, 1, 3)  # (B, windows, channels, kernel)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -200,3 +202,10 @@ def test_cuda_defaults_to_float16_and_generates(tmp_path):
     loaded = ibllm_agent.load(str(official["adapter"]), str(official["llama_dir"]),
                               imagebind_ckpt=str(official["imagebind"]), device="cuda", dtype="bfloat16")
     assert loaded.dtype == torch.bfloat16 and all(p.device.type == "cuda" for p in loaded.parameters())
+
+
+def test_loading_the_toy_skips_torch_dynamo():
+    # Meta-device construction must not run meta's Python references (they import torch._dynamo: seconds).
+    code = "import sys, ibllm_agent; ibllm_agent.load('toy'); print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False"
