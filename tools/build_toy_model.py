@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ibllm_agent.train import toy_world as tw  # noqa: E402
-from ibllm_agent.train.engine import TrainConfig  # noqa: E402
+from ibllm_agent.train.engine import TrainConfig, atomic_path  # noqa: E402
 
 logger = logging.getLogger("build_toy_model")
 
@@ -99,7 +99,8 @@ def _cached(path: Path, build):
         logger.info("reusing %s", path)
         return torch.load(path, map_location="cpu", weights_only=True)
     value = build()
-    torch.save(value, path)
+    with atomic_path(path) as tmp:
+        torch.save(value, tmp)
     return value
 
 
@@ -161,7 +162,8 @@ def bind_encoders(data: dict, recipe: Recipe, work: Path, seed: int):
             ib.load_state_dict(torch.load(path, weights_only=True))
         else:
             run()
-            torch.save(ib.state_dict(), path)
+            with atomic_path(path) as tmp:
+                torch.save(ib.state_dict(), tmp)
 
     def vision_text():
         # image <-> text: both sides learn; this makes the space every other modality is bound to
@@ -318,16 +320,14 @@ def adapter_phases(data: dict, ib, llama_dir: Path, params: dict, recipe: Recipe
 
 
 def write_cache(ib, data: dict, recipe: Recipe, path: Path) -> int:
-    import faiss
-
+    """knn.index: a flat inner-product index of unit image features."""
+    from ibllm_agent.cache.faiss import FaissCache
     from ibllm_agent.train.bind_encoders import embed_all
 
     keep = torch.cat([(data["image_label"] == c).nonzero().flatten()[: recipe.cache_images]
                       for c in range(len(tw.CONCEPTS))])
     vectors = F.normalize(embed_all(ib, "vision", data["image"][keep]), dim=-1).numpy()
-    index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    faiss.write_index(index, str(path))
+    FaissCache.from_vectors(vectors).save(path)  # written atomically
     return len(keep)
 
 
@@ -343,19 +343,27 @@ def write_imagebind(ib, folder: Path) -> Path:
     key = "modality_preprocessors.text.token_embedding.weight"
     sd[key] = sd[key].half()
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save(sd, folder / "imagebind.pth")
+    with atomic_path(folder / "imagebind.pth") as tmp:
+        torch.save(sd, tmp)
     config = {k: getattr(ib.args, k) for k in IMAGEBIND_CONFIG_KEYS}
-    (folder / "imagebind_config.json").write_text(json.dumps({"kwargs": config}, indent=2) + "\n")
+    with atomic_path(folder / "imagebind_config.json") as tmp:
+        tmp.write_text(json.dumps({"kwargs": config}, indent=2) + "\n")
     return folder / "imagebind.pth"
 
 
 def write_output(out: Path, work: Path, llama_dir: Path, ib, data: dict, recipe: Recipe, seed: int,
                  seconds: float) -> None:
+    # Every file is written under a temporary name and renamed into place: a process that has the
+    # previous files memory-mapped keeps reading those, never a half-rewritten file.
     out.mkdir(parents=True, exist_ok=True)
+    staged = out / ".llama.tmp"
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(llama_dir, staged, ignore=shutil.ignore_patterns("*.tmp"))
     if (out / "llama").exists():
-        shutil.rmtree(out / "llama")
-    shutil.copytree(llama_dir, out / "llama", ignore=shutil.ignore_patterns("*.tmp"))
-    shutil.copyfile(work / "adapter.pth", out / "adapter.pth")
+        shutil.rmtree(out / "llama")  # unlinked files stay readable to whoever has them open
+    staged.rename(out / "llama")
+    with atomic_path(out / "adapter.pth") as tmp:
+        shutil.copyfile(work / "adapter.pth", tmp)
     write_imagebind(ib, out)
     n_cache = write_cache(ib, data, recipe, out / "knn.index")
     meta = {
@@ -373,7 +381,8 @@ def write_output(out: Path, work: Path, llama_dir: Path, ib, data: dict, recipe:
         "build_seconds": round(seconds),
         "built_with": "tools/build_toy_model.py",
     }
-    (out / "toy.json").write_text(json.dumps(meta, indent=2) + "\n")
+    with atomic_path(out / "toy.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
 
 
 EXAMPLES = {"rain": "audio", "dog": "image", "bell": "audio", "car": "video", "drum": "point", "bird": "image"}

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ibllm_agent.train.datasets import trim_padding
-from ibllm_agent.train.engine import TrainConfig, TrainResult, restore_parameters, train
+from ibllm_agent.train.engine import TrainConfig, TrainResult, atomic_path, restore_parameters, train
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
     """Write `{"model": adapter_state_dict(model)}` (the layout of the official 7B.pth)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": adapter_state_dict(model)}, path)
+    with atomic_path(path) as tmp:
+        torch.save({"model": adapter_state_dict(model)}, tmp)
     return path
 
 

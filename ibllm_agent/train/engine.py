@@ -16,8 +16,8 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -156,6 +156,22 @@ def _infinite(loader: DataLoader, sampler):
 # -------------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary name in `path`'s folder that replaces `path` when the block succeeds (and is removed if not).
+
+    Rewriting a file in place corrupts it for a process that has it memory-mapped (a server holding the
+    previous imagebind.pth read NaN features); after a rename that process keeps the old bytes.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_checkpoint(path: Path, model_state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer | None,
                     step: int, cfg: TrainConfig) -> Path:
     """`{"model": ..., "optimizer": ..., "step": ..., "config": ...}`, written atomically."""
@@ -165,9 +181,8 @@ def save_checkpoint(path: Path, model_state: dict[str, torch.Tensor], optimizer:
                      "config": cfg.to_dict()}
     if optimizer is not None:
         payload["optimizer"] = optimizer.state_dict()
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 

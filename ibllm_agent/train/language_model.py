@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ibllm_agent.train.datasets import trim_padding
-from ibllm_agent.train.engine import TrainConfig, TrainResult, train
+from ibllm_agent.train.engine import TrainConfig, TrainResult, atomic_path, train
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ def train_tokenizer(lines: Sequence[str], model_path: str | Path, vocab_size: in
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, shuffle_input_sentence=False,
         input_sentence_size=0, minloglevel=2, max_sentence_length=8192,
     )
-    model_path.write_bytes(buf.getvalue())
+    with atomic_path(model_path) as tmp:
+        tmp.write_bytes(buf.getvalue())
     return model_path
 
 
@@ -112,12 +113,15 @@ def save_llama(llama: nn.Module, params: dict, llama_dir: str | Path, llama_type
     those belong in the adapter file)."""
     out = Path(llama_dir) / llama_type
     out.mkdir(parents=True, exist_ok=True)
-    (out / "params.json").write_text(json.dumps({k: params[k] for k in PARAMS_KEYS if k in params}) + "\n")
+    with atomic_path(out / "params.json") as tmp:
+        tmp.write_text(json.dumps({k: params[k] for k in PARAMS_KEYS if k in params}) + "\n")
     base = {k: v.detach().cpu().contiguous() for k, v in llama.state_dict().items()
             if not any(s in k for s in ("lora", "gate", ".bias"))}
-    torch.save(base, out / "consolidated.00.pth")
+    with atomic_path(out / "consolidated.00.pth") as tmp:
+        torch.save(base, tmp)
     if tokenizer_path is not None:
         target = Path(llama_dir) / "tokenizer.model"
         if Path(tokenizer_path).resolve() != target.resolve():
-            target.write_bytes(Path(tokenizer_path).read_bytes())
+            with atomic_path(target) as tmp:
+                tmp.write_bytes(Path(tokenizer_path).read_bytes())
     return out

@@ -30,7 +30,7 @@ from ibllm_agent.train.bind_encoders import (
     random_rotation,
 )
 from ibllm_agent.train.datasets import FinetuneDataset
-from ibllm_agent.train.engine import TrainConfig, load_checkpoint, lr_at, train
+from ibllm_agent.train.engine import TrainConfig, atomic_path, load_checkpoint, lr_at, train
 from ibllm_agent.train.language_model import (
     LanguageModelObjective,
     TextDataset,
@@ -231,3 +231,17 @@ def test_binding_stages_reduce_their_losses(tmp_path, tiny_media):
     q = random_rotation({"x": torch.eye(3)})["x"].T  # the same rotation, as a matrix
     regrouped = group_clouds(m["clouds"][:1] @ q.T, ib.args.point_num_group, ib.args.point_group_size)
     assert torch.allclose(rotated["centres"], regrouped["centres"], atol=1e-5)
+
+
+def test_atomic_path_leaves_a_memory_mapped_reader_the_old_file(tmp_path):
+    path = tmp_path / "weights.pth"
+    torch.save({"w": torch.ones(1000)}, path)
+    mapped = torch.load(path, weights_only=True, mmap=True)
+    with atomic_path(path) as tmp:
+        torch.save({"w": torch.full((5000,), 2.0)}, tmp)
+    assert torch.equal(mapped["w"], torch.ones(1000))  # rewritten in place, this read garbage
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.full((5000,), 2.0))
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("the writer failed")
+    assert torch.load(path, weights_only=True)["w"].shape == (5000,) and sorted(tmp_path.iterdir()) == [path]
