@@ -162,11 +162,13 @@ def bench_chroma(data: Dataset, n: int, name: str, hnsw: ChromaHnsw, queries, tr
 
 
 def chroma_settings(backend: str) -> ChromaHnsw:
-    """chroma-default, chroma-tuned, or chroma-m<M>-c<efC>-s<efS> for a sweep."""
+    """chroma-default, chroma-tuned, chroma-fast, or chroma-m<M>-c<efC>-s<efS> for a sweep."""
     if backend == "chroma-default":
         return ChromaHnsw.chroma_defaults()
     if backend == "chroma-tuned":
         return ChromaHnsw()
+    if backend == "chroma-fast":
+        return ChromaHnsw.fast_ingest()
     values = {part[0]: int(part[1:]) for part in backend.split("-")[1:]}
     return ChromaHnsw(max_neighbors=values["m"], ef_construction=values["c"], ef_search=values["s"])
 

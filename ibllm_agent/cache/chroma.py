@@ -60,6 +60,20 @@ class ChromaHnsw:
     def chroma_defaults(cls) -> ChromaHnsw:
         return cls(ef_construction=100, max_neighbors=16, ef_search=100, sync_threshold=1000)
 
+    @classmethod
+    def fast_ingest(cls) -> ChromaHnsw:
+        """A sparser graph: ~3x the ingest rate of Chroma's defaults (1.6x tuned), recall@10 0.976 at 100k
+        clustered vectors instead of 1.000 (README)."""
+        return cls(ef_construction=32, max_neighbors=8)
+
+    @classmethod
+    def preset(cls, name: str) -> ChromaHnsw:
+        """"tuned" (the default), "fast" or "chroma" (Chroma's own defaults)."""
+        presets = {"tuned": cls, "fast": cls.fast_ingest, "chroma": cls.chroma_defaults}
+        if name not in presets:
+            raise CacheError(f"unknown HNSW preset {name!r}; expected one of {sorted(presets)}")
+        return presets[name]()
+
     def configuration(self) -> dict:
         return {"hnsw": asdict(self)}
 

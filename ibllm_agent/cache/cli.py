@@ -86,6 +86,9 @@ def _chroma_args(p: argparse.ArgumentParser, required: bool) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--path", type=Path, default=Path("chroma"), help="embedded Chroma folder (default ./chroma)")
     where.add_argument("--url", help="a `chroma run` server, e.g. http://127.0.0.1:8000")
+    p.add_argument("--hnsw", choices=["tuned", "fast", "chroma"], default="tuned",
+                   help="HNSW settings of a NEW collection: tuned (default), fast (quicker ingest, lower "
+                        "recall), chroma (Chroma's own defaults)")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -113,9 +116,10 @@ def _errors(func):
 
 
 def _open_chroma(args, dim: int = 1024, create: bool = True):
-    from ibllm_agent.cache.chroma import ChromaCache
+    from ibllm_agent.cache.chroma import ChromaCache, ChromaHnsw
 
-    return ChromaCache.open(args.collection, path=args.path, url=args.url, dim=dim, create=create)
+    return ChromaCache.open(args.collection, path=args.path, url=args.url, dim=dim, create=create,
+                            hnsw=ChromaHnsw.preset(args.hnsw))
 
 
 def _open_target(args) -> VisualCache:

@@ -35,8 +35,12 @@ def test_collection_is_created_with_ip_space_and_dimension(client):
     assert cache.space == "ip" and cache.collection.metadata[DIM_KEY] == 1024
     hnsw = cache.collection.configuration["hnsw"]
     assert (hnsw["max_neighbors"], hnsw["ef_construction"], hnsw["ef_search"]) == (12, 48, 128)
-    default = ChromaCache.open("plain", client=client, hnsw=ChromaHnsw.chroma_defaults())
+    default = ChromaCache.open("plain", client=client, hnsw=ChromaHnsw.preset("chroma"))
     assert default.collection.configuration["hnsw"]["ef_construction"] == 100
+    fast = ChromaCache.open("quick", client=client, hnsw=ChromaHnsw.preset("fast"))
+    assert fast.collection.configuration["hnsw"]["max_neighbors"] == 8
+    with pytest.raises(CacheError, match="unknown HNSW preset"):
+        ChromaHnsw.preset("fastest")
 
 
 def test_add_in_batches_is_idempotent_and_keeps_metadata(client):
