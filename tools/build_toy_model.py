@@ -319,16 +319,55 @@ def adapter_phases(data: dict, ib, llama_dir: Path, params: dict, recipe: Recipe
 # ---------------------------------------------------------------------------------------------------
 
 
-def write_cache(ib, data: dict, recipe: Recipe, path: Path) -> int:
-    """knn.index: a flat inner-product index of unit image features."""
+def cache_items(recipe: Recipe, seed: int) -> list[dict]:
+    """The cache's metadata, in its order: concept by concept, that concept's first `cache_images` training
+    pictures, which are its images 0, 1, ... (render_split renders every concept at every index)."""
+    return [{"modality": "image", "concept": c.name, "caption": tw.captions(c)[0], "seed": seed, "index": k}
+            for c in tw.CONCEPTS for k in range(recipe.cache_images)]
+
+
+def write_cache(ib, data: dict, recipe: Recipe, path: Path, seed: int) -> int:
+    """knn.index (a flat inner-product index of unit image features) and its metadata sidecar."""
     from ibllm_agent.cache.faiss import FaissCache
     from ibllm_agent.train.bind_encoders import embed_all
 
     keep = torch.cat([(data["image_label"] == c).nonzero().flatten()[: recipe.cache_images]
                       for c in range(len(tw.CONCEPTS))])
     vectors = F.normalize(embed_all(ib, "vision", data["image"][keep]), dim=-1).numpy()
-    FaissCache.from_vectors(vectors).save(path)  # written atomically
+    FaissCache.from_vectors(vectors, metadatas=cache_items(recipe, seed)).save(path)  # written atomically
     return len(keep)
+
+
+def label_cache(out: Path, recipe: Recipe, seed: int) -> Path:
+    """Write the metadata sidecar of an already built knn.index, after checking that re-rendered,
+    re-encoded pictures are the stored vectors at their positions (all of them: a few seconds)."""
+    import tempfile
+
+    import numpy as np
+
+    from ibllm_agent.cache.faiss import FaissCache
+    from ibllm_agent.media import load_media
+    from ibllm_agent.model import _toy_files, build_from_files
+
+    files = _toy_files(out)
+    model = build_from_files(files["adapter_path"], files["llama_dir"], files["llama_type"],
+                             imagebind_ckpt=files["imagebind_ckpt"])
+    cache = FaissCache.load(files["knn_index"], mmap=False)
+    items = cache_items(recipe, seed)
+    if len(items) != len(cache):
+        raise SystemExit(f"{files['knn_index']} holds {len(cache)} vectors, the recipe makes {len(items)}")
+    stored = cache.get_vectors(0, len(cache))
+    world = tw.ToyWorld(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        for pos, item in enumerate(items):
+            sample = world.write(item["concept"], "image", item["index"], Path(folder))
+            v = model.encode([load_media(sample.path)])[0].numpy()
+            scores = stored @ (v / np.linalg.norm(v))
+            if scores.argmax() != pos or scores[pos] < 0.999:
+                raise SystemExit(f"{item} is not cache item {pos} (cosine {scores[pos]:.4f}, nearest "
+                                 f"{scores.argmax()}): the recipe or seed does not match this knn.index")
+    FaissCache.from_vectors(stored, metadatas=items).save(files["knn_index"])
+    return files["knn_index"]
 
 
 IMAGEBIND_CONFIG_KEYS = ("vision_num_heads", "text_num_heads", "audio_num_heads", "point_num_heads",
@@ -365,7 +404,7 @@ def write_output(out: Path, work: Path, llama_dir: Path, ib, data: dict, recipe:
     with atomic_path(out / "adapter.pth") as tmp:
         shutil.copyfile(work / "adapter.pth", tmp)
     write_imagebind(ib, out)
-    n_cache = write_cache(ib, data, recipe, out / "knn.index")
+    n_cache = write_cache(ib, data, recipe, out / "knn.index", seed)
     meta = {
         "name": "toy",
         "description": tw.WORLD_DESCRIPTION,
@@ -414,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=Path, default=ROOT / "examples",
                         help="where to write the README's example files")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every step count")
+    parser.add_argument("--label-cache", action="store_true",
+                        help="only write the metadata sidecar of the knn.index already in --out (checked first)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -423,6 +464,9 @@ def main(argv: list[str] | None = None) -> int:
                                     if k.endswith("_steps")})
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
+    if args.label_cache:
+        logger.info("labelled %s", label_cache(args.out, recipe, args.seed))
+        return 0
     t0 = time.perf_counter()
     world = tw.ToyWorld(args.seed)
     data = render_data(world, recipe, work)

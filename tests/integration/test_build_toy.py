@@ -33,5 +33,7 @@ def test_quick_build_writes_a_loadable_toy(tmp_path):
     model = build_from_files(out / meta["adapter"], out / meta["llama_dir"], meta["llama_type"],
                              imagebind_ckpt=out / meta["imagebind"], knn_index=out / meta["knn_index"], is_toy=True)
     assert model.cache is not None and len(model.tokenizer.encode("a dog", bos=False, eos=False)) > 0
+    first = model.cache.search(model.cache.get_vectors(0, 1), 1).metadatas[0][0]  # the sidecar labels each item
+    assert first == {"modality": "image", "concept": "rain", "caption": "a photo of rain.", "seed": 0, "index": 0}
     answer = model.generate_batch([format_prompt("What is this?")], None, max_gen_len=4, temperature=0.0)[0]
     assert answer.finish_reason in ("stop", "length")

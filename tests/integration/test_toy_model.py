@@ -11,6 +11,7 @@ import torch
 
 import ibllm_agent
 from ibllm_agent import model as model_module
+from ibllm_agent.media import load_media
 from ibllm_agent.train import toy_world as tw
 from ibllm_agent.train.toy_eval import TARGETS, evaluate
 
@@ -117,3 +118,15 @@ def test_cross_modal_retrieval_and_mixture(report):
     # the mixture moves from the image's concept to the sound's
     assert report.mixture[0]["names_image_concept"] > report.mixture[-1]["names_image_concept"]
     assert report.mixture[-1]["names_sound_concept"] > report.mixture[0]["names_sound_concept"]
+
+
+def test_cache_neighbours_are_labelled_with_their_concept(toy, tmp_path):
+    # Held-out pictures: seed 2024 renders the README examples, a world the build never trains on.
+    world = tw.ToyWorld(2024)
+    feats = toy.encode([load_media(world.write(name, "image", 0, tmp_path).path) for name in tw.CONCEPT_NAMES])
+    result = toy.cache.search(toy.cache.check_query(feats.numpy(), 5), 5)
+    for row in result.metadatas:
+        assert all(m["modality"] == "image" and m["concept"] in tw.CONCEPT_NAMES and m["caption"] for m in row)
+    top = [row[0]["concept"] for row in result.metadatas]
+    hits = [name for name, label in zip(tw.CONCEPT_NAMES, top) if name == label]
+    assert len(hits) >= 10, list(zip(tw.CONCEPT_NAMES, top))  # 12 of 14 when written (cat and ball miss)
