@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from langchain_core.embeddings import Embeddings
 from pydantic import PrivateAttr
 
+from ibllm_agent.media.source import file_sha256
 from ibllm_agent.model_pool import PooledModelFields
 from ibllm_agent.sources import DEFAULT_MAX_BYTES, SourcePolicy
 
@@ -140,14 +141,9 @@ class ImageBindEmbeddings(PooledModelFields, Embeddings):
 
 def _content_key(modality: str | None, value: str | Path | bytes) -> tuple[str | None, str]:
     """(modality, sha256 of the content): the same bytes under another name hit the cache."""
-    h = hashlib.sha256()
     if isinstance(value, Path):
-        with open(value, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    else:
-        h.update(value.encode("utf-8") if isinstance(value, str) else value)
-    return modality, h.hexdigest()
+        return modality, file_sha256(value)
+    return modality, hashlib.sha256(value.encode("utf-8") if isinstance(value, str) else value).hexdigest()
 
 
 def _load_text(text: str, load_text):

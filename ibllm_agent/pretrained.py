@@ -9,7 +9,6 @@ checked against the server's Content-Length only.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ibllm_agent.checkpoint import MissingFileError
+from ibllm_agent.media.source import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -170,13 +170,10 @@ def _finish(part: Path, final: Path, entry: WeightFile) -> Path:
     if entry.size is not None and size != entry.size:
         raise DownloadError(f"{part}: {size} bytes, expected {entry.size}")
     if entry.sha256 is not None:
-        digest = hashlib.sha256()
-        with open(part, "rb") as f:
-            while block := f.read(1 << 22):
-                digest.update(block)
-        if digest.hexdigest() != entry.sha256:
+        digest = file_sha256(part)
+        if digest != entry.sha256:
             part.unlink()
-            raise DownloadError(f"{entry.url}: sha256 {digest.hexdigest()} differs from the registry's "
+            raise DownloadError(f"{entry.url}: sha256 {digest} differs from the registry's "
                                 f"{entry.sha256}; the partial file was removed")
     os.replace(part, final)
     logger.info("downloaded %s", final)

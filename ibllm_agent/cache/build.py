@@ -10,7 +10,6 @@ finished by running the same command again, with nothing lost and nothing stored
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ibllm_agent.cache.base import CacheError, VisualCache
+from ibllm_agent.media.source import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +42,7 @@ class MediaItem:
     """Other CSV columns, kept as metadata."""
 
     def content_id(self) -> str:
-        h = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()
+        return file_sha256(self.path)
 
 
 @dataclass

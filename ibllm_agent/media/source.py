@@ -20,6 +20,16 @@ from typing import BinaryIO
 from .errors import EmptyMediaError, MediaError, MediaTooLargeError
 from .limits import MediaLimits
 
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (content ids, cache keys, download checks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 SourceLike = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO
 
 HEAD_BYTES = 8192
@@ -64,14 +74,8 @@ class Source:
     @property
     def sha256(self) -> str:
         if self._sha256 is None:
-            h = hashlib.sha256()
-            if self._data is not None:
-                h.update(self._data)
-            else:
-                with open(self.path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        h.update(block)
-            self._sha256 = h.hexdigest()
+            self._sha256 = (hashlib.sha256(self._data).hexdigest() if self._data is not None
+                            else file_sha256(self.path))
         return self._sha256
 
     def read_bytes(self) -> bytes:
