@@ -44,9 +44,8 @@ def render_split(world: ToyWorld, modality: str, indices: range, folder: Path,
                  names: tuple[str, ...] = CONCEPT_NAMES, dtype: torch.dtype = torch.float32) -> Split:
     """Render `indices` of every concept in `names`, write the files under `folder`, load them back."""
     samples = list(world.samples(modality, indices, Path(folder), names))
-    values = torch.stack([load_sample(s) for s in samples])
-    if values.is_floating_point():
-        values = values.to(dtype)
+    # converted one by one: a float16 split of thousands of pictures never exists in float32 at once
+    values = torch.stack([v.to(dtype) if v.is_floating_point() else v for v in map(load_sample, samples)])
     labels = torch.tensor([CONCEPT_NAMES.index(s.concept) for s in samples])
     logger.info("toy %s: %d samples, tensor %s", modality, len(samples), list(values.shape))
     return Split(modality, samples, values, labels)
