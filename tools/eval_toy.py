@@ -42,9 +42,11 @@ def load_toy(toy_dir: Path | None):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--toy-dir", type=Path, default=None, help="a build folder (default: the shipped toy)")
-    parser.add_argument("--per-concept", type=int, default=5, help="held-out samples per concept and modality")
-    parser.add_argument("--video-per-concept", type=int, default=2)
-    parser.add_argument("--hard-strength", type=float, default=2.0)
+    parser.add_argument("--per-concept", type=int, default=10, help="held-out samples per concept and modality")
+    parser.add_argument("--video-per-concept", type=int, default=8)
+    parser.add_argument("--hard-strength", type=float, default=5.0,
+                        help="norm of the perturbation added to each unit audio embedding (5: large enough that "
+                             "the shared offset costs answers)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)

@@ -120,7 +120,7 @@ HARD_SETTINGS = {"offset": hard_offset, "noise": hard_noise}
 
 
 def evaluate(model, *, per_concept: int = 5, video_per_concept: int = 2, modalities=tuple(MEDIA),
-             hard_strength: float = 2.0, mixture_pairs: int = 4, folder: Path | None = None) -> EvalReport:
+             hard_strength: float = 5.0, mixture_pairs: int = 4, folder: Path | None = None) -> EvalReport:
     """Run every measurement on held-out samples; `model.cache` must be set for the cache columns."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() if folder is None else _keep(folder) as tmp:
