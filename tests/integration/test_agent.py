@@ -61,7 +61,9 @@ def script(dog: str, rain: str) -> list[AIMessage]:
 
     return [
         call(1, "embed_media", path=dog),
-        call(2, "embedding_arithmetic", expression=f"0.5*emb_1 + 0.5*audio:{rain}"),
+        # mostly dog: an even mix of these two lands on a third concept (in the toy space a dog picture
+        # and a rain sound are anti-correlated, cos -0.6; see the README's mixture table)
+        call(2, "embedding_arithmetic", expression=f"0.7*emb_1 + 0.3*audio:{rain}"),
         call(3, "retrieve_from_cache", query="emb_2", k=3),
         call(4, "describe_embedding", handle="emb_2"),
         AIMessage("Here is what the perception model says about the mixture: {last_tool_result}"),
@@ -81,7 +83,7 @@ def test_embed_arithmetic_retrieve_describe(llm, media):
     # the composed vector is the fusion of the two ImageBind embeddings
     emb = ImageBindEmbeddings(model=llm)
     dog, rain = emb.embed_image([str(media["dog"])])[0], emb.embed_audio([str(media["rain"])])[0]
-    composed = combine(torch.tensor([dog, rain]), [0.5, 0.5])
+    composed = combine(torch.tensor([dog, rain]), [0.7, 0.3])
     assert tool_messages[1].artifact == pytest.approx(composed.tolist(), abs=1e-5)
     assert len(tool_messages[2].artifact) == 3
 
@@ -91,7 +93,7 @@ def test_embed_arithmetic_retrieve_describe(llm, media):
     final = out["messages"][-1]
     assert isinstance(final, AIMessage) and not final.tool_calls
     assert said.strip() and said in final.content
-    assert {"dog", "rain"} & set(find_concepts(said)), said
+    assert find_concepts(said)[:1] == ["dog"], said
 
 
 def test_agent_streams_updates_and_tokens(llm, media):
