@@ -52,12 +52,24 @@ def attachment(att: Attachment, *, key: str, width: int = 220, caption: str | No
     st.caption(caption or att.label)
 
 
-def _neighbor_image(meta: dict) -> str | None:
+def _neighbor_image(meta: dict):
+    """A thumbnail of a cache item: its image file, or, for the toy cache (whose items are training
+    pictures named by world seed, concept and index), the same picture rendered again."""
     for name in ("uri", "source", "path"):
         value = meta.get(name)
         if isinstance(value, str) and Path(value).suffix.lower() in _IMAGE_SUFFIXES and Path(value).is_file():
             return value
+    seed, index, concept = meta.get("seed"), meta.get("index"), meta.get("concept")
+    if meta.get("modality") == "image" and isinstance(seed, int) and isinstance(index, int):
+        return _toy_picture(seed, concept, index)
     return None
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _toy_picture(seed: int, concept: str, index: int):
+    from ibllm_agent.train.toy_world import CONCEPT_NAMES, ToyWorld
+
+    return ToyWorld(seed).image(concept, index) if concept in CONCEPT_NAMES else None
 
 
 def neighbors(items: list[Neighbor], *, limit: int = 5) -> None:

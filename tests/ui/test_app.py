@@ -231,6 +231,24 @@ def test_cache_neighbours_show_image_thumbnails_and_scores(toy_files):
     assert [c.value for c in at.caption] == ["similarity 0.910 · weight 60%", "similarity 0.520 · weight 40%"]
 
 
+def test_toy_cache_neighbours_show_the_training_picture_again():
+    """Toy cache items name a training picture (world seed, concept, index): the app renders it again."""
+    def page():
+        import ibllm_agent
+        from ibllm_agent.cache.base import Neighbor
+        from ui import views
+
+        cache = ibllm_agent.load("toy", knn=True).cache
+        hit = cache.search(cache.get_vectors(40, 41), 1)  # cache item 40 is found as itself
+        views.neighbors([Neighbor(hit.ids[0][0], 1.0, 0.7, hit.metadatas[0][0]),
+                         Neighbor("x", 0.5, 0.3, {"modality": "image", "seed": 0, "index": 1, "concept": "unicorn"})])
+
+    at = AppTest.from_function(page).run(timeout=60)
+    assert not at.exception
+    assert len(at.image) == 1  # the toy item; the unknown concept gets no picture
+    assert [m.value for m in at.markdown] == ["**a photo of a dog.**", "**unicorn**"]
+
+
 def test_the_model_form_switches_precision_and_the_status_line_follows(app, app_config):
     app.text_input(key="model_name").set_value(app_config)
     app.selectbox[1].set_value("bfloat16")  # Device, Precision
