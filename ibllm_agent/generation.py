@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ibllm_agent.llama import cuda_graphs
 from ibllm_agent.llama.model import KVCache, Transformer
 from ibllm_agent.llama.tokenizer import Tokenizer
 
@@ -165,13 +166,18 @@ class Decoder:
         if all(r.finish for r in self.rows):
             return
         cache, logits = self._prefill()
+        step = None
+        if cuda_graphs.enabled(logits.device, self.max_gen_len):
+            step = cuda_graphs.GraphedDecodeStep(self.llama, cache, self.adapter or [None] * self.llama.n_layers)
         while True:
             tokens = next_tokens(logits, self.temperature, self.top_p, self.generator)
             deltas = ["" if row.finish else self._accept(b, int(tokens[b])) for b, row in enumerate(self.rows)]
             yield deltas
             if all(r.finish for r in self.rows):
                 return
-            logits = self.llama(tokens[:, None], cache, self.adapter, last_only=True)
+            tokens = tokens.to(logits.device)
+            logits = step(tokens) if step is not None else self.llama(tokens[:, None], cache, self.adapter,
+                                                                       last_only=True)
 
     def run(self) -> list[tuple[str, list[int], str]]:
         """Decode to the end; (text, ids, finish_reason) per row."""

@@ -190,6 +190,19 @@ class KVCache:
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
+class _SlotWriter:
+    """`KVCache.write` at a slot given as a device tensor, returning every slot (see decode_step)."""
+
+    def __init__(self, cache: KVCache, slot: torch.Tensor):
+        self.cache, self.slot = cache, slot
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        keys, values = self.cache.keys[layer], self.cache.values[layer]
+        keys.index_copy_(2, self.slot, k)
+        values.index_copy_(2, self.slot, v)
+        return keys, values
+
+
 _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
 
@@ -329,6 +342,23 @@ class Transformer(nn.Module):
         # a padding query has no real key before it: let it see itself so softmax stays finite
         allowed = causal[None] & (real | (k_slot == q_slot)[None])  # (B, L, S)
         return allowed[:, None]  # (B, 1, L, S)
+
+    def decode_step(self, tokens: torch.Tensor, cache: KVCache, adapter: list[torch.Tensor | None],
+                    slot: torch.Tensor) -> torch.Tensor:
+        """One new token per row (tokens (B, 1)) written at cache slot `slot` (a (1,) device tensor),
+        attending over every slot of the cache through a mask: the same math as `forward` with fixed
+        shapes, so that a CUDA graph can capture it (cuda_graphs.py). Slots not yet written must hold
+        zeros (masked-out garbage could be NaN, and NaN * 0 is NaN). Returns float32 logits (B, vocab);
+        `cache.length` is the caller's to advance."""
+        k_slot = torch.arange(cache.capacity, device=tokens.device)
+        positions = (slot - cache.pad).clamp(min=0)[:, None]  # (B, 1)
+        allowed = (k_slot[None, :] <= slot) & (k_slot[None, :] >= cache.pad[:, None])  # (B, capacity)
+        cos, sin = rope_angles(positions, self.params.head_dim, self.params.rope_theta)
+        writer = _SlotWriter(cache, slot)
+        h = self.tok_embeddings(tokens)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, allowed[:, None, None, :], writer, i, adapter[i])
+        return self.output(self.norm(h)).float()[:, -1, :]
 
     def forward(self, tokens: torch.Tensor, cache: KVCache | None = None,
                 adapter: list[torch.Tensor | None] | None = None, *, last_only: bool = False) -> torch.Tensor:

@@ -141,6 +141,46 @@ def test_kv_cached_decoding_equals_the_full_forward():
     assert cache.length == 12 and cache.capacity >= 12
 
 
+def test_fixed_shape_decode_step_equals_the_cached_forward():
+    """decode_step (what a CUDA graph captures) = forward with the cache, on a left-padded batch."""
+    model = tiny()
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 97, (n,), generator=g) for n in (4, 7)]
+    batch = torch.zeros(2, 7, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        batch[b, 7 - len(p):] = p
+    pad = torch.tensor([3, 0])
+    adapter = model.adapter_values(adapter_inputs(model, 2))
+    nxt = torch.randint(0, 97, (2, 4), generator=g)
+    with torch.no_grad():
+        eager, fixed = model.new_cache(2, 12, pad=pad), model.new_cache(2, 12, pad=pad)
+        model(batch, eager, adapter)
+        model(batch, fixed, adapter)
+        for buffers in (fixed.keys, fixed.values):
+            for t in buffers:
+                t[:, :, fixed.length:] = 0
+        for i in range(4):
+            want = model(nxt[:, i:i + 1], eager, adapter, last_only=True)
+            got = model.decode_step(nxt[:, i:i + 1], fixed, adapter, torch.tensor([fixed.length]))
+            fixed.length += 1
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_decoding_gives_the_eager_tokens(monkeypatch):
+    import ibllm_agent
+
+    model = ibllm_agent.load("tiny", device="cuda", dtype="float32")
+    prompts = ["a dog barks", "the rain falls on the roof today"]
+    graphed = [g.token_ids for g in model.generate_batch(prompts, None, max_gen_len=24, temperature=0.0)]
+    monkeypatch.setenv("IBLLM_CUDA_GRAPHS", "0")
+    eager = [g.token_ids for g in model.generate_batch(prompts, None, max_gen_len=24, temperature=0.0)]
+    assert graphed == eager
+    from ibllm_agent.llama import cuda_graphs
+
+    assert cuda_graphs.enabled(torch.device("cuda"), 24)  # the first run went through a graph
+
+
 def test_left_padded_batch_equals_each_prompt_alone():
     model = tiny()
     g = torch.Generator().manual_seed(7)
