@@ -7,6 +7,7 @@ once per module through `ibllm_agent.load`, exactly as a user loads the official
 from __future__ import annotations
 
 import contextlib
+import os
 
 import pytest
 import torch
@@ -25,9 +26,14 @@ def close(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def model(parity_dir):
+    # tools/gpu_check.py runs this module on a GPU: float32 there, the same tolerances (and once more
+    # with cuDNN's TF32 convolutions, PyTorch's default on such GPUs, turned off)
+    if os.environ.get("IBLLM_TEST_NO_TF32") == "1":
+        torch.backends.cudnn.allow_tf32 = False
     return ibllm_agent.load(str(parity_dir / "adapter.pth"), str(parity_dir / "llama"),
                             imagebind_ckpt=str(parity_dir / "imagebind.pth"), knn=True,
-                            knn_index=str(parity_dir / "knn.index"))
+                            knn_index=str(parity_dir / "knn.index"),
+                            device=os.environ.get("IBLLM_TEST_DEVICE", "cpu"), dtype="float32")
 
 
 @pytest.fixture(scope="module")
