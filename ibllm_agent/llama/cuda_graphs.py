@@ -11,10 +11,15 @@ the slot advances. CPU decoding never comes here.
 from __future__ import annotations
 
 import os
+import threading
 
 import torch
 
 from ibllm_agent.llama.model import KVCache, Transformer
+
+_LOCK = threading.Lock()
+"""One capture or replay at a time in the process: work another thread puts on the GPU while a graph is
+being captured invalidates the capture (CUDA's legacy default stream synchronises with every stream)."""
 
 MIN_STEPS = 8
 """Shorter generations decode eagerly: capturing costs about as much as a few eager steps."""
@@ -58,15 +63,22 @@ class GraphedDecodeStep:
             for _ in range(2 if compile else 1):
                 step()
         torch.cuda.current_stream(device).wait_stream(side)
+        self.eager = lambda: llama(self.tokens, cache, adapter, last_only=True)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.logits = step()
+        try:
+            with _LOCK, torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                self.logits = step()
+        except RuntimeError:  # invalidated by other GPU work (e.g. another thread's encoder): stay eager
+            self.graph = None
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.cache.length >= self.cache.capacity:
             raise ValueError(f"the request's cache is full ({self.cache.capacity} slots)")
         self.tokens.copy_(tokens.view(-1, 1))
-        self.graph.replay()
-        self.slot += 1
+        if self.graph is None:
+            return self.eager()  # the cache advances itself
+        with _LOCK:
+            self.graph.replay()
+            self.slot += 1
         self.cache.length += 1
         return self.logits

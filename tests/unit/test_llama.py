@@ -169,16 +169,34 @@ def test_fixed_shape_decode_step_equals_the_cached_forward():
 @pytest.mark.gpu
 def test_cuda_graph_decoding_gives_the_eager_tokens(monkeypatch):
     import ibllm_agent
+    from ibllm_agent.llama import cuda_graphs
 
     model = ibllm_agent.load("tiny", device="cuda", dtype="float32")
     prompts = ["a dog barks", "the rain falls on the roof today"]
+    assert cuda_graphs.enabled(torch.device("cuda"), 24)
     graphed = [g.token_ids for g in model.generate_batch(prompts, None, max_gen_len=24, temperature=0.0)]
     monkeypatch.setenv("IBLLM_CUDA_GRAPHS", "0")
     eager = [g.token_ids for g in model.generate_batch(prompts, None, max_gen_len=24, temperature=0.0)]
     assert graphed == eager
-    from ibllm_agent.llama import cuda_graphs
 
-    assert cuda_graphs.enabled(torch.device("cuda"), 24)  # the first run went through a graph
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_while_other_threads_decode():
+    """Requests on one shared model from several threads: captures and replays do not disturb each other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import ibllm_agent
+
+    model = ibllm_agent.load("tiny", device="cuda", dtype="float32")
+    prompts = [f"a dog number {i} barks" for i in range(6)]
+
+    def one(p):
+        return model.generate_batch([p], None, max_gen_len=20, temperature=0.0)[0].token_ids
+
+    alone = [one(p) for p in prompts]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(one, prompts))
+    assert together == alone
 
 
 def test_left_padded_batch_equals_each_prompt_alone():
