@@ -175,7 +175,6 @@ class Decoder:
             yield deltas
             if all(r.finish for r in self.rows):
                 return
-            tokens = tokens.to(logits.device)
             logits = step(tokens) if step is not None else self.llama(tokens[:, None], cache, self.adapter,
                                                                        last_only=True)
 
