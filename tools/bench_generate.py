@@ -44,8 +44,10 @@ def step_bytes(llama: Transformer) -> int:
 
 
 @torch.inference_mode()
-def run_once(llama: Transformer, adapter, batch: int, prompt_len: int, steps: int) -> tuple[float, list[float]]:
-    """Seconds of one prefill of `prompt_len` tokens and of each of `steps` decode steps, at `batch`."""
+def run_once(llama: Transformer, adapter, batch: int, prompt_len: int, steps: int, *, graph: bool = False,
+             compile: bool = False) -> tuple[float, list[float]]:
+    """Seconds of one prefill of `prompt_len` tokens and of each of `steps` decode steps, at `batch`;
+    on CUDA the steps may replay a CUDA graph (`graph`, compiled first with `compile`), as `generate` does."""
     device = llama.tok_embeddings.weight.device
     dtype = llama.tok_embeddings.weight.dtype
     adapter = [None if a is None else a.to(dtype).expand(batch, -1, -1, -1).contiguous() for a in adapter]
@@ -53,12 +55,21 @@ def run_once(llama: Transformer, adapter, batch: int, prompt_len: int, steps: in
     cache = llama.new_cache(batch, prompt_len + steps)
     t = time.perf_counter()
     logits = llama(tokens.to(device), cache, adapter, last_only=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     prefill = time.perf_counter() - t
+    if graph:
+        from ibllm_agent.llama.cuda_graphs import GraphedDecodeStep
+
+        step = GraphedDecodeStep(llama, cache, adapter, compile=compile)
+    else:
+        def step(nxt):
+            return llama(nxt[:, None], cache, adapter, last_only=True)
     decode = []
     for _ in range(steps):
-        nxt = logits.argmax(-1, keepdim=True)
+        nxt = logits.argmax(-1)
         t = time.perf_counter()
-        logits = llama(nxt, cache, adapter, last_only=True)
+        logits = step(nxt)
         if device.type == "cuda":
             torch.cuda.synchronize()
         decode.append(time.perf_counter() - t)

@@ -37,6 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_generate import run_once, step_bytes  # noqa: E402  (tools/ is this script's folder)
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -148,36 +150,13 @@ def build_random(preset: str, huge: bool, device: torch.device, dtype: torch.dty
     return model.to(dtype=dtype).eval()
 
 
-def step_bytes(llama) -> int:
-    """Weight bytes one decode step reads: every LLaMA parameter except the embedding table."""
-    return sum(p.numel() * p.element_size() for n, p in llama.named_parameters() if n != "tok_embeddings.weight")
-
-
-@torch.inference_mode()
 def decode_times(model, batch: int, prompt_len: int, steps: int, graph: bool, compile: bool = False
                  ) -> tuple[float, float]:
     """(seconds of the prefill, median seconds of one decode step) at `batch`, eager or as a CUDA graph."""
-    from ibllm_agent.llama.cuda_graphs import GraphedDecodeStep
-
-    llama, device = model.llama, model.device
-    vq = model.bind(torch.randn(batch, model.feature_dim, device=device, dtype=model.dtype))
-    adapter = llama.adapter_values(model.adapter_queries(vq))
-    tokens = torch.randint(1, llama.vocab_size, (batch, prompt_len), device=device)
-    cache = llama.new_cache(batch, prompt_len + steps + 1)
-    sync(device)
-    t = time.perf_counter()
-    logits = llama(tokens, cache, adapter, last_only=True)
-    sync(device)
-    prefill = time.perf_counter() - t
-    step = GraphedDecodeStep(llama, cache, adapter, compile=compile) if graph else \
-        (lambda nxt: llama(nxt.view(batch, 1), cache, adapter, last_only=True))
-    times = []
-    for _ in range(steps):
-        nxt = logits.argmax(-1)
-        t = time.perf_counter()
-        logits = step(nxt)
-        sync(device)
-        times.append(time.perf_counter() - t)
+    with torch.inference_mode():
+        vq = model.bind(torch.randn(1, model.feature_dim, device=model.device, dtype=model.dtype))
+        adapter = model.llama.adapter_values(model.adapter_queries(vq))
+    prefill, times = run_once(model.llama, adapter, batch, prompt_len, steps, graph=graph, compile=compile)
     return prefill, statistics.median(times[2:] or times)
 
 
