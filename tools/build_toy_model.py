@@ -455,7 +455,8 @@ def write_examples(folder: Path) -> list[Path]:
     return written
 
 
-def _worker_init(threads: int) -> None:
+def _setup_process(threads: int) -> None:
+    """Logging and torch threads, in the main process and in the language model's."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(threads)
 
@@ -474,8 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label-cache", action="store_true",
                         help="only write the metadata sidecar of the knn.index already in --out (checked first)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(args.threads)
+    _setup_process(args.threads)
     recipe = QUICK if args.quick else Recipe()
     if args.scale != 1.0:
         recipe = replace(recipe, **{k: max(1, int(getattr(recipe, k) * args.scale)) for k in recipe.__dict__
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     # the language model needs nothing from the media side: it trains in a second process (one
     # thread each, so the result does not depend on the overlap) while the encoders are bound
     spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(1, mp_context=spawn, initializer=_worker_init, initargs=(args.threads,)) as pool:
+    with ProcessPoolExecutor(1, mp_context=spawn, initializer=_setup_process, initargs=(args.threads,)) as pool:
         lm = pool.submit(language_model, recipe, work, args.seed)
         world = tw.ToyWorld(args.seed)
         data = render_data(world, recipe, work)

@@ -29,14 +29,14 @@ sys.path.insert(0, str(ROOT))
 def load_toy(toy_dir: Path | None):
     """`ibllm_agent.load("toy", knn=True)`, or the same files from another build folder."""
     import ibllm_agent
-    from ibllm_agent.model import build_from_files
+    from ibllm_agent.model import _toy_files, build_from_files
 
     if toy_dir is None:
         return ibllm_agent.load("toy", knn=True)
-    meta = json.loads((toy_dir / "toy.json").read_text())
-    return build_from_files(toy_dir / meta["adapter"], toy_dir / meta["llama_dir"], meta["llama_type"],
-                            imagebind_ckpt=toy_dir / meta["imagebind"], knn_index=toy_dir / meta["knn_index"],
-                            name="toy", is_toy=True)
+    files = _toy_files(toy_dir)
+    return build_from_files(files["adapter_path"], files["llama_dir"], files["llama_type"],
+                            imagebind_ckpt=files["imagebind_ckpt"], knn_index=files["knn_index"], name="toy",
+                            is_toy=True)
 
 
 def main(argv: list[str] | None = None) -> int:
