@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -58,6 +61,29 @@ def parity_expected(shared_dir):
     import torch
 
     return torch.load(PARITY_SRC / "expected.pt", map_location="cpu", weights_only=True)
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def serve_folder():
+    """`serve_folder(path)` -> "http://127.0.0.1:<port>": the folder's files over HTTP until the test ends."""
+    servers = []
+
+    def serve(folder: Path) -> str:
+        httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                functools.partial(_QuietFiles, directory=str(folder)))
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}"
+
+    yield serve
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def pytest_collection_modifyitems(config, items):

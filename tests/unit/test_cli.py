@@ -67,29 +67,12 @@ def test_errors_are_short_and_name_the_problem(tmp_path, capsys, monkeypatch):
     assert "missing.wav" in capsys.readouterr().err
 
 
-def test_download_command_uses_the_registry(tmp_path, capsys, monkeypatch):
-    import http.server
-    import threading
-
+def test_download_command_uses_the_registry(tmp_path, capsys, monkeypatch, serve_folder):
     (tmp_path / "srv").mkdir()
     (tmp_path / "srv" / "w.bin").write_bytes(b"weights" * 1000)
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(tmp_path / "srv"), **kw)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{httpd.server_address[1]}/w.bin"
-        monkeypatch.setitem(pretrained.FILES, "test-w", pretrained.WeightFile("test-w", "w.bin", url, "test"))
-        assert cli.main(["download", "test-w", "--dest", str(tmp_path / "dl"), "--no-progress"]) == 0
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    url = f"{serve_folder(tmp_path / 'srv')}/w.bin"
+    monkeypatch.setitem(pretrained.FILES, "test-w", pretrained.WeightFile("test-w", "w.bin", url, "test"))
+    assert cli.main(["download", "test-w", "--dest", str(tmp_path / "dl"), "--no-progress"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "dl" / "w.bin")
     assert (tmp_path / "dl" / "w.bin").read_bytes() == b"weights" * 1000
 

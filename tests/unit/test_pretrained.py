@@ -128,31 +128,17 @@ def test_checksum_mismatch_and_http_errors(server, tmp_path):
         download("13B", tmp_path)
 
 
-def test_load_by_registry_name_downloads_only_when_asked(tmp_path, monkeypatch):
+def test_load_by_registry_name_downloads_only_when_asked(tmp_path, monkeypatch, serve_folder):
     import ibllm_agent
 
     official = ibllm_agent.load("tiny").save_official(tmp_path / "served")
     (tmp_path / "served" / "imagebind_w3D.pth").write_bytes(official["imagebind"].read_bytes())
     (tmp_path / "served" / "7B.pth").write_bytes(official["adapter"].read_bytes())
-
-    class Files(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(tmp_path / "served"), **kw)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Files)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    base = serve_folder(tmp_path / "served")
     for name, filename in (("7B", "7B.pth"), ("imagebind_w3D", "imagebind_w3D.pth")):
         monkeypatch.setitem(pretrained.FILES, name, WeightFile(name, filename, f"{base}/{filename}", name))
     root = tmp_path / "weights"
-    try:
-        with pytest.raises(MissingFileError, match="ibllm download 7B"):
-            ibllm_agent.load("7B", str(official["llama_dir"]), download_root=root)
-        model = ibllm_agent.load("7B", str(official["llama_dir"]), download_root=root, download=True)
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with pytest.raises(MissingFileError, match="ibllm download 7B"):
+        ibllm_agent.load("7B", str(official["llama_dir"]), download_root=root)
+    model = ibllm_agent.load("7B", str(official["llama_dir"]), download_root=root, download=True)
     assert model.name == "7B" and sorted(p.name for p in root.iterdir()) == ["7B.pth", "imagebind_w3D.pth"]
