@@ -58,7 +58,7 @@ def to_messages(history: list[Turn], question: str, inputs: list[Attachment], *,
             continue
         messages.append(HumanMessage(turn.text) if turn.role == "user" else AIMessage(turn.text))
     if max_history is not None:
-        messages = messages[len(messages) - max_history:] if max_history else []
+        messages = messages[-max_history:] if max_history else []
     blocks = [att.content_block() for att in inputs]
     messages.append(HumanMessage([{"type": "text", "text": question}, *blocks]) if blocks else HumanMessage(question))
     return messages
