@@ -17,7 +17,7 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load": "ibllm_agent.model",
+    "load": "ibllm_agent.factory",
     "ImageBindLLM": "ibllm_agent.model",
     "available_models": "ibllm_agent.pretrained",
     "download": "ibllm_agent.pretrained",
@@ -33,7 +33,9 @@ _EXPORTS = {
     "CheckpointError": "ibllm_agent.checkpoint",
     "ChatImageBindLLM": "ibllm_agent.chat_models",
     "ImageBindEmbeddings": "ibllm_agent.embeddings",
-    "get_tools": "ibllm_agent.tools",
+    "GenerationParams": "ibllm_agent.params",
+    "VisualCacheParams": "ibllm_agent.params",
+    "get_tools": "ibllm_agent.perception_tools",
     "build_perception_graph": "ibllm_agent.graphs",
     "create_perception_agent": "ibllm_agent.graphs",
 }

@@ -14,7 +14,7 @@ Grammar (whitespace is free between tokens)::
     unary      := ("+" | "-") unary | primary
     primary    := NUMBER | operand | "(" sum ")"
     operand    := MODALITY ":" (QUOTED | BARE) | HANDLE
-    MODALITY   := image | audio | video | point | text | media      (media = detect from content)
+    MODALITY   := a name of the modality registry (image, video, audio, point, text) | media (detect)
     QUOTED     := '"' ... '"' | "'" ... "'"    (backslash escapes the quote)
     BARE       := a run of characters other than whitespace, ( ) * + " ' ,
     HANDLE     := [A-Za-z_][A-Za-z0-9_]*       (an embedding kept by the embed tool)
@@ -22,20 +22,29 @@ Grammar (whitespace is free between tokens)::
 The value of an expression must be linear in its operands: an embedding may be scaled by a number
 or divided by one, and embeddings add and subtract; multiplying two embeddings, dividing by an
 embedding or adding a bare number to an embedding is an error. Errors are `ExpressionError`s that
-carry the character position and render a caret under the expression.
+carry the character position and render a caret under the expression. So are numbers that overflow,
+coefficients outside float32's range or equal to 0 (a term that drops out silently is refused, as is
+an expression nested deeper than `MAX_DEPTH`). The value is the terms' fusion (`ibllm_agent.fusion`):
+the same mixture as the same inputs with the same weights anywhere else.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-MODALITIES = ("image", "audio", "video", "point", "text", "media")
+from ibllm_agent import modalities
+from ibllm_agent.fusion import FLOAT32_MAX, fuse
+
+MODALITIES = (*modalities.NAMES, modalities.DETECT)
+"""Prefixes of `modality:value` operands: the registry's names and "media" (detect from the content)."""
+MAX_DEPTH = 64
+"""Nesting of parentheses (and runs of signs) an expression may have."""
+FLOAT32_TINY = 1.1754943508222875e-38
 
 _NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -139,7 +148,7 @@ def _read_operand(expression: str, modality: str, start: int, i: int) -> tuple[O
         raise ExpressionError(f"empty value after '{modality}:'", expression, i)
     if modality == "text":
         return Operand("text", value, None, start), end
-    return Operand("media", value, None if modality == "media" else modality, start), end
+    return Operand("media", value, None if modality == modalities.DETECT else modality, start), end
 
 
 # A parsed value is either a number or a linear combination {operand key: (operand, coefficient)}.
@@ -153,6 +162,7 @@ class _Parser:
         self.expression = expression
         self.tokens = tokenize(expression)
         self.i = 0
+        self.depth = 0
 
     def error(self, message: str, token: Token | None = None) -> ExpressionError:
         token = token or self.tokens[self.i]
@@ -176,6 +186,12 @@ class _Parser:
             raise ExpressionError("the expression has no embedding operand (only numbers)", self.expression, 0)
         return value
 
+    def number(self, value: float, token: Token) -> float:
+        """A numeric intermediate, refused once it overflows (1e308*1e308 is inf, not a weight)."""
+        if not math.isfinite(value):
+            raise self.error("the numbers overflow (the result is not a finite number)", token)
+        return value
+
     def sum(self) -> float | Linear:
         left = self.product()
         while self.peek().kind == "op" and self.peek().text in "+-":
@@ -184,7 +200,7 @@ class _Parser:
             if isinstance(left, dict) != isinstance(right, dict):
                 raise self.error("cannot add or subtract a number and an embedding (scale it with *)", op)
             sign = 1.0 if op.text == "+" else -1.0
-            left = left + sign * right if not isinstance(left, dict) else _add(left, right, sign)
+            left = self.number(left + sign * right, op) if not isinstance(left, dict) else _add(left, right, sign)
         return left
 
     def product(self) -> float | Linear:
@@ -200,22 +216,23 @@ class _Parser:
                 elif isinstance(right, dict):
                     left = _scale(right, left)
                 else:
-                    left = left * right
+                    left = self.number(left * right, op)
             else:
                 if isinstance(right, dict):
                     raise self.error("cannot divide by an embedding", op)
                 if right == 0:
                     raise self.error("division by zero", op)
-                left = _scale(left, 1.0 / right) if isinstance(left, dict) else left / right
+                left = _scale(left, 1.0 / right) if isinstance(left, dict) else self.number(left / right, op)
         return left
 
     def unary(self) -> float | Linear:
-        token = self.peek()
-        if token.kind == "op" and token.text in "+-":
-            self.take()
-            value = self.unary()
-            return value if token.text == "+" else (_scale(value, -1.0) if isinstance(value, dict) else -value)
-        return self.primary()
+        negative = False
+        while self.peek().kind == "op" and self.peek().text in "+-":  # a loop: 2,000 signs must not recurse
+            negative ^= self.take().text == "-"
+        value = self.primary()
+        if not negative:
+            return value
+        return _scale(value, -1.0) if isinstance(value, dict) else -value
 
     def primary(self) -> float | Linear:
         token = self.take()
@@ -227,10 +244,14 @@ class _Parser:
         if token.kind == "operand":
             return {token.operand.key: (token.operand, 1.0)}
         if token.kind == "(":
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise self.error(f"parentheses nested deeper than {MAX_DEPTH}", token)
             value = self.sum()
             if self.peek().kind != ")":
                 raise self.error("expected ')'")
             self.take()
+            self.depth -= 1
             return value
         if token.kind == "end":
             raise self.error("unexpected end of expression (an operand is missing)", token)
@@ -278,36 +299,22 @@ def parse(expression: str, *, max_operands: int = 16, max_length: int = 2000) ->
     if len(expression) > max_length:
         raise ExpressionError(f"expression longer than {max_length} characters", expression[:60] + "...", 60)
     linear = _Parser(expression).parse()
-    terms = tuple((operand, coef) for operand, coef in linear.values() if coef != 0.0)
-    if not terms:
-        raise ExpressionError("all embedding terms cancel out", expression, 0)
+    terms = tuple(linear.values())
+    for operand, coef in terms:
+        if coef == 0.0:
+            raise ExpressionError(f"{operand} has coefficient 0 (its terms cancel), so it would drop out; "
+                                  "remove it", expression, operand.position)
+        if not FLOAT32_TINY <= abs(coef) <= FLOAT32_MAX:
+            raise ExpressionError(f"the coefficient {coef:g} of {operand} is outside float32's range "
+                                  f"({FLOAT32_TINY:.2g} to {FLOAT32_MAX:.2g} in magnitude)", expression,
+                                  operand.position)
     if len(terms) > max_operands:
         raise ExpressionError(f"more than {max_operands} operands", expression, terms[max_operands][0].position)
     return Expression(expression, terms)
 
 
-def combine(vectors: torch.Tensor, coefficients: Sequence[float]) -> torch.Tensor:
-    """Weighted sum of L2-normalised embeddings (N, D) -> (D,).
-
-    With non-negative weights this is upstream `forward_visual`'s fusion: each embedding is
-    normalised, the weights are divided by their sum (+1e-6), and the result is *not* renormalised.
-    Upstream never subtracts; with a negative weight the weight sum can be zero, so we instead
-    L2-normalise the combination, which puts it back on the unit sphere where ImageBind features live.
-    """
-    if vectors.ndim != 2 or vectors.shape[0] != len(coefficients):
-        raise ValueError(f"expected ({len(coefficients)}, D) embeddings, got {tuple(vectors.shape)}")
-    w = torch.tensor([float(c) for c in coefficients], dtype=torch.float32)
-    unit = F.normalize(vectors.float(), dim=-1)  # (N, D)
-    if bool((w >= 0).all()):
-        return (unit * (w / (w.sum() + 1e-6))[:, None]).sum(0)
-    mixed = (unit * w[:, None]).sum(0)
-    if float(mixed.norm()) < 1e-6:
-        raise ValueError("the combination is the zero vector (its terms cancel out)")
-    return F.normalize(mixed, dim=0)
-
-
 def evaluate(expression: str | Expression, resolve: Callable[[list[Operand]], torch.Tensor]) -> torch.Tensor:
-    """Evaluate an expression: `resolve(operands)` returns their embeddings (N, D); returns (D,)."""
+    """Evaluate an expression: `resolve(operands)` returns their embeddings (N, D); returns the fused (D,)."""
     parsed = parse(expression) if isinstance(expression, str) else expression
     vectors = resolve(parsed.operands)
-    return combine(vectors, parsed.coefficients)
+    return fuse(vectors, parsed.coefficients, names=[str(o) for o in parsed.operands])

@@ -6,7 +6,8 @@ every waiting request that shares the first one's sampling settings (up to `max_
 decodes them together, so eight threads cost about one decoding loop, not eight.
 
 Requests with a seed and temperature > 0 run alone: their random stream must not depend on
-which other requests happened to share the batch.
+which other requests happened to share the batch. A request is checked before it joins a batch, and
+if a batch fails anyway each of its requests is run again alone, so one bad request fails only itself.
 """
 
 from __future__ import annotations
@@ -20,39 +21,23 @@ from typing import Any
 
 import torch
 
+from ibllm_agent.params import GenerationParams, VisualCacheParams
+
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """Sampling and cache settings; requests batch together only when these are equal."""
-
-    max_gen_len: int = 256
-    temperature: float = 0.1
-    top_p: float = 0.75
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    cache: bool | None = None
-    cache_size: int = 10
-    cache_t: float = 20.0
-    cache_weight: float = 0.5
-
-    @property
-    def batchable(self) -> bool:
-        return self.seed is None or self.temperature == 0
-
-    def as_kwargs(self) -> dict[str, Any]:
-        return {"max_gen_len": self.max_gen_len, "temperature": self.temperature, "top_p": self.top_p,
-                "seed": self.seed, "stop": list(self.stop) or None, "cache": self.cache,
-                "cache_size": self.cache_size, "cache_t": self.cache_t, "cache_weight": self.cache_weight}
 
 
 @dataclass
 class _Request:
     prompt: str
     feature: torch.Tensor | None  # (D,) or None for text only
-    params: GenerationParams
+    generation: GenerationParams
+    visual_cache: VisualCacheParams
     future: Future = field(default_factory=Future)
+
+    @property
+    def key(self) -> tuple:
+        """Requests batch together only when these are equal."""
+        return self.generation, self.visual_cache
 
 
 class GenerationBatcher:
@@ -66,9 +51,15 @@ class GenerationBatcher:
         self._draining = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ibllm-generate")
 
-    def submit(self, prompt: str, feature: torch.Tensor | None, params: GenerationParams) -> Future:
-        """Queue one request; the future resolves to the model's `Generation`."""
-        request = _Request(prompt, feature, params)
+    def submit(self, prompt: str, feature: torch.Tensor | None, generation: GenerationParams,
+               visual_cache: VisualCacheParams) -> Future:
+        """Queue one request; the future resolves to the model's `Generation`. A feature that cannot
+        condition an answer is refused here, before it can share a batch with anyone."""
+        if feature is not None:
+            feature = torch.as_tensor(feature).float()
+            if feature.ndim != 1 or not bool(torch.isfinite(feature).all()):
+                raise ValueError(f"the feature must be one finite vector, got shape {list(feature.shape)}")
+        request = _Request(prompt, feature, generation, visual_cache)
         with self._lock:
             self._pending.append(request)
             if not self._draining:
@@ -82,10 +73,10 @@ class GenerationBatcher:
                 self._draining = False
                 return None
             first = self._pending[0]
-            if not first.params.batchable:
+            if not first.generation.batchable:
                 batch = [first]
             else:
-                batch = [r for r in self._pending if r.params == first.params][: self.max_batch_size]
+                batch = [r for r in self._pending if r.key == first.key][: self.max_batch_size]
             for request in batch:
                 self._pending.remove(request)
             return batch
@@ -95,15 +86,22 @@ class GenerationBatcher:
             batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
             if not batch:
                 continue
-            try:
-                generations = self._run(batch)
-            except BaseException as exc:  # every waiter must hear about the failure
-                logger.debug("batch of %d failed: %s", len(batch), exc)
+            self._run_or_isolate(batch)
+
+    def _run_or_isolate(self, batch: list[_Request]) -> None:
+        """Run a batch; when it fails, run each request alone so the failure stays with its cause."""
+        try:
+            generations = self._run(batch)
+        except BaseException as exc:  # every waiter must hear about the failure
+            if len(batch) > 1:
+                logger.debug("batch of %d failed (%s); running its requests one by one", len(batch), exc)
                 for request in batch:
-                    request.future.set_exception(exc)
-            else:
-                for request, generation in zip(batch, generations):
-                    request.future.set_result(generation)
+                    self._run_or_isolate([request])
+                return
+            batch[0].future.set_exception(exc)
+        else:
+            for request, generation in zip(batch, generations):
+                request.future.set_result(generation)
 
     def _run(self, batch: list[_Request]) -> list:
         features = None
@@ -114,8 +112,9 @@ class GenerationBatcher:
         model = self._model()
         if model is None:
             raise RuntimeError("the model was released while requests were queued")
-        with model.lock:
-            return model.generate_batch([r.prompt for r in batch], features, **batch[0].params.as_kwargs())
+        with model.card.lock:
+            return model.generate_batch([r.prompt for r in batch], features, batch[0].generation,
+                                        batch[0].visual_cache)
 
 
 _BATCHERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -10,8 +10,10 @@
     ])])
 
 One human turn's media (images, sounds, videos, point clouds, pre-computed embeddings) are fused
-into one ImageBind feature (optional per-block weights), which conditions the answer through the
-visual cache and the bind network. The prompt is the Alpaca template the model was tuned with:
+into one ImageBind feature (optional per-block weights, `ibllm_agent.fusion`), which conditions the
+answer through the visual cache and the bind network. A block the model cannot read (a PDF, an unknown
+type) is an error unless `on_unsupported="skip"`, which lists what was skipped in
+`response_metadata["ignored_blocks"]`. The prompt is the Alpaca template the model was tuned with:
 a lone question is exactly upstream's `format_prompt(question)`; a system message and earlier
 turns become the template's "Input" context, oldest turns dropped (with a warning) when the
 context window is short. The current question is never truncated.
@@ -26,7 +28,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -41,15 +43,19 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, field_validator
 
-from ibllm_agent.arithmetic import combine
-from ibllm_agent.batching import GenerationParams, batcher_for
-from ibllm_agent.content_blocks import EmbeddingPart, MediaPart, Turn, parse_message
+from ibllm_agent import modalities
+from ibllm_agent.batching import batcher_for
+from ibllm_agent.content_blocks import MAX_TEXT_CHARS, EmbeddingPart, MediaPart, Question, parse_message
+from ibllm_agent.fusion import fuse
 from ibllm_agent.model_pool import PooledModelFields
+from ibllm_agent.params import DEFAULT_GENERATION, GenerationParams, VisualCacheParams
 
-_MEDIA_TYPES = ("image", "audio", "video", "file")
-_CALL_OVERRIDES = ("temperature", "top_p", "max_tokens", "seed", "visual_cache", "cache_size", "cache_t",
-                   "cache_weight")
+_GENERATION_OVERRIDES = ("temperature", "top_p", "max_tokens", "seed")
+_CALL_OVERRIDES = (*_GENERATION_OVERRIDES, "visual_cache")
+_CALL_IGNORED = ("stream",)
+"""Call keywords LangChain itself passes to pick the streaming path; they say nothing about the answer."""
 
 
 class ContextWindowWarning(UserWarning):
@@ -63,24 +69,28 @@ class PreparedRequest:
     prompt: str
     feature: torch.Tensor | None  # (D,) fused ImageBind feature, None = text only
     prompt_tokens: int
-    params: GenerationParams
+    generation: GenerationParams
+    visual_cache: VisualCacheParams
     media: list[str]  # display names of the media that conditioned the answer
     dropped_messages: int
+    ignored_blocks: list[dict]  # blocks skipped under on_unsupported="skip"
 
 
 class ChatImageBindLLM(BaseChatModel, PooledModelFields):
     """ImageBind-LLM chat model: text plus images, audio, video, point clouds and embeddings in, text out.
 
     Not a tool-calling model: `bind_tools` is not implemented, so agents that need tool calls
-    should use another chat model and reach ImageBind-LLM through `ibllm_agent.tools`.
+    should use another chat model and reach ImageBind-LLM through `ibllm_agent.perception_tools`.
     Which model to load and where media may come from: see `PooledModelFields`.
     """
 
-    temperature: float = 0.1
+    model_config = ConfigDict(extra="forbid")  # a misspelt or foreign option is an error, not ignored
+
+    temperature: float = DEFAULT_GENERATION.temperature
     """Sampling temperature; 0 = greedy. Default as upstream."""
-    top_p: float = 0.75
+    top_p: float = DEFAULT_GENERATION.top_p
     """Nucleus sampling mass. Default as upstream."""
-    max_tokens: int = 256
+    max_tokens: int = DEFAULT_GENERATION.max_tokens
     """Most tokens to generate per answer."""
     stop: list[str] | None = None
     """Strings that end an answer (not included in it)."""
@@ -89,25 +99,28 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
     timeout: float | None = None
     """Seconds to wait for an answer before raising TimeoutError (a streamed answer stops there; a
     batched one finishes in the background, since a decoding step cannot be interrupted)."""
-    max_retries: int = 0
-    """Accepted for compatibility with hosted chat models; a local model has no transient failures to retry."""
     streaming: bool = False
     """Stream tokens through callbacks on `invoke` as well."""
 
-    visual_cache: bool | None = None
-    """Blend the model's visual cache into the feature (upstream `knn`): None = whenever the model has one.
+    visual_cache: VisualCacheParams = VisualCacheParams()
+    """The visual cache (upstream `knn`, `cache_size`, `cache_t`, `cache_weight`): `True`/`False`, a dict
+    such as `{"size": 5}`, or `VisualCacheParams`; the default uses it whenever the model has one.
     (Not `cache`: that field of every LangChain model switches LangChain's response cache.)"""
-    cache_size: int = 10
-    """Neighbours retrieved from the cache (upstream default)."""
-    cache_t: float = 20.0
-    """Softmax temperature over neighbour similarities (upstream default)."""
-    cache_weight: float = 0.5
-    """Share of the cache blend in the visual feature (upstream default)."""
 
     default_question: str = "Describe this input."
     """Question asked when a turn has media but no text."""
+    on_unsupported: Literal["error", "skip"] = "error"
+    """A content block the model cannot read (a PDF, an unknown type): "error" raises `ContentError`;
+    "skip" leaves it out and lists it in `response_metadata["ignored_blocks"]`."""
+    max_input_chars: int = MAX_TEXT_CHARS
+    """Characters of text one message may carry."""
     max_batch_size: int = 8
     """Most concurrent conversations decoded together in one batch."""
+
+    @field_validator("visual_cache", mode="before")
+    @classmethod
+    def _visual_cache(cls, value: Any) -> VisualCacheParams:
+        return VisualCacheParams.of(value)
 
     @property
     def _llm_type(self) -> str:
@@ -116,8 +129,7 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "temperature": self.temperature, "top_p": self.top_p,
-                "max_tokens": self.max_tokens, "visual_cache": self.visual_cache, "cache_size": self.cache_size,
-                "cache_t": self.cache_t, "cache_weight": self.cache_weight}
+                "max_tokens": self.max_tokens, "visual_cache": self.visual_cache}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any):
         params = super()._get_ls_params(stop=stop, **kwargs)
@@ -145,37 +157,45 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
     def prepare(self, messages: Sequence[BaseMessage], stop: list[str] | None = None,
                 **kwargs: Any) -> PreparedRequest:
         """Format the conversation, load and fuse its media; raises ValueError on unusable input."""
-        params = self._params(stop, kwargs)
+        generation, visual_cache = self._params(stop, kwargs)
         last_human = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=None)
         if last_human is None:
             raise ValueError("the conversation needs at least one human message")
-        turn = parse_message(messages[last_human], self._policy)
-        media_turn = turn if turn.parts else self._latest_media_turn(messages[:last_human])
-        question = turn.text.strip() or (self.default_question if media_turn and media_turn.parts else "")
+        asked = self._parse(messages[last_human])
+        with_media = asked if asked.parts else self._latest_media_question(messages[:last_human])
+        question = asked.text.strip() or (self.default_question if with_media else "")
         if not question:
             raise ValueError("the last human message has neither text nor media")
         system = "\n\n".join(m.text for m in messages if isinstance(m, SystemMessage) and m.text)
         history = [_transcript_line(m) for i, m in enumerate(messages)
                    if i != last_human and not isinstance(m, SystemMessage)]
-        prompt, prompt_tokens, dropped = self._fit(question, system, [h for h in history if h], params)
-        feature, names = self._feature(media_turn) if media_turn else (None, [])
-        return PreparedRequest(prompt, feature, prompt_tokens, params, names, dropped)
+        prompt, prompt_tokens, dropped = self._fit(question, system, [h for h in history if h], generation)
+        feature, names = self._feature(with_media) if with_media else (None, [])
+        return PreparedRequest(prompt, feature, prompt_tokens, generation, visual_cache, names, dropped,
+                               asked.ignored)
 
-    def _params(self, stop: list[str] | None, overrides: dict[str, Any]) -> GenerationParams:
-        values = {key: overrides.get(key, getattr(self, key)) for key in _CALL_OVERRIDES}
+    def _parse(self, message: BaseMessage) -> Question:
+        return parse_message(message, self._policy, on_unsupported=self.on_unsupported,
+                             max_text_chars=self.max_input_chars)
+
+    def _params(self, stop: list[str] | None, overrides: dict[str, Any]) -> tuple[GenerationParams, VisualCacheParams]:
+        unknown = sorted(set(overrides) - set(_CALL_OVERRIDES) - set(_CALL_IGNORED))
+        if unknown:
+            raise ValueError(f"unknown call options {unknown}; ChatImageBindLLM takes {', '.join(_CALL_OVERRIDES)}")
+        values = {key: overrides.get(key, getattr(self, key)) for key in _GENERATION_OVERRIDES}
         stops = tuple(stop if stop is not None else (self.stop or ()))
-        return GenerationParams(max_gen_len=int(values["max_tokens"]), temperature=float(values["temperature"]),
-                                top_p=float(values["top_p"]), seed=values["seed"], stop=stops,
-                                cache=values["visual_cache"], cache_size=int(values["cache_size"]),
-                                cache_t=float(values["cache_t"]), cache_weight=float(values["cache_weight"]))
+        generation = GenerationParams(max_tokens=values["max_tokens"], temperature=values["temperature"],
+                                      top_p=values["top_p"], seed=values["seed"], stop=stops)
+        return generation, VisualCacheParams.of(overrides.get("visual_cache", self.visual_cache))
 
-    def _latest_media_turn(self, messages: Sequence[BaseMessage]) -> Turn | None:
+    def _latest_media_question(self, messages: Sequence[BaseMessage]) -> Question | None:
         for message in reversed(messages):
             if isinstance(message, HumanMessage) and any(
-                    b.get("type") in _MEDIA_TYPES or b.get("type") == "non_standard" for b in message.content_blocks):
-                turn = parse_message(message, self._policy)
-                if turn.parts:
-                    return turn
+                    b.get("type") in modalities.block_types() or b.get("type") == "non_standard"
+                    for b in message.content_blocks):
+                earlier = self._parse(message)
+                if earlier.parts:
+                    return earlier
         return None
 
     def _count_tokens(self, text: str) -> int:
@@ -189,7 +209,7 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
         """The prompt with as much recent history as fits `max_seq_len - max_tokens`."""
         from ibllm_agent.generation import format_prompt
 
-        budget = self._context_window() - max(1, params.max_gen_len)
+        budget = self._context_window() - max(1, params.max_tokens)
         for dropped in range(len(history) + 1):
             context = "\n\n".join(part for part in (system, "\n".join(history[dropped:])) if part)
             prompt = format_prompt(question, context or None)
@@ -197,17 +217,17 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
             if tokens <= budget:
                 if dropped:
                     warnings.warn(f"dropped the {dropped} oldest message(s) of the conversation to fit the "
-                                  f"context window ({self._context_window()} tokens, {params.max_gen_len} "
+                                  f"context window ({self._context_window()} tokens, {params.max_tokens} "
                                   "reserved for the answer)", ContextWindowWarning, stacklevel=4)
                 return prompt, tokens, dropped
         raise ValueError(f"the question (with the system prompt) takes {tokens} tokens, more than the "
                          f"{budget} left in the context window of {self._context_window()} after reserving "
-                         f"{params.max_gen_len} for the answer; shorten it or lower max_tokens")
+                         f"{params.max_tokens} for the answer; shorten it or lower max_tokens")
 
-    def _feature(self, turn: Turn) -> tuple[torch.Tensor | None, list[str]]:
-        """Encode a turn's media and fuse them with their weights into one (D,) feature."""
-        media = [p for p in turn.parts if isinstance(p, MediaPart)]
-        embeddings = [p for p in turn.parts if isinstance(p, EmbeddingPart)]
+    def _feature(self, question: Question) -> tuple[torch.Tensor | None, list[str]]:
+        """Encode a message's media and fuse them with their weights into one (D,) feature."""
+        media = [p for p in question.parts if isinstance(p, MediaPart)]
+        embeddings = [p for p in question.parts if isinstance(p, EmbeddingPart)]
         dim = int(self._llm.feature_dim)
         for part in embeddings:
             if part.vector.numel() != dim:
@@ -218,17 +238,17 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
         vectors = []
         if media:
             items = load_media_parts(media)
-            with self._llm.lock:
+            with self._llm.card.lock:
                 vectors.append(self._llm.encode(items))
         vectors += [p.vector[None] for p in embeddings]
         weights = [p.weight for p in media] + [p.weight for p in embeddings]
         names = [p.name for p in media] + [p.name for p in embeddings]
-        return combine(torch.cat(vectors), weights), names
+        return fuse(torch.cat(vectors), weights, names=names), names
 
     # --- results ---------------------------------------------------------------------------------
 
     def _metadata(self, request: PreparedRequest, finish_reason: str, neighbors: list) -> dict[str, Any]:
-        return {
+        metadata = {
             "model_name": self.model_name,
             "model_provider": "ibllm",
             "finish_reason": finish_reason,
@@ -237,6 +257,9 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
                                 for n in neighbors],
             "dropped_messages": request.dropped_messages,
         }
+        if request.ignored_blocks:
+            metadata["ignored_blocks"] = request.ignored_blocks
+        return metadata
 
     @staticmethod
     def _usage(request: PreparedRequest, output_tokens: int) -> UsageMetadata:
@@ -246,7 +269,8 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
         request = self.prepare(messages, stop, **kwargs)
-        future = batcher_for(self._llm, self.max_batch_size).submit(request.prompt, request.feature, request.params)
+        future = batcher_for(self._llm, self.max_batch_size).submit(request.prompt, request.feature, request.generation,
+                                                                    request.visual_cache)
         generation = future.result(timeout=self.timeout)
         message = AIMessage(content=generation.text,
                             usage_metadata=self._usage(request, len(generation.token_ids)),
@@ -257,19 +281,15 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         request = self.prepare(messages, stop, **kwargs)
-        llm, p = self._llm, request.params
-        feature = request.feature[None] if request.feature is not None else torch.zeros(1, llm.feature_dim)
-        with llm.lock:
-            visual_query, neighbors = llm.visual_query(feature, cache=p.cache, cache_size=p.cache_size,
-                                                       cache_t=p.cache_t, cache_weight=p.cache_weight)
-            decoder = llm.decoder([request.prompt], visual_query, max_gen_len=p.max_gen_len,
-                                  temperature=p.temperature, top_p=p.top_p, seed=p.seed, stop=list(p.stop))
+        llm = self._llm
+        with llm.card.lock:
+            decoder, neighbors = llm.start([request.prompt], request.feature, request.generation, request.visual_cache)
         steps = iter(decoder)
         deadline = time.monotonic() + self.timeout if self.timeout else None
         while True:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"the answer took longer than timeout={self.timeout} s")
-            with llm.lock:  # per step, so batched requests and other streams interleave fairly
+            with llm.card.lock:  # per step, so batched requests and other streams interleave fairly
                 deltas = next(steps, None)
             if deltas is None:
                 break
@@ -295,7 +315,7 @@ def load_media_parts(parts: Sequence[MediaPart]) -> list:
 
 def _transcript_line(message: BaseMessage) -> str:
     """One earlier message as a line of the prompt's context; media are named, not inlined."""
-    media = [b.get("type") for b in message.content_blocks if b.get("type") in _MEDIA_TYPES]
+    media = [b.get("type") for b in message.content_blocks if b.get("type") in modalities.block_types()]
     text = message.text.strip()
     if media:
         text = " ".join(f"[{kind}]" for kind in media) + (" " + text if text else "")

@@ -8,9 +8,10 @@
   predicate), never a blanket `strict=False`; the error lists missing and unexpected keys (sorted)
   and shape mismatches, and names the file. It checks everything before assigning anything.
 
-Key names: our modules use the official names (Meta's LLaMA keys, the adapter's `image_bind_*`,
-`prefix_query`, `llama.*`, ImageBind's `modality_*`/`point_trunk.*`), so the official files load
-one-to-one and `UPSTREAM_KEY_MAP` is empty. Renames, if ever needed, go in that one table.
+Key names: our modules use the official names (Meta's LLaMA keys, `prefix_query`, `llama.*`, ImageBind's
+`modality_*`/`point_trunk.*`) except the bind network, whose reference names (`image_bind_f2_3`) say
+nothing; `UPSTREAM_KEY_MAP` is the one table between the two, applied by `ImageBindLLM.state_dict()` and
+`load_state_dict()` through the hooks below, so files and state dicts always carry the official names.
 """
 
 from __future__ import annotations
@@ -32,8 +33,29 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-UPSTREAM_KEY_MAP: dict[str, str] = {}
-"""Official key -> our key, applied by `load_state_dict`. Empty: every official name is ours."""
+UPSTREAM_KEY_MAP: dict[str, str] = {
+    "image_bind_proj.weight": "bind.proj.weight",
+    "image_bind_proj.bias": "bind.proj.bias",
+    **{f"image_bind_norm_{i}.weight": f"bind.blocks.{i - 1}.norm.weight" for i in (1, 2, 3)},
+    **{f"image_bind_f{j}_{i}.weight": f"bind.blocks.{i - 1}.w{j}.weight" for i in (1, 2, 3) for j in (1, 2, 3)},
+}
+"""Official adapter key -> our parameter name (`ImageBindLLM.bind`, a `BindNetwork`)."""
+_TO_UPSTREAM = {ours: official for official, ours in UPSTREAM_KEY_MAP.items()}
+
+
+def to_upstream_keys(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """State-dict post hook: our bind-network names -> the official ones, in place and in order."""
+    renamed = {(prefix + _TO_UPSTREAM[k[len(prefix):]] if k[len(prefix):] in _TO_UPSTREAM else k): v
+               for k, v in state_dict.items()}
+    state_dict.clear()
+    state_dict.update(renamed)
+
+
+def from_upstream_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Load-state-dict pre hook: the official bind-network names -> ours, in place."""
+    for official, ours in UPSTREAM_KEY_MAP.items():
+        if prefix + official in state_dict:
+            state_dict[prefix + ours] = state_dict.pop(prefix + official)
 
 LLAMA_FILE_IGNORED = frozenset({"rope.freqs"})
 """Keys of Meta's consolidated.*.pth that the model does not use (RoPE is recomputed)."""
@@ -125,8 +147,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     bad = sorted(k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
     if bad:
         raise CheckpointError(f"{path}: entries that are not tensors: {_listing(bad)}", file=path)
-    renamed = {UPSTREAM_KEY_MAP.get(k, k): v for k, v in sd.items()}
-    return MappedStateDict(renamed) if mapped else renamed
+    return MappedStateDict(sd) if mapped else dict(sd)
 
 
 def _load_torch(path: Path):
@@ -224,7 +245,5 @@ def load_into(module: nn.Module, sd: Mapping[str, torch.Tensor], *, file: str | 
 
 
 def meta_tensors(module: nn.Module) -> list[str]:
-    """Names of parameters and buffers still on the meta device (i.e. never loaded), sorted."""
-    names = [n for n, p in module.named_parameters() if p.is_meta]
-    names += [n for n, b in module.named_buffers() if b.is_meta]
-    return sorted(names)
+    """State-dict keys (the files' names) still on the meta device (i.e. never loaded), sorted."""
+    return sorted(k for k, v in module.state_dict(keep_vars=True).items() if v.is_meta)

@@ -2,29 +2,39 @@
 
     ibllm ask --audio rain.wav "What do you hear?"
     ibllm ask --image dog.jpg:0.5 --audio bark.wav:0.5 "Describe the scene."
-    ibllm ask --model 7B --llama-dir /data/llama --cache --image photo.jpg "What is this?"
+    ibllm ask --image dog.jpg --audio rain.wav:-0.3 "Describe the scene."    (subtract: embedding arithmetic)
+    ibllm ask --model 7B --llama-dir /data/llama --visual-cache --image photo.jpg "What is this?"
     ibllm chat --image dog.jpg
     ibllm download 7B --dest ~/.cache/ibllm_agent
     ibllm doctor
 
 Without --model the shipped toy world answers (a small model trained on synthetic media; it knows
-only that world). The `cache` and `train` commands come from their own modules.
+only that world). One flag per medium of the modality registry (--image, --video, --audio, --point);
+several are fused with their weights exactly as the chat model fuses them (`ibllm_agent.fusion`).
+The `cache` and `train` commands come from their own modules.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
+import importlib.util
 import logging
 import platform
 import subprocess
 import sys
 from pathlib import Path
 
+from ibllm_agent import modalities
+from ibllm_agent.params import DEFAULT_GENERATION, DEFAULT_VISUAL_CACHE, GenerationParams, VisualCacheParams
+
 logger = logging.getLogger(__name__)
 
-MEDIA_FLAGS = ("image", "audio", "video", "point")
-UI_APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
+MEDIA_FLAGS = modalities.MEDIA
+"""One --<medium> flag (and /<medium> chat command) per medium of the registry."""
+UI_PACKAGE = "ui"
+"""The Streamlit app, installed with the package (ui/app.py in a checkout)."""
 
 
 def parse_media(spec: str) -> tuple[str, float]:
@@ -47,39 +57,50 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--llama-type", default="7B", help="sub-folder of --llama-dir (default 7B)")
     g.add_argument("--imagebind", dest="imagebind_ckpt", help="ImageBind checkpoint (default: imagebind_w3D.pth "
                                                               "from the download folder)")
-    g.add_argument("--knn-index", help="FAISS cache file (default: knn.index from the download folder)")
-    g.add_argument("--cache", action=argparse.BooleanOptionalAction, default=False,
-                   help="blend the visual cache into the query (the paper's cache model); default off")
+    g.add_argument("--knn-index", help="FAISS visual cache file (default: knn.index from the download folder)")
     g.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     g.add_argument("--dtype", default=None, help="float32 (CPU default), float16 (CUDA default) or bfloat16")
     g.add_argument("--max-seq-len", type=int, default=2048, help="longest prompt + answer in tokens")
     g.add_argument("--download-root", help="where `ibllm download` put the weights")
+    c = p.add_argument_group("visual cache")
+    c.add_argument("--visual-cache", action=argparse.BooleanOptionalAction, default=False,
+                   help="blend the visual cache into the query (the paper's cache model); default off")
+    c.add_argument("--visual-cache-size", type=int, default=DEFAULT_VISUAL_CACHE.size, help="neighbours retrieved")
+    c.add_argument("--visual-cache-t", type=float, default=DEFAULT_VISUAL_CACHE.t,
+                   help="softmax temperature over their similarities")
+    c.add_argument("--visual-cache-weight", type=float, default=DEFAULT_VISUAL_CACHE.weight,
+                   help="share of the neighbours in the query")
     s = p.add_argument_group("sampling")
-    s.add_argument("--temperature", type=float, default=0.1, help="0 = greedy (default 0.1, as upstream)")
-    s.add_argument("--top-p", type=float, default=0.75)
-    s.add_argument("--max-gen-len", type=int, default=256)
+    s.add_argument("--temperature", type=float, default=DEFAULT_GENERATION.temperature,
+                   help=f"0 = greedy (default {DEFAULT_GENERATION.temperature}, as upstream)")
+    s.add_argument("--top-p", type=float, default=DEFAULT_GENERATION.top_p)
+    s.add_argument("--max-tokens", "--max-gen-len", dest="max_tokens", type=int, default=DEFAULT_GENERATION.max_tokens)
     s.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
-    for flag in MEDIA_FLAGS:
-        p.add_argument(f"--{flag}", action="append", default=[], metavar="FILE[:WEIGHT]",
-                       help=f"a {flag} file, repeatable; optional mixing weight after a colon")
+    for name in MEDIA_FLAGS:
+        p.add_argument(modalities.get(name).cli_flag, action="append", default=[], metavar="FILE[:WEIGHT]",
+                       help=f"{modalities.get(name).noun} ({name} file), repeatable; optional mixing weight after "
+                            "a colon (negative subtracts)")
 
 
 def _load_model(args):
-    from ibllm_agent.model import load
+    from ibllm_agent.factory import load
 
-    return load(args.model, args.llama_dir, args.llama_type, imagebind_ckpt=args.imagebind_ckpt, knn=args.cache,
-                knn_index=args.knn_index, device=args.device, dtype=args.dtype, max_seq_len=args.max_seq_len,
-                download_root=args.download_root)
+    return load(args.model, args.llama_dir, args.llama_type, imagebind_ckpt=args.imagebind_ckpt,
+                knn=args.visual_cache, knn_index=args.knn_index, device=args.device, dtype=args.dtype,
+                max_seq_len=args.max_seq_len, download_root=args.download_root)
+
+
+def _settings(args) -> tuple[GenerationParams, VisualCacheParams]:
+    """The flags as the two parameter objects every layer passes (checked before the model loads)."""
+    return (GenerationParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                             seed=args.seed),
+            VisualCacheParams(enabled=args.visual_cache, size=args.visual_cache_size, t=args.visual_cache_t,
+                              weight=args.visual_cache_weight))
 
 
 def banner(model) -> str:
-    if model.is_toy:
-        return ("[toy world] This is the small model shipped with ibllm-agent, trained on a synthetic world; it only "
-                "knows that world's concepts. For the real ImageBind-LLM: `ibllm download 7B` (and imagebind_w3D), "
-                "then `--model 7B --llama-dir /path/to/llama` (Meta's LLaMA-1 7B weights).")
-    if model.name == "tiny":
-        return "[tiny] Random weights for tests: the output is noise."
-    return f"[{model.name}] {model!r}"
+    line = model.card.banner()
+    return line if model.card.is_toy or model.card.name == "tiny" else f"{line} {model!r}"
 
 
 def _media_inputs(args) -> list[tuple[object, float]]:
@@ -93,18 +114,20 @@ def _media_inputs(args) -> list[tuple[object, float]]:
 
 
 def _feature(model, media):
+    from ibllm_agent.fusion import fuse
+
     if not media:
         return None
     items, weights = zip(*media)
-    return model.fuse(model.encode(list(items)), list(weights))
+    return fuse(model.encode(list(items)), list(weights), names=[item.name for item in items])
 
 
 def _answer(model, args, question: str, feature, context: str | None = None) -> str:
     from ibllm_agent.generation import format_prompt
 
+    generation, visual_cache = _settings(args)
     parts = []
-    for delta in model.stream(format_prompt(question, context), feature, max_gen_len=args.max_gen_len,
-                              temperature=args.temperature, top_p=args.top_p, seed=args.seed):
+    for delta in model.stream(format_prompt(question, context), feature, generation, visual_cache):
         parts.append(delta)
         print(delta, end="", flush=True)
     print()
@@ -112,6 +135,7 @@ def _answer(model, args, question: str, feature, context: str | None = None) -> 
 
 
 def cmd_ask(args) -> int:
+    _settings(args)
     media = _media_inputs(args)
     model = _load_model(args)
     print(banner(model), file=sys.stderr)
@@ -119,13 +143,14 @@ def cmd_ask(args) -> int:
     return 0
 
 
-CHAT_HELP = ("Type a question. Attach media with /image FILE[:W], /audio ..., /video ..., /point ...; /clear drops "
-             "them; /quit ends. Each question is answered on its own with the current attachments.")
+CHAT_HELP = (f"Type a question. Attach media with {', '.join(f'/{m} FILE[:W]' for m in MEDIA_FLAGS)}; /clear "
+             "drops them; /quit ends. Each question is answered on its own with the current attachments.")
 
 
 def cmd_chat(args) -> int:
     from ibllm_agent.media import load_media
 
+    _settings(args)
     model = _load_model(args)
     print(banner(model), file=sys.stderr)
     print(CHAT_HELP, file=sys.stderr)
@@ -150,7 +175,10 @@ def cmd_chat(args) -> int:
         elif command.startswith("/"):
             print(CHAT_HELP, file=sys.stderr)
         else:
-            _answer(model, args, line, _feature(model, media))
+            try:
+                _answer(model, args, line, _feature(model, media))
+            except ValueError as e:  # a mixture that cancels out, a prompt too long: say so, keep the session
+                print(f"error: {e}", file=sys.stderr)
 
 
 def cmd_download(args) -> int:
@@ -165,15 +193,16 @@ def cmd_doctor(args) -> int:
     import torch
 
     from ibllm_agent import pretrained
-    from ibllm_agent.model import TOY_DIR
+    from ibllm_agent.pretrained import TOY_DIR
 
     lines = [f"python {platform.python_version()} ({sys.executable})"]
-    for name in ("torch", "numpy", "faiss", "sentencepiece", "safetensors", "langchain_core", "langgraph",
-                 "chromadb", "streamlit", "PIL", "cv2", "pydub"):
+    # versions from the installed metadata: importing pydub here would print its "no ffmpeg on PATH"
+    # warning, although we hand it the ffmpeg of imageio-ffmpeg (checked below)
+    for name in ("torch", "numpy", "faiss-cpu", "sentencepiece", "safetensors", "langchain-core", "langgraph",
+                 "chromadb", "streamlit", "pillow", "opencv-python-headless", "pydub", "imageio-ffmpeg"):
         try:
-            module = importlib.import_module(name)
-            lines.append(f"{name} {getattr(module, '__version__', 'installed')}")
-        except ImportError:
+            lines.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
             lines.append(f"{name} MISSING")
     cuda = torch.cuda.is_available()
     lines.append(f"device: cuda {'yes: ' + torch.cuda.get_device_name(0) if cuda else 'no'}; "
@@ -203,10 +232,16 @@ def _cpu_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def ui_app() -> Path:
+    """The app's script (ui/app.py), wherever the `ui` package is installed."""
+    spec = importlib.util.find_spec(UI_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise SystemExit("error: the Streamlit app (the `ui` package) is not installed; pip install 'ibllm-agent[ui]'")
+    return Path(spec.origin).parent / "app.py"
+
+
 def cmd_ui(args) -> int:
-    if not UI_APP.is_file():
-        raise SystemExit(f"error: {UI_APP} not found (the UI ships with the source checkout)")
-    cmd = [sys.executable, "-m", "streamlit", "run", str(UI_APP), *args.streamlit_args]
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ui_app()), *args.streamlit_args]
     return subprocess.call(cmd)
 
 

@@ -17,12 +17,8 @@ from collections.abc import Sequence
 import torch
 
 from .media import load_media, load_text
-from .media.audio import FBANK_MEAN, FBANK_STD, NUM_MEL_BINS, SAMPLE_RATE, TARGET_LENGTH, load_audio
-from .media.detect import Format, can_load_as, detect
-from .media.errors import CorruptMediaError, UnsupportedFormatError, typed_errors
-from .media.limits import DEFAULT_LIMITS
-from .media.source import Source
-from .media.video import load_video
+from .media.audio import FBANK_MEAN, FBANK_STD, NUM_MEL_BINS, SAMPLE_RATE, TARGET_LENGTH
+from .media.errors import CorruptMediaError
 
 __all__ = [
     "load_and_transform_vision_data",
@@ -54,13 +50,9 @@ def load_and_transform_audio_data(audio_paths: Sequence | None, device, num_mel_
     """Audio files -> float32 [B, clips_per_video, 1, num_mel_bins, target_length] on `device`."""
     if audio_paths is None:
         return None
-
-    def load(source: Source, fmt: Format) -> tuple[torch.Tensor, dict]:
-        return load_audio(source, fmt, DEFAULT_LIMITS, sample_rate=sample_rate, num_clips=clips_per_video,
-                          clip_seconds=clip_duration, num_mel_bins=num_mel_bins, target_length=target_length,
-                          mean=mean, std=std)
-
-    return _load_each(audio_paths, "audio", load).to(device)
+    options = {"sample_rate": sample_rate, "num_clips": clips_per_video, "clip_seconds": clip_duration,
+               "num_mel_bins": num_mel_bins, "target_length": target_length, "mean": mean, "std": std}
+    return _stack([load_media(p, "audio", exact_upstream=True, **options).tensor for p in audio_paths]).to(device)
 
 
 def load_and_transform_video_data(video_paths: Sequence | None, device, clip_duration: int = 2,
@@ -69,11 +61,8 @@ def load_and_transform_video_data(video_paths: Sequence | None, device, clip_dur
     `sample_rate` is accepted for compatibility; upstream does not decode the audio here either."""
     if video_paths is None:
         return None
-
-    def load(source: Source, fmt: Format) -> tuple[torch.Tensor, dict]:
-        return load_video(source, "." + fmt.kind, DEFAULT_LIMITS, num_clips=clips_per_video, clip_seconds=clip_duration)
-
-    return _load_each(video_paths, "video", load).to(device)
+    options = {"num_clips": clips_per_video, "clip_seconds": clip_duration}
+    return _stack([load_media(p, "video", exact_upstream=True, **options).tensor for p in video_paths]).to(device)
 
 
 def load_and_transform_point_cloud_data(point_paths: Sequence | None, device) -> torch.Tensor | None:
@@ -81,19 +70,6 @@ def load_and_transform_point_cloud_data(point_paths: Sequence | None, device) ->
     if point_paths is None:
         return None
     return _stack([load_media(p, "point", exact_upstream=True).tensor for p in point_paths]).to(device)
-
-
-def _load_each(paths: Sequence, modality: str, load) -> torch.Tensor:
-    """Detect, check and load each path with `load(source, fmt)`, then stack."""
-    out = []
-    for path in paths:
-        source = Source(path, DEFAULT_LIMITS)
-        fmt = detect(source.head, source.name, source.suffix)
-        if not can_load_as(fmt, modality):
-            raise UnsupportedFormatError(source.name, f"asked for {modality}, but the content is {fmt.kind}")
-        with typed_errors(source.name, modality):
-            out.append(load(source, fmt)[0])
-    return _stack(out)
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -3,11 +3,13 @@
     emb = ImageBindEmbeddings(model="toy")
     emb.embed_query("a dog barking")                  # ImageBind text encoder
     emb.embed_audio(["bark.wav"])                     # same space: compare with any other modality
+    emb.embed_media(["scan.ply"])                     # detect the modality from the content
     Chroma(embedding_function=emb).add_images(["dog.png"])   # langchain-chroma calls embed_image
 
 Vectors are L2-normalised (`normalize=True`), so inner product = cosine similarity across
 modalities. Results are kept in an LRU cache keyed by the sha256 of the content (and the modality),
-so re-embedding the same file or text is free.
+so re-embedding the same file or text is free. There is one `embed_<...>` method per medium of the
+modality registry (`embed_image`, `embed_video`, `embed_audio`, `embed_point_cloud`), made from it.
 
 `ImageBindEmbeddingFunction` does the same for a plain `chromadb` collection: documents are
 embedded as text, numpy images (Chroma's `ImageLoader`) as images, and URIs loaded by
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from langchain_core.embeddings import Embeddings
 from pydantic import PrivateAttr
 
+from ibllm_agent import modalities
 from ibllm_agent.media.source import file_sha256
 from ibllm_agent.model_pool import PooledModelFields
 from ibllm_agent.sources import DEFAULT_MAX_BYTES, SourcePolicy
@@ -71,20 +74,7 @@ class ImageBindEmbeddings(PooledModelFields, Embeddings):
     def embed_query(self, text: str) -> list[float]:
         return self.embed_documents([text])[0]
 
-    # --- other modalities --------------------------------------------------------------------------
-
-    def embed_image(self, uris: list[str]) -> list[list[float]]:
-        """Images by path (what langchain-chroma's `add_images` and `similarity_search_by_image` call)."""
-        return self.embed_media(uris, "image")
-
-    def embed_audio(self, uris: list[str]) -> list[list[float]]:
-        return self.embed_media(uris, "audio")
-
-    def embed_video(self, uris: list[str]) -> list[list[float]]:
-        return self.embed_media(uris, "video")
-
-    def embed_point_cloud(self, uris: list[str]) -> list[list[float]]:
-        return self.embed_media(uris, "point")
+    # --- other modalities (embed_image, embed_audio, ...: see _add_media_methods) ------------------
 
     def embed_media(self, sources: Sequence[str | os.PathLike | bytes], modality: str | None = None) -> list[list[float]]:
         """Paths (confined by `media_roots`), URLs (if allowed) or raw bytes; modality None = detect."""
@@ -119,7 +109,7 @@ class ImageBindEmbeddings(PooledModelFields, Embeddings):
 
         loaded = [_load_text(value, load_text) if modality == "text" else load_media(value, modality)
                   for modality, value in items]
-        with self._llm.lock:
+        with self._llm.card.lock:
             vectors = self._llm.encode(loaded)  # (N, D) float32
         return F.normalize(vectors, dim=-1) if self.normalize else vectors
 
@@ -137,6 +127,20 @@ class ImageBindEmbeddings(PooledModelFields, Embeddings):
             self._cache[key] = vector
             while len(self._cache) > self.cache_entries:
                 self._cache.popitem(last=False)
+
+
+def _add_media_methods(cls: type) -> None:
+    """`embed_<medium>(uris)` for every medium of the registry (langchain-chroma calls `embed_image`)."""
+    for modality in (modalities.get(name) for name in modalities.MEDIA):
+        def method(self, uris: list[str], _modality: str = modality.name) -> list[list[float]]:
+            return self.embed_media(uris, _modality)
+
+        method.__name__ = method.__qualname__ = modality.embed_method
+        method.__doc__ = f"Embed {modality.noun.split(' ', 1)[1]} files by path (confined by `media_roots`)."
+        setattr(cls, modality.embed_method, method)
+
+
+_add_media_methods(ImageBindEmbeddings)
 
 
 def _content_key(modality: str | None, value: str | Path | bytes) -> tuple[str | None, str]:

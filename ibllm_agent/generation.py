@@ -16,6 +16,7 @@ import torch
 from ibllm_agent.llama import cuda_graphs
 from ibllm_agent.llama.model import KVCache, Transformer
 from ibllm_agent.llama.tokenizer import Tokenizer
+from ibllm_agent.params import GenerationParams
 
 __all__ = ["PROMPT_DICT", "Decoder", "Generation", "KVCache", "PromptTooLongError", "format_prompt",
            "sample_top_p"]
@@ -112,23 +113,19 @@ class Decoder:
     """
 
     def __init__(self, llama: Transformer, tokenizer: Tokenizer, prompts: list[list[int]],
-                 adapter: list[torch.Tensor | None] | None, *, max_gen_len: int = 256, temperature: float = 0.1,
-                 top_p: float = 0.75, stop: Sequence[str] | None = None, generator: torch.Generator | None = None):
+                 adapter: list[torch.Tensor | None] | None, params: GenerationParams,
+                 generator: torch.Generator | None = None):
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("prompts must be non-empty token lists")
-        if max_gen_len < 0:
-            raise ValueError(f"max_gen_len must be >= 0, got {max_gen_len}")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
         longest = max(len(p) for p in prompts)
         limit = llama.params.max_seq_len
         if longest >= limit:
             raise PromptTooLongError(f"prompt of {longest} tokens leaves no room in the context of {limit} "
                                      "tokens (max_seq_len); shorten the prompt or load with a larger max_seq_len")
         self.llama, self.tokenizer, self.prompts, self.adapter = llama, tokenizer, prompts, adapter
-        self.max_gen_len = min(max_gen_len, limit - longest)
-        self.temperature, self.top_p, self.generator = temperature, top_p, generator
-        self.stop = [s for s in (stop or []) if s]
+        self.params, self.generator = params, generator
+        self.max_gen_len = min(params.max_tokens, limit - longest)
+        self.stop = list(params.stop)
         self.rows = [_Row() for _ in prompts]
         if self.max_gen_len == 0:
             for row in self.rows:
@@ -170,7 +167,7 @@ class Decoder:
         if cuda_graphs.enabled(logits.device, self.max_gen_len):
             step = cuda_graphs.GraphedDecodeStep(self.llama, cache, self.adapter or [None] * self.llama.n_layers)
         while True:
-            tokens = next_tokens(logits, self.temperature, self.top_p, self.generator)
+            tokens = next_tokens(logits, self.params.temperature, self.params.top_p, self.generator)
             deltas = ["" if row.finish else self._accept(b, int(tokens[b])) for b, row in enumerate(self.rows)]
             yield deltas
             if all(r.finish for r in self.rows):

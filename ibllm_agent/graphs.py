@@ -3,20 +3,25 @@
 `build_perception_graph(model)` is a deterministic pipeline that needs no tool-calling LLM:
 
     START -> route -> encode -> combine -> retrieve -> answer -> END
-               |                              ^   (no media: straight to answer;
-               +------------------------------+    no cache or retrieve=False: retrieve is skipped)
+               |                              ^   (no media and no expression: straight to answer;
+               +------------------------------+    retrieve=False, or no cache and retrieve unset: skipped)
 
-- route: detect each attached file's modality from its content (refusing paths outside the roots);
+- route: check the input (unknown keys are an error that lists the accepted ones), then detect each
+  attached file's modality from its content (refusing paths outside the roots);
 - encode: ImageBind embedding per input, stored under `input_1`, `input_2`, ...;
-- combine: the `expression` over those handles (e.g. "input_1 - 0.5*input_2 + text:'night'"), or
-  else the upstream weighted fusion of all inputs;
+- combine: the `expression` over those handles and any files or texts it names itself (e.g.
+  "input_1 - 0.5*input_2 + text:'night'" or "0.7*image:dog.png + 0.3*audio:rain.wav", files read
+  through the same media folders), or else the fusion of all inputs with their weights;
 - retrieve: nearest visual-cache items of the combined feature (and the answer then uses the cache);
+  `retrieve=True` without a cache is an error, not a skipped step;
 - answer: `ChatImageBindLLM` on the question conditioned on the combined feature (tokens stream
   with `stream_mode="messages"`, node results with `stream_mode="updates"`).
 
     graph = build_perception_graph("toy", roots=["media"])
     for update in graph.stream({"question": "What is this?", "media": ["rain.wav"]}, stream_mode="updates"):
         print(update)
+
+Every run's `steps` list what happened, skipped steps included ("retrieve skipped: no visual cache").
 
 `create_perception_agent(llm)` builds a `langchain.agents.create_agent` agent over the perception
 tools for any tool-calling chat model the user brings.
@@ -32,10 +37,13 @@ from typing import Annotated, Any, TypedDict
 import torch
 from langchain_core.messages import AIMessage, HumanMessage
 from langgraph.graph import END, START, StateGraph, add_messages
+from langgraph.graph.state import CompiledStateGraph
 
-from ibllm_agent.arithmetic import combine, parse
+from ibllm_agent import modalities
+from ibllm_agent.arithmetic import parse
 from ibllm_agent.content_blocks import embedding_block
-from ibllm_agent.tools import EmbeddingStore, Perception, get_tools
+from ibllm_agent.fusion import fuse
+from ibllm_agent.perception_tools import EmbeddingStore, Perception, get_tools
 
 DEFAULT_AGENT_PROMPT = (
     "You can perceive media files through tools backed by ImageBind-LLM: describe_media answers questions about "
@@ -54,13 +62,62 @@ class MediaSpec(TypedDict, total=False):
     weight: float
 
 
+class GraphInputError(ValueError):
+    """An input the perception graph cannot use as given (unknown key, wrong type)."""
+
+
+INPUT_KEYS = {"question": (str,), "media": (list, tuple), "expression": (str, type(None)),
+              "retrieve": (bool, type(None)), "k": (int,)}
+"""What the caller may set, and the types each takes."""
+MEDIA_SPEC_KEYS = set(MediaSpec.__annotations__)
+
+
+def check_input(data: Any) -> None:
+    """Refuse what LangGraph would silently drop: unknown keys, and values of the wrong type."""
+    if not isinstance(data, dict):
+        raise GraphInputError(f"the perception graph takes a dict with keys {sorted(INPUT_KEYS)}, got "
+                              f"{type(data).__name__}")
+    unknown = sorted(set(data) - set(INPUT_KEYS))
+    if unknown:
+        raise GraphInputError(f"unknown input keys {unknown}; the perception graph accepts {sorted(INPUT_KEYS)}")
+    for key, value in data.items():
+        if not isinstance(value, INPUT_KEYS[key]) or (key == "k" and isinstance(value, bool)):
+            raise GraphInputError(f"input {key!r} must be {' or '.join(t.__name__ for t in INPUT_KEYS[key])}, "
+                                  f"got {type(value).__name__}")
+    if "k" in data and not 1 <= data["k"] <= 100:
+        raise GraphInputError(f"input 'k' must be between 1 and 100, got {data['k']}")
+    for i, spec in enumerate(data.get("media") or []):
+        if isinstance(spec, dict):
+            extra = sorted(set(spec) - MEDIA_SPEC_KEYS)
+            if extra or "path" not in spec:
+                raise GraphInputError(f"media[{i}] needs a 'path' and may have {sorted(MEDIA_SPEC_KEYS)}; got "
+                                      f"{sorted(spec)}")
+        elif not isinstance(spec, str):
+            raise GraphInputError(f"media[{i}] must be a path or a dict with 'path', got {type(spec).__name__}")
+
+
+class PerceptionGraph(CompiledStateGraph):
+    """The compiled graph, checking its input first: LangGraph drops unknown input keys without a word,
+    and a misspelt key ("files" for "media") must not turn a question about a file into one without it."""
+
+    def stream(self, input, *args, **kwargs):  # noqa: A002 (LangGraph's name); invoke and batch call it
+        if isinstance(input, dict):
+            check_input(input)
+        return super().stream(input, *args, **kwargs)
+
+    def astream(self, input, *args, **kwargs):  # noqa: A002 (LangGraph's name); ainvoke calls it
+        if isinstance(input, dict):
+            check_input(input)
+        return super().astream(input, *args, **kwargs)
+
+
 class PerceptionState(TypedDict, total=False):
-    """State of the perception graph; the caller sets the first five keys."""
+    """State of the perception graph; the caller sets the first five keys (`INPUT_KEYS`)."""
 
     question: str
     media: list[str | MediaSpec]
     expression: str | None
-    retrieve: bool
+    retrieve: bool | None  # None (default): when a cache exists
     k: int
     inputs: list[dict]  # route: [{"path", "name", "modality", "weight"}]
     handles: list[str]  # encode: store handles of the inputs, in order
@@ -85,7 +142,9 @@ class _Nodes:
         for spec in state.get("media") or []:
             spec = {"path": spec} if isinstance(spec, str) else dict(spec)
             path = self.p.policy.resolve(spec["path"])
-            modality = spec.get("modality") or detect_format(path).modality
+            modality = modalities.canonical(spec.get("modality")) or detect_format(path).modality
+            if modality not in modalities.MEDIA:
+                raise GraphInputError(f"{path.name} is {modality}, not a medium (media: {', '.join(modalities.MEDIA)})")
             inputs.append({"path": str(path), "name": path.name, "modality": modality,
                            "weight": float(spec.get("weight", 1.0))})
         return {"inputs": inputs, "steps": ["route"]}
@@ -101,13 +160,19 @@ class _Nodes:
         expression = state.get("expression")
         if expression:
             parsed = parse(expression)
-            feature = combine(self.p.resolve_operands(parsed.operands), parsed.coefficients)
-            return {"feature": feature.tolist(), "composition": str(parsed), "steps": ["combine"]}
-        vectors = torch.stack([self.p.store.get(h).vector for h in state["handles"]])
-        weights = [item["weight"] for item in state["inputs"]]
-        feature = combine(vectors, weights)
-        parts = " + ".join(f"{w:g}*{h}" for w, h in zip(weights, state["handles"]))
-        return {"feature": feature.tolist(), "composition": parts, "steps": ["combine"]}
+            feature = fuse(self.p.resolve_operands(parsed.operands), parsed.coefficients,
+                           names=[str(o) for o in parsed.operands])
+            composition = str(parsed)
+        else:
+            vectors = torch.stack([self.p.store.get(h).vector for h in state["handles"]])
+            weights = [item["weight"] for item in state["inputs"]]
+            feature = fuse(vectors, weights, names=state["handles"])
+            composition = " + ".join(f"{w:g}*{h}" for w, h in zip(weights, state["handles"]))
+        steps = ["combine"]
+        if self.after_combine(state) == "answer":
+            why = "retrieve=False" if state.get("retrieve") is False else "no visual cache"
+            steps.append(f"retrieve skipped: {why}")
+        return {"feature": feature.tolist(), "composition": composition, "steps": steps}
 
     def retrieve(self, state: PerceptionState) -> dict:
         neighbors = self.p.search_cache(torch.tensor(state["feature"]), int(state.get("k", 5)))
@@ -118,7 +183,7 @@ class _Nodes:
         blocks = [embedding_block(state["feature"], name=state.get("composition", "feature"))] \
             if state.get("feature") is not None else []
         # the model blends its own cache only; a cache given to the graph alone is for retrieval
-        use_cache = bool(state.get("neighbors")) if getattr(self.p.llm, "cache", None) is not None else None
+        use_cache = bool(state.get("neighbors")) if self.p.llm.visual_cache is not None else None
         reply = self.p.chat.invoke([HumanMessage(content=[question, *blocks])], visual_cache=use_cache)
         messages = [HumanMessage(question), AIMessage(reply.text, response_metadata=reply.response_metadata)]
         return {"answer": reply.text, "messages": messages, "steps": ["answer"]}
@@ -126,11 +191,14 @@ class _Nodes:
     # --- routing ---
 
     def after_route(self, state: PerceptionState) -> str:
-        return "encode" if state["inputs"] else "answer"
+        return "encode" if state["inputs"] or state.get("expression") else "answer"
 
     def after_combine(self, state: PerceptionState) -> str:
-        wants = state.get("retrieve", True)
-        return "retrieve" if wants and self.p.cache is not None else "answer"
+        wants = state.get("retrieve")
+        if wants and self.p.cache is None:
+            raise GraphInputError("retrieve=True but there is no visual cache (load the model with knn=True or "
+                                  "pass cache= to build_perception_graph)")
+        return "retrieve" if (wants is None or wants) and self.p.cache is not None else "answer"
 
 
 def build_perception_graph(model: Any = "toy", roots: Sequence[str | Path] | None = None, *,
@@ -148,7 +216,9 @@ def build_perception_graph(model: Any = "toy", roots: Sequence[str | Path] | Non
     graph.add_conditional_edges("combine", nodes.after_combine, {"retrieve": "retrieve", "answer": "answer"})
     graph.add_edge("retrieve", "answer")
     graph.add_edge("answer", END)
-    return graph.compile(checkpointer=checkpointer)
+    compiled = graph.compile(checkpointer=checkpointer)
+    compiled.__class__ = PerceptionGraph  # the same object, checking its input (see PerceptionGraph)
+    return compiled
 
 
 def create_perception_agent(llm: Any, model: Any = "toy", roots: Sequence[str | Path] | None = None, *,

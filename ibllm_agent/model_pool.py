@@ -27,7 +27,7 @@ def shared_model(model: Any, **load_kwargs) -> Any:
     """
     if not isinstance(model, (str, os.PathLike)):
         return model
-    from ibllm_agent.model import load  # the model pulls in torch-heavy modules; only when needed
+    from ibllm_agent.factory import load  # the model pulls in torch-heavy modules; only when needed
 
     options = {k: v for k, v in load_kwargs.items() if v is not None}
     key = (os.fspath(model), tuple(sorted((k, repr(v)) for k, v in options.items())))
@@ -58,10 +58,9 @@ class PooledModelFields(BaseModel):
     """LLaMA size folder inside `llama_dir`, e.g. "7B"."""
     imagebind_ckpt: str | None = None
     """ImageBind (+ Point-Bind) checkpoint for official weights."""
-    knn: bool | None = None
-    """Load the visual cache with the model (official: `knn.index`)."""
-    knn_index: str | None = None
-    """Path of the cache index to load when `knn` is set."""
+    visual_cache_index: str | None = None
+    """A FAISS index to attach to the model as its visual cache, or "default" for the model's own (the toy's
+    shipped cache; `knn.index` in the download folder for official weights). None: no cache."""
     device: str | None = None
     """Torch device to load the model on ("cpu", "cuda")."""
     dtype: str | None = None
@@ -81,11 +80,13 @@ class PooledModelFields(BaseModel):
 
     @model_validator(mode="after")
     def _attach_model(self):
+        index = self.visual_cache_index
         self._llm = shared_model(self.model, llama_dir=self.llama_dir, llama_type=self.llama_type,
-                                 imagebind_ckpt=self.imagebind_ckpt, knn=self.knn, knn_index=self.knn_index,
+                                 imagebind_ckpt=self.imagebind_ckpt, knn=True if index else None,
+                                 knn_index=index if index and index != "default" else None,
                                  device=self.device, dtype=self.dtype, max_seq_len=self.max_seq_len)
         if self.model_name is None:
-            self.model_name = str(getattr(self._llm, "name", None) or self.model)
+            self.model_name = self._llm.card.name or str(self.model)
         self._policy = SourcePolicy(roots=tuple(self.media_roots) if self.media_roots is not None else None,
                                     allow_urls=self.allow_urls, max_bytes=self.max_media_bytes)
         return self

@@ -22,8 +22,11 @@ from ibllm_agent.media.source import file_sha256
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FILES", "MODELS", "DownloadError", "WeightFile", "available_models", "default_dir", "download",
-           "local_imagebind", "local_path"]
+__all__ = ["FILES", "MODELS", "TOY_DIR", "DownloadError", "ToyFiles", "WeightFile", "available_models",
+           "default_dir", "download", "local_imagebind", "local_path", "toy_files"]
+
+TOY_DIR = Path(__file__).resolve().parent / "assets" / "toy"
+"""The shipped toy world model, in the official file layout (described by its toy.json)."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,34 @@ FILES: dict[str, WeightFile] = {
         "Visual cache: FAISS IndexFlatIP of ~3M ImageBind image features (load with knn=True)"),
 }
 """Every file the registry knows."""
+
+
+@dataclass(frozen=True)
+class ToyFiles:
+    """The files of a toy model build (`toy.json` names them relative to its folder)."""
+
+    root: Path
+    adapter: Path
+    llama_dir: Path
+    llama_type: str
+    imagebind: Path
+    knn_index: Path
+    meta: dict
+
+
+def toy_files(root: str | Path | None = None) -> ToyFiles:
+    """The files of the toy model in `root` (default: the shipped one, `TOY_DIR`), read from its toy.json."""
+    import json
+
+    root = Path(root) if root is not None else TOY_DIR
+    meta_path = root / "toy.json"
+    if not meta_path.is_file():
+        raise MissingFileError(f"{meta_path}: the toy model is not built (run `python tools/build_toy_model.py`), "
+                               "or load the official weights: load('7B', llama_dir=...)", file=meta_path)
+    meta = json.loads(meta_path.read_text())
+    return ToyFiles(root, root / meta.get("adapter", "adapter.pth"), root / meta.get("llama_dir", "llama"),
+                    meta.get("llama_type", "toy"), root / meta.get("imagebind", "imagebind.pth"),
+                    root / meta.get("knn_index", "knn.index"), meta)
 
 
 class DownloadError(RuntimeError):

@@ -138,13 +138,15 @@ def measure_load(parity_dir: Path) -> dict:
 
 def mid_model():
     """A random mid-size model (LLaMA dim 2048, 4 layers, vocab 32000, all layers adapted)."""
+    from ibllm_agent.card import ModelCard
     from ibllm_agent.imagebind.model import imagebind_tiny_args
-    from ibllm_agent.model import ImageBindLLM, tiny_tokenizer
-    from ibllm_agent.presets import llama_args
+    from ibllm_agent.model import ImageBindLLM
+    from ibllm_agent.presets import llama_args, tiny_tokenizer
 
     args = llama_args("mid", vocab_size=32000, max_seq_len=1024)
     torch.manual_seed(0)
-    model = ImageBindLLM(args, tiny_tokenizer(), imagebind_tiny_args(), query_layer=args.n_layers, name="mid")
+    model = ImageBindLLM(args, tiny_tokenizer(), imagebind_tiny_args(), query_layer=args.n_layers,
+                         card=ModelCard(name="mid"))
     with torch.no_grad():
         for layer in model.llama.layers:
             layer.attention.gate.normal_(0, 0.3)

@@ -237,13 +237,13 @@ is upstream's: each embedding normalised, weights divided by their sum. Watch th
 concepts' phrases cross over, and the answer switch.
 """),
         code("""
-from ibllm_agent.arithmetic import combine
+from ibllm_agent.fusion import fuse
 from ibllm_agent.generation import format_prompt
 
 dog, rain = names.index("dog"), names.index("rain")
-weights = [i / 10 for i in range(11)]
-mixes = torch.stack([combine(torch.stack([emb["image"][dog], emb["audio"][rain]]), [1 - w, w]) for w in weights])
-answers = model.generate_batch([format_prompt("What is this?")] * len(mixes), mixes, max_gen_len=16, temperature=0)
+weights = [i / 10 for i in range(1, 10)]  # 0 and 1 would be one input alone: fuse refuses a weight of 0
+mixes = torch.stack([fuse(torch.stack([emb["image"][dog], emb["audio"][rain]]), [1 - w, w]) for w in weights])
+answers = model.generate_batch([format_prompt("What is this?")] * len(mixes), mixes, max_tokens=16, temperature=0)
 
 sims = F.normalize(mixes, dim=-1) @ emb["text"][[dog, rain]].T
 plt.figure(figsize=(6, 3.2))
@@ -433,7 +433,7 @@ from ibllm_agent.media import load_media
 from ibllm_agent.train.toy_world import CONCEPT_NAMES, ToyWorld, names_concept
 
 model = llama.load("toy", knn=True)
-print("shipped cache:", model.cache)
+print("shipped cache:", model.visual_cache)
 """),
         md("""
 ## Build a Chroma cache from toy images
@@ -479,12 +479,12 @@ model's `cache` attribute is any `VisualCache` (FAISS or Chroma).
         code("""
 import pandas as pd
 
-shipped, model.cache = model.cache, cache
+shipped, model.visual_cache = model.visual_cache, cache
 asked = [(modality, name) for modality in ("audio", "point") for name in ("rain", "dog", "bell", "car", "piano")]
 features = model.encode([load_media(world.write(name, modality, 7, Path("media")).path) for modality, name in asked])
 prompts = [format_prompt("What is this?")] * len(asked)
-without = model.generate_batch(prompts, features, max_gen_len=16, temperature=0, cache=False)  # one batch each
-with_cache = model.generate_batch(prompts, features, max_gen_len=16, temperature=0, cache=True)
+without = model.generate_batch(prompts, features, max_tokens=16, temperature=0, visual_cache=False)  # one batch each
+with_cache = model.generate_batch(prompts, features, max_tokens=16, temperature=0, visual_cache=True)
 rows = [{"input": f"{modality}: {name}", "without cache": off.text, "with cache": on.text,
          "right without": names_concept(off.text, name), "right with": names_concept(on.text, name)}
         for (modality, name), off, on in zip(asked, without, with_cache)]
@@ -501,7 +501,7 @@ helps most) and a mixture check. `tools/eval_toy.py` prints the same table with 
         code("""
 from ibllm_agent.train.toy_eval import evaluate, table
 
-model.cache = shipped  # back to the shipped FAISS cache
+model.visual_cache = shipped  # back to the shipped FAISS cache
 report = evaluate(model, per_concept=1, video_per_concept=1, modalities=("image", "audio", "point"))
 print(table(report))
 """),

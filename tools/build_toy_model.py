@@ -359,16 +359,16 @@ def label_cache(out: Path, recipe: Recipe, seed: int) -> Path:
     import numpy as np
 
     from ibllm_agent.cache.faiss import FaissCache
+    from ibllm_agent.factory import build_from_files
     from ibllm_agent.media import load_media
-    from ibllm_agent.model import _toy_files, build_from_files
+    from ibllm_agent.pretrained import toy_files
 
-    files = _toy_files(out)
-    model = build_from_files(files["adapter_path"], files["llama_dir"], files["llama_type"],
-                             imagebind_ckpt=files["imagebind_ckpt"])
-    cache = FaissCache.load(files["knn_index"], mmap=False)
+    files = toy_files(out)
+    model = build_from_files(files.adapter, files.llama_dir, files.llama_type, imagebind_ckpt=files.imagebind)
+    cache = FaissCache.load(files.knn_index, mmap=False)
     items = cache_items(recipe, seed)
     if len(items) != len(cache):
-        raise SystemExit(f"{files['knn_index']} holds {len(cache)} vectors, the recipe makes {len(items)}")
+        raise SystemExit(f"{files.knn_index} holds {len(cache)} vectors, the recipe makes {len(items)}")
     stored = cache.get_vectors(0, len(cache))
     world = tw.ToyWorld(seed)
     with tempfile.TemporaryDirectory() as folder:
@@ -379,8 +379,8 @@ def label_cache(out: Path, recipe: Recipe, seed: int) -> Path:
             if scores.argmax() != pos or scores[pos] < 0.999:
                 raise SystemExit(f"{item} is not cache item {pos} (cosine {scores[pos]:.4f}, nearest "
                                  f"{scores.argmax()}): the recipe or seed does not match this knn.index")
-    FaissCache.from_vectors(stored, metadatas=items).save(files["knn_index"])
-    return files["knn_index"]
+    FaissCache.from_vectors(stored, metadatas=items).save(files.knn_index)
+    return files.knn_index
 
 
 IMAGEBIND_CONFIG_KEYS = ("vision_num_heads", "text_num_heads", "audio_num_heads", "point_num_heads",

@@ -29,14 +29,14 @@ sys.path.insert(0, str(ROOT))
 def load_toy(toy_dir: Path | None):
     """`ibllm_agent.load("toy", knn=True)`, or the same files from another build folder."""
     import ibllm_agent
-    from ibllm_agent.model import _toy_files, build_from_files
+    from ibllm_agent.factory import build_from_files
+    from ibllm_agent.pretrained import toy_files
 
     if toy_dir is None:
         return ibllm_agent.load("toy", knn=True)
-    files = _toy_files(toy_dir)
-    return build_from_files(files["adapter_path"], files["llama_dir"], files["llama_type"],
-                            imagebind_ckpt=files["imagebind_ckpt"], knn_index=files["knn_index"], name="toy",
-                            is_toy=True)
+    files = toy_files(toy_dir)
+    return build_from_files(files.adapter, files.llama_dir, files.llama_type, imagebind_ckpt=files.imagebind,
+                            knn_index=files.knn_index, name="toy", is_toy=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     model = load_toy(args.toy_dir)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model.generate_batch([format_prompt("What is this?")], None, max_gen_len=16, temperature=0.0)
+    model.generate_batch([format_prompt("What is this?")], None, max_tokens=16, temperature=0.0)
     answer_s = time.perf_counter() - t0
     report = evaluate(model, per_concept=args.per_concept, video_per_concept=args.video_per_concept,
                       hard_strength=args.hard_strength)

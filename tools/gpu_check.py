@@ -110,7 +110,7 @@ def toy_precision(device: str, per_concept: int) -> dict:
         gens = []
         for s in range(0, len(feats), 32):
             rows = feats[s:s + 32]
-            gens += model.generate_batch([prompt] * len(rows), rows, max_gen_len=16, temperature=0.0, cache=False)
+            gens += model.generate_batch([prompt] * len(rows), rows, max_tokens=16, temperature=0.0, visual_cache=False)
         return [g.token_ids for g in gens], [g.text for g in gens]
 
     reference, ref_text = answers(ibllm_agent.load("toy"))
@@ -139,13 +139,14 @@ def text_features(model, texts: list[str]) -> torch.Tensor:
 def build_random(preset: str, huge: bool, device: torch.device, dtype: torch.dtype, finetune: bool = True):
     """LLaMA `preset` (vocab 32000, every layer adapted) + bind network + ImageBind, random weights;
     `finetune`: with the finetuned checkpoints' biases and LoRA."""
-    from ibllm_agent.model import ImageBindLLM, tiny_tokenizer
-    from ibllm_agent.presets import imagebind_huge_args, imagebind_tiny_args, llama_args
+    from ibllm_agent.card import ModelCard
+    from ibllm_agent.model import ImageBindLLM
+    from ibllm_agent.presets import imagebind_huge_args, imagebind_tiny_args, llama_args, tiny_tokenizer
 
     args = llama_args(preset, vocab_size=32000, max_seq_len=1024, w_bias=finetune, w_lora=finetune)
     torch.manual_seed(0)
     model = ImageBindLLM(args, tiny_tokenizer(), imagebind_huge_args() if huge else imagebind_tiny_args(),
-                         query_layer=args.n_layers, name=f"random-{preset}", device=device)
+                         query_layer=args.n_layers, device=device, card=ModelCard(name=f"random-{preset}"))
     model.requires_grad_(False)
     return model.to(dtype=dtype).eval()
 

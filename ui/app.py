@@ -10,18 +10,15 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import streamlit as st
 import torch
 
-# `streamlit run ui/app.py` puts ui/ on sys.path; put the repository root there too, so that the helper
-# modules import as the `ui` package and a source checkout runs without installing ibllm_agent.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ibllm_agent.media import load_text  # noqa: E402
-from ui import backend, views  # noqa: E402
-from ui.attachments import (  # noqa: E402
+from ibllm_agent import modalities
+from ibllm_agent.media import load_text
+from ibllm_agent.params import GenerationParams, VisualCacheParams
+from ui import backend, views
+from ui.attachments import (
     ALL_FILE_TYPES,
     MAX_UPLOAD_MB,
     MODALITY_ICONS,
@@ -31,14 +28,11 @@ from ui.attachments import (  # noqa: E402
     read_upload,
     read_uploads,
 )
-from ui.conversation import Reply, Turn, to_messages  # noqa: E402
-from ui.explorer import cosine_matrix, heatmap_figure, with_mixture, zero_shot  # noqa: E402
-from ui.settings import AppConfig, CacheSettings, ConfigError, GenerationSettings, ModelSpec, config_path  # noqa: E402
+from ui.conversation import Reply, Turn, to_messages
+from ui.explorer import cosine_matrix, heatmap_figure, with_mixture, zero_shot
+from ui.settings import AppConfig, ConfigError, ModelSpec, config_path
 
-DEFAULT_QUESTIONS = {"image": "What is in this picture?", "audio": "What do you hear?",
-                     "video": "What do you see?", "point": "What is this 3D shape?"}
 VIEWS = {"chat": ":material/forum: Chat", "explorer": ":material/scatter_plot: Embedding explorer"}
-EXAMPLES = {"audio": "a sound", "image": "a picture", "video": "a clip", "point": "a 3D shape"}
 
 st.set_page_config(page_title="ImageBind-LLM", page_icon=":material/hearing:", layout="wide")
 
@@ -94,7 +88,7 @@ def ask(text: str, attached: list[Attachment], errors: list[str], *, had_files: 
     """Record a question; attached files replace the inputs (follow-up questions keep them)."""
     if attached:
         st.session_state.inputs = attached
-    question = text.strip() or (DEFAULT_QUESTIONS[attached[0].modality] if attached else "")
+    question = text.strip() or (modalities.get(attached[0].modality).question if attached else "")
     history = st.session_state.history
     if question or had_files:
         history.append(Turn("user", question, attachments=[replace(a) for a in attached]))  # a snapshot
@@ -127,7 +121,7 @@ def sidebar_model() -> None:
                                       help="holds tokenizer.model and 7B/params.json + consolidated.00.pth")
             imagebind = st.text_input("ImageBind checkpoint", spec.imagebind_ckpt or "",
                                       help="imagebind_w3D.pth (with Point-Bind, for 3D)")
-            knn = st.text_input("Cache index", spec.knn_index or "", help="knn.index (optional)")
+            knn = st.text_input("Cache index", spec.visual_cache_index or "", help="knn.index (optional)")
             left, right = st.columns(2)
             device = left.selectbox("Device", ["cpu", "cuda"], index=0 if spec.device == "cpu" else 1)
             dtypes = ["auto", "float32", "float16", "bfloat16"]
@@ -136,32 +130,33 @@ def sidebar_model() -> None:
             if st.form_submit_button("Load", width="stretch"):
                 st.session_state.spec = ModelSpec(
                     name=name.strip() or "toy", llama_dir=llama_dir.strip() or None,
-                    imagebind_ckpt=imagebind.strip() or None, knn_index=knn.strip() or None, device=device,
+                    imagebind_ckpt=imagebind.strip() or None, visual_cache_index=knn.strip() or None, device=device,
                     dtype=None if dtype == "auto" else dtype)
 
 
-def sidebar_settings(config: AppConfig, model) -> tuple[GenerationSettings, CacheSettings]:
-    """Generation and cache settings; defaults from the config file, the conversation memory from the model."""
-    gen, c = config.generation, config.cache
-    history = gen.history if gen.history is not None else (0 if model.is_toy else 6)
+def sidebar_settings(config: AppConfig, model) -> tuple[GenerationParams, VisualCacheParams, int]:
+    """Generation and visual-cache settings and the conversation memory; defaults from the config file
+    (the memory from the model when the config leaves it open)."""
+    gen, c = config.generation, config.visual_cache
+    history = config.chat.history if config.chat.history is not None else (0 if model.card.is_toy else 6)
     with st.sidebar:
         with st.expander("Generation", icon=":material/tune:", expanded=True):
-            generation = GenerationSettings(
+            generation = GenerationParams(
                 temperature=st.slider("Temperature", 0.0, 1.5, gen.temperature, 0.05, key="temperature",
                                       help="0 = greedy: the same question gives the same answer"),
                 top_p=st.slider("Top-p", 0.05, 1.0, gen.top_p, 0.05, key="top_p"),
-                max_tokens=st.slider("Max tokens", 8, 512, gen.max_tokens, 8, key="max_tokens"),
-                history=st.slider("Earlier messages sent", 0, 20, history, key="history_messages",
-                                  help="How much of the conversation goes with each question. The toy model "
-                                       "was tuned on single questions and answers best with none."))
+                max_tokens=st.slider("Max tokens", 8, 512, gen.max_tokens, 8, key="max_tokens"))
+            history = st.slider("Earlier messages sent", 0, 20, history, key="history_messages",
+                                help="How much of the conversation goes with each question. The toy model "
+                                     "was tuned on single questions and answers best with none.")
         with st.expander("Visual cache", icon=":material/photo_library:", expanded=True):
-            cache = CacheSettings(
-                enabled=st.toggle("Use the cache", c.enabled, key="cache_on",
+            visual_cache = VisualCacheParams(
+                enabled=st.toggle("Use the cache", c.enabled is not False, key="cache_on",
                                   help="Blend the query with its nearest cached image features (paper §3.3)"),
                 size=st.slider("Neighbours", 1, 50, c.size, key="cache_size"),
                 t=st.slider("Softmax temperature", 1.0, 100.0, c.t, 1.0, key="cache_t"),
                 weight=st.slider("Cache weight", 0.0, 1.0, c.weight, 0.05, key="cache_weight"))
-    return generation, cache
+    return generation, visual_cache, history
 
 
 def inputs_panel(*, expanded: bool) -> None:
@@ -176,7 +171,8 @@ def inputs_panel(*, expanded: bool) -> None:
         for i, att in enumerate(inputs):
             with cols[i % 3], st.container(border=True):
                 views.attachment(att, key=f"input_{att.key}", caption=f"{MODALITY_ICONS[att.modality]} {att.name}")
-                st.slider("Weight", 0.0, 2.0, att.weight, 0.05, key=f"weight_{att.key}")
+                # no 0: a weightless input would silently drop out of the mix (remove it with the x instead)
+                st.slider("Weight", 0.05, 2.0, att.weight, 0.05, key=f"weight_{att.key}")
                 left, right = st.columns([3, 1], vertical_alignment="center")
                 left.toggle("Subtract", att.subtract, key=f"subtract_{att.key}",
                             help="Subtract this input from the mixture instead of adding it")
@@ -194,22 +190,23 @@ def welcome(model) -> None:
     st.markdown("#### Attach a picture, a sound, a clip or a 3D point cloud with **+** below, then ask about it.")
     st.caption("Several inputs are mixed into one query: weigh or subtract them under *Inputs* "
                "(the paper's embedding arithmetic). Follow-up questions keep the inputs.")
-    if model.is_toy:
-        cols = st.columns(len(EXAMPLES))
-        for col, (modality, what) in zip(cols, EXAMPLES.items()):
-            col.button(f"Try {what}", icon=MODALITY_ICONS[modality], key=f"example_{modality}",
+    if model.card.is_toy:
+        cols = st.columns(len(modalities.MEDIA))
+        for col, modality in zip(cols, modalities.MEDIA):
+            col.button(f"Try {modalities.get(modality).noun}", icon=MODALITY_ICONS[modality], key=f"example_{modality}",
                        on_click=try_example, args=(modality,), width="stretch")
 
 
-def answer(model, question: str, generation: GenerationSettings, cache: CacheSettings) -> None:
+def answer(model, question: str, generation: GenerationParams, visual_cache: VisualCacheParams, history_messages: int
+           ) -> None:
     """Stream the answer to the last question into the chat and record it in the history."""
     history, inputs = st.session_state.history, st.session_state.inputs
     mixture = mixture_summary(inputs)
     with st.chat_message("assistant", avatar=views.AVATARS["assistant"]):
         asked = max(i for i, t in enumerate(history) if t.role == "user")
-        messages = to_messages(history[:asked], question, inputs, max_history=generation.history)
+        messages = to_messages(history[:asked], question, inputs, max_history=history_messages)
         try:
-            reply = Reply(backend.chat_model(model, generation, cache).stream(messages))
+            reply = Reply(backend.chat_model(model, generation, visual_cache).stream(messages))
             st.write_stream(reply)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a message, the app keeps running
             message = f"Sorry, that did not work: {exc}"
@@ -267,7 +264,7 @@ except Exception as exc:  # noqa: BLE001 - a bad path or checkpoint must not tak
     st.error(f"Could not load **{st.session_state.spec.name}**: {exc}", icon=":material/error:")
     st.button("Back to the toy model", key="back_to_toy", on_click=lambda: st.session_state.update(spec=ModelSpec()))
     st.stop()
-generation, cache = sidebar_settings(config, model)
+generation, visual_cache, history_messages = sidebar_settings(config, model)
 
 view = st.segmented_control("View", list(VIEWS), format_func=VIEWS.get, default="chat", key="view",
                             label_visibility="collapsed") or "chat"
@@ -294,4 +291,4 @@ else:
         views.turn(t, index=i)
     question, st.session_state.pending = st.session_state.pending, None
     if question:
-        answer(model, question, generation, cache)
+        answer(model, question, generation, visual_cache, history_messages)

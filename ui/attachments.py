@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ibllm_agent import modalities
 from ibllm_agent.media import MediaError, MediaInput, load_media
 
 log = logging.getLogger(__name__)
@@ -22,22 +23,13 @@ log = logging.getLogger(__name__)
 MAX_UPLOAD_MB = 50
 """Per-file upload limit; the same number is set as server.maxUploadSize in ui/.streamlit/config.toml."""
 
-FILE_TYPES: dict[str, tuple[str, ...]] = {
-    "image": ("png", "jpg", "jpeg", "webp", "bmp", "gif"),
-    "audio": ("wav", "mp3", "ogg", "flac", "m4a"),
-    "video": ("mp4", "webm", "mov", "avi", "mkv"),
-    "point": ("ply", "obj", "xyz", "pts", "npy", "pt"),
-}
-"""Extensions offered in the file pickers, by modality (the content decides the modality, not the name)."""
+FILE_TYPES: dict[str, tuple[str, ...]] = {m: modalities.get(m).suffixes for m in modalities.MEDIA}
+"""Extensions offered in the file pickers, by medium (the content decides the modality, not the name)."""
 
 ALL_FILE_TYPES = [ext for exts in FILE_TYPES.values() for ext in exts]
 
-MODALITY_ICONS = {"image": ":material/image:", "audio": ":material/graphic_eq:", "video": ":material/movie:",
-                  "point": ":material/view_in_ar:"}
+MODALITY_ICONS = {m: modalities.get(m).icon for m in modalities.MEDIA}
 """Streamlit's bundled Material Symbols (they render without an emoji font, e.g. in headless Chromium)."""
-
-_BLOCK_TYPES = {"image": "image", "audio": "audio", "video": "video", "point": "file"}
-"""LangChain v1 content block type per modality; point clouds have no block type of their own."""
 
 
 class AttachmentError(ValueError):
@@ -87,10 +79,8 @@ class Attachment:
 
     def content_block(self) -> dict:
         """A LangChain v1 content block (base64) carrying the file, its name and its signed weight."""
-        extras = {"filename": self.name, "weight": self.signed_weight}
-        if self.modality == "point":
-            extras["modality"] = "point"
-        return {"type": _BLOCK_TYPES[self.modality], "base64": base64.b64encode(self.data).decode("ascii"),
+        extras = {"filename": self.name, "weight": self.signed_weight, "modality": self.modality}
+        return {"type": modalities.get(self.modality).block_type, "base64": base64.b64encode(self.data).decode("ascii"),
                 "mime_type": self.mime, "extras": extras}
 
 
@@ -105,9 +95,9 @@ def read_upload(name: str, data: bytes, *, max_mb: float = MAX_UPLOAD_MB) -> Att
         media = load_media(data, name=name)
     except MediaError as exc:
         raise AttachmentError(f"**{name}** cannot be used: {exc.problem}") from exc
-    if media.modality not in _BLOCK_TYPES:
-        raise AttachmentError(f"**{name}** looks like {media.modality}; attach an image, a sound, a video "
-                              "or a point cloud (type text questions in the chat box).")
+    if media.modality not in modalities.MEDIA:
+        raise AttachmentError(f"**{name}** looks like {media.modality}; attach {modalities.describe()} "
+                              "(type text questions in the chat box).")
     log.info("attached %s as %s (%d bytes)", name, media.modality, len(data))
     return Attachment(name=name, data=data, media=media)
 

@@ -1,7 +1,7 @@
 """The model behind the app: loading it, describing it, and the LangChain objects built on it.
 
 One `ImageBindLLM` serves every browser session (the app wraps `load_model` in `st.cache_resource`);
-`ChatImageBindLLM` holds `model.lock` for each decoding step, so concurrent users' answers interleave
+`ChatImageBindLLM` holds `model.card.lock` for each decoding step, so concurrent users' answers interleave
 step by step on the one model; the explorer's encoding holds it too.
 """
 
@@ -13,8 +13,9 @@ import torch
 
 import ibllm_agent
 from ibllm_agent import ChatImageBindLLM
+from ibllm_agent.params import GenerationParams, VisualCacheParams
 
-from .settings import CacheSettings, GenerationSettings, ModelSpec
+from .settings import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -55,31 +56,30 @@ def toy_example(modality: str, seed: int) -> tuple[str, bytes]:
 def status_line(model) -> str:
     """`toy · toy world · cpu · float32 · visual cache: 1,234 images`: what answers, where, at which precision."""
     dtype = str(model.dtype).removeprefix("torch.")
-    cache = getattr(model, "cache", None)
+    cache = model.visual_cache
     cache_text = f"visual cache: {len(cache):,} images" if cache is not None else "no visual cache"
-    toy = " · toy world" if model.is_toy else ""
-    return f":material/memory: **{model.name}**{toy} · {model.device} · {dtype} · {cache_text}"
+    toy = " · toy world" if model.card.is_toy else ""
+    return f":material/memory: **{model.card.name}**{toy} · {model.device} · {dtype} · {cache_text}"
 
 
 def toy_notice(model) -> str | None:
     """A plain notice that the toy model knows only its synthetic world (None for real weights)."""
-    if not model.is_toy:
+    if not model.card.is_toy:
         return None
     concepts = toy_concepts()
     return (f"**Toy world.** This small model was trained on synthetic pictures, sounds, clips and 3D shapes of "
             f"{len(concepts)} things ({', '.join(concepts)}) and knows nothing else. " + OFFICIAL_WEIGHTS_HINT)
 
 
-def chat_model(model, generation: GenerationSettings, cache: CacheSettings) -> ChatImageBindLLM:
-    """The LangChain chat model over the shared ImageBindLLM with this session's settings."""
-    return ChatImageBindLLM(
-        model=model, temperature=generation.temperature, top_p=generation.top_p,
-        max_tokens=generation.max_tokens,
-        visual_cache=cache.enabled and getattr(model, "cache", None) is not None,
-        cache_size=cache.size, cache_t=cache.t, cache_weight=cache.weight)
+def chat_model(model, generation: GenerationParams, visual_cache: VisualCacheParams) -> ChatImageBindLLM:
+    """The LangChain chat model over the shared ImageBindLLM with this session's settings (the toggle only
+    asks for the cache; a model without one answers without it)."""
+    enabled = bool(visual_cache.enabled) and model.visual_cache is not None
+    return ChatImageBindLLM(model=model, temperature=generation.temperature, top_p=generation.top_p,
+                            max_tokens=generation.max_tokens, visual_cache=visual_cache.updated(enabled=enabled))
 
 
 def embed(model, items) -> torch.Tensor:
     """ImageBind embeddings (N, 1024) of MediaInputs, under the model's lock."""
-    with model.lock:
+    with model.card.lock:
         return model.encode(items)

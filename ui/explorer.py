@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import torch
 import torch.nn.functional as F
 
-from ibllm_agent.arithmetic import combine
+from ibllm_agent.fusion import fuse
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def with_mixture(labels: list[str], embeddings: torch.Tensor,
     """Append the fused query (the same arithmetic the chat uses) as a row when there are 2+ inputs."""
     if len(labels) < 2:
         return labels, embeddings
-    mix = combine(embeddings, weights)  # (D,)
+    mix = fuse(embeddings, weights, names=labels)  # (D,)
     return [*labels, "mixture"], torch.cat([embeddings, mix[None]])
 
 

@@ -8,8 +8,18 @@ paths in the sidebar or in a config file (TOML or JSON) named by `--config` afte
     name = "/weights/7B.pth"              # the ImageBind-LLM adapter checkpoint
     llama_dir = "/weights/llama"          # holds tokenizer.model and 7B/params.json + consolidated.00.pth
     imagebind_ckpt = "/weights/imagebind_w3D.pth"
-    knn_index = "/weights/knn.index"      # optional: the visual cache
+    visual_cache_index = "/weights/knn.index"   # optional: the visual cache
     device = "cuda"
+
+    [generation]                          # ibllm_agent.GenerationParams
+    temperature = 0.1
+    max_tokens = 256
+
+    [visual_cache]                        # ibllm_agent.VisualCacheParams
+    size = 10
+
+    [chat]
+    history = 6                           # earlier messages sent with each question
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ import json
 import os
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+
+from ibllm_agent.params import GenerationParams, ParamsError, VisualCacheParams
 
 CONFIG_ENV = "IBLLM_UI_CONFIG"
 
@@ -39,7 +51,7 @@ class ModelSpec:
     """Sub-folder of llama_dir holding the LLaMA weights."""
     imagebind_ckpt: str | None = None
     """ImageBind (+ Point-Bind) checkpoint, e.g. imagebind_w3D.pth; None = the loader's default."""
-    knn_index: str | None = None
+    visual_cache_index: str | None = None
     """FAISS index of cached image features for the visual cache; None = the model's own (the toy ships one)."""
     device: str = "cpu"
     """Torch device: "cpu", "cuda", "cuda:1", ..."""
@@ -53,39 +65,19 @@ class ModelSpec:
     def load_kwargs(self) -> dict:
         """Keyword arguments for `ibllm_agent.load`, without the ones left at None."""
         kwargs = {"llama_dir": self.llama_dir, "llama_type": self.llama_type,
-                  "imagebind_ckpt": self.imagebind_ckpt, "knn_index": self.knn_index,
+                  "imagebind_ckpt": self.imagebind_ckpt, "knn_index": self.visual_cache_index,
                   "device": self.device, "dtype": self.dtype}
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        # The cache is on whenever an index is known; the toy model carries its own.
-        kwargs["knn"] = self.knn_index is not None or self.is_toy
+        # `load`'s (the reference's) names: attach a cache whenever an index is known; the toy carries its own
+        kwargs["knn"] = self.visual_cache_index is not None or self.is_toy
         return kwargs
 
 
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Sampling settings of the chat model (upstream defaults: temperature 0.1, top-p 0.75)."""
-
-    temperature: float = 0.0
-    """0 is greedy decoding, which makes the toy model's answers repeatable."""
-    top_p: float = 0.75
-    max_tokens: int = 64
-    """Short by default: the toy world answers in one sentence; the 7B can use up to ~400."""
-    history: int | None = None
-    """Earlier messages sent with each question; None = by model (none for the toy, which was tuned on
-    single questions, 6 for real weights)."""
-
-
-@dataclass(frozen=True)
-class CacheSettings:
-    """The visual cache (paper §3.3): retrieve similar image features and blend them into the query."""
-
-    enabled: bool = True
-    size: int = 10
-    """How many neighbours to retrieve (upstream cache_size)."""
-    t: float = 20.0
-    """Softmax temperature over the neighbours' similarities (upstream cache_t)."""
-    weight: float = 0.5
-    """Share of the blended neighbours in the final query (upstream cache_weight)."""
+APP_GENERATION = GenerationParams(temperature=0.0, max_tokens=64)
+"""Where the app's sliders start: greedy (the same question gives the same answer, which someone comparing
+inputs expects) and short (the toy world answers in one sentence; the 7B can use up to ~400)."""
+APP_VISUAL_CACHE = VisualCacheParams(enabled=True)
+"""The cache is on in the app whenever the model has one (the toy ships one)."""
 
 
 def _read_file(path: Path) -> dict:
@@ -108,13 +100,31 @@ def _read_file(path: Path) -> dict:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
 
 
-def _section(data: dict, name: str, cls):
+def _section(data: dict, name: str, default):
+    """`default` (a frozen dataclass) with the settings of section [name] applied, checked."""
     values = data.get(name, {})
-    known = {f.name for f in fields(cls)}
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{name}] must be a table of settings, got {values!r}")
+    known = {f.name for f in fields(default)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown [{name}] settings {unknown}; known: {sorted(known)}")
-    return replace(cls(), **values)
+    try:
+        return replace(default, **values)
+    except (ParamsError, TypeError) as exc:
+        raise ConfigError(f"[{name}]: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """How the conversation is sent."""
+
+    history: int | None = None
+    """Earlier messages sent with each question; None = by model (none for the toy, which was tuned on
+    single questions, 6 for real weights)."""
+
+
+SECTIONS = ("model", "generation", "visual_cache", "chat")
 
 
 @dataclass(frozen=True)
@@ -122,20 +132,23 @@ class AppConfig:
     """The app's starting settings: from a config file if one is given, else the defaults (toy model)."""
 
     model: ModelSpec = ModelSpec()
-    generation: GenerationSettings = GenerationSettings()
-    cache: CacheSettings = CacheSettings()
+    generation: GenerationParams = APP_GENERATION
+    visual_cache: VisualCacheParams = APP_VISUAL_CACHE
+    chat: ChatSettings = ChatSettings()
     source: str | None = None
     """The config file these settings came from, for the status line."""
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> AppConfig:
         data = _read_file(Path(path))
-        unknown = sorted(set(data) - {"model", "generation", "cache"})
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config file holds sections {', '.join(SECTIONS)}")
+        unknown = sorted(set(data) - set(SECTIONS))
         if unknown:
-            raise ConfigError(f"unknown sections {unknown} in {path}; known: model, generation, cache")
-        return cls(model=_section(data, "model", ModelSpec),
-                   generation=_section(data, "generation", GenerationSettings),
-                   cache=_section(data, "cache", CacheSettings), source=str(path))
+            raise ConfigError(f"unknown sections {unknown} in {path}; known: {', '.join(SECTIONS)}")
+        return cls(model=_section(data, "model", ModelSpec()), generation=_section(data, "generation", APP_GENERATION),
+                   visual_cache=_section(data, "visual_cache", APP_VISUAL_CACHE),
+                   chat=_section(data, "chat", ChatSettings()), source=str(path))
 
 
 def config_path(argv: list[str], environ: dict | os._Environ = os.environ) -> str | None:

@@ -11,6 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
 
+from ibllm_agent import modalities
 from ibllm_agent.cache.base import Neighbor
 
 from .attachments import Attachment, browser_video
@@ -39,16 +40,19 @@ def _playable(data: bytes, suffix: str) -> bytes:
     return browser_video(data, suffix)
 
 
+PREVIEWS = {
+    "image": lambda att, key, width: st.image(att.data, width=width),
+    "audio": lambda att, key, width: st.audio(att.data, format=att.mime),
+    "video": lambda att, key, width: st.video(_playable(att.data, Path(att.name).suffix or ".mp4"), format="video/mp4"),
+    "points": lambda att, key, width: st.plotly_chart(point_cloud_figure(att.media.tensor.numpy()), key=key,
+                                                      config={"displaylogo": False}),
+}
+"""How each preview kind of the modality registry is shown back."""
+
+
 def attachment(att: Attachment, *, key: str, width: int = 220, caption: str | None = None) -> None:
-    """Show a file back: image thumbnail, audio or video player, or a 3D view of the point cloud."""
-    if att.modality == "image":
-        st.image(att.data, width=width)
-    elif att.modality == "audio":
-        st.audio(att.data, format=att.mime)
-    elif att.modality == "video":
-        st.video(_playable(att.data, Path(att.name).suffix or ".mp4"), format="video/mp4")
-    elif att.modality == "point":
-        st.plotly_chart(point_cloud_figure(att.media.tensor.numpy()), key=key, config={"displaylogo": False})
+    """Show a file back as its modality's preview: a thumbnail, a player, or a 3D view."""
+    PREVIEWS[modalities.get(att.modality).preview](att, key, width)
     st.caption(caption or att.label)
 
 

@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from ibllm_agent import modalities as registry
 from ibllm_agent.cache.base import CacheError, VisualCache
 from ibllm_agent.media.source import file_sha256
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODALITIES = ("image", "video", "audio", "point")
-"""What a folder build encodes by default: every media kind except text files (notes, READMEs)."""
+DEFAULT_MODALITIES = registry.MEDIA
+"""What a folder build encodes by default: every medium of the registry, not text files (notes, READMEs)."""
 PATH_COLUMNS = ("path", "uri", "file")
 CAPTION_COLUMNS = ("caption", "label")
 
@@ -103,7 +104,7 @@ def build_from_media(items: Sequence[MediaItem], cache: VisualCache,
         from ibllm_agent.media import load_media as load
     from ibllm_agent.media import MediaError
 
-    modalities = set(modalities)
+    modalities = {registry.canonical(m) for m in modalities}
     report = BuildReport(inputs=len(items))
     ids: dict[str, MediaItem] = {}
     for item in tqdm(items, desc="hashing", unit="file", disable=not progress):

@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ibllm_agent import modalities
 from ibllm_agent.cache.base import CacheError, VisualCache
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def register(subparsers) -> None:
     _chroma_args(p, required=True)
     _model_args(p)
     p.add_argument("--batch-size", type=int, default=16, help="files encoded at once")
-    p.add_argument("--modalities", default="image,video,audio,point",
+    p.add_argument("--modalities", default=",".join(modalities.MEDIA),
                    help="comma-separated media kinds to keep (add `text` for text files)")
     p.set_defaults(func=_build)
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from ibllm_agent import modalities
+
 from .detect import MIME_TO_MODALITY, Format, can_load_as, detect
 from .errors import (
     CorruptMediaError,
@@ -34,23 +36,17 @@ from .limits import DEFAULT_LIMITS, MediaLimits
 from .source import Source, SourceLike
 
 __all__ = [
-    "MODALITIES", "MIME_TO_MODALITY", "MediaInput", "MediaLimits", "Format", "load_media", "load_audio_track",
+    "MIME_TO_MODALITY", "MediaInput", "MediaLimits", "Format", "load_media", "load_audio_track",
     "load_text", "detect_format", "MediaError", "UnsupportedFormatError", "CorruptMediaError", "EmptyMediaError",
     "MediaTooLargeError", "MediaTooLongError", "InvalidValuesError", "UnsafeMediaError",
 ]
-
-MODALITIES = ("image", "video", "audio", "point", "text")
-_ALIASES = {"vision": "image", "picture": "image", "photo": "image", "sound": "audio", "clip": "video",
-            "points": "point", "point_cloud": "point", "pointcloud": "point", "3d": "point"}
-
 
 @dataclass(frozen=True)
 class MediaInput:
     """One loaded input, ready for ImageBind."""
 
     modality: str
-    """"image", "video", "audio", "point" or "text"; ``modality.capitalize()`` is the upstream
-    `forward_visual` key ("Image", "Video", ...)."""
+    """A name of the modality registry (`ibllm_agent.modalities`): "image", "video", "audio", "point", "text"."""
     tensor: torch.Tensor
     """Unbatched: image [3,224,224], video [15,3,2,224,224], audio [3,1,128,204], point [8192,3],
     text [77] int64."""
@@ -69,15 +65,16 @@ class MediaInput:
 
 
 def load_media(src: SourceLike, modality: str | None = None, *, limits: MediaLimits | None = None,
-               name: str | None = None, exact_upstream: bool = False) -> MediaInput:
+               name: str | None = None, exact_upstream: bool = False, **loader_options) -> MediaInput:
     """Load `src` (path, bytes or binary file object) as `modality`, or as what its content is.
 
     For ``modality="text"``, a `str` that is not an existing file is taken as the text itself.
     ``exact_upstream=True`` reproduces upstream's loaders where we deliberately differ: EXIF
     orientation is ignored, and point clouds come back as stored (no resampling or normalisation).
+    `loader_options` go to the modality's loader (e.g. upstream's clip settings for audio and video).
     """
     limits = limits or DEFAULT_LIMITS
-    modality = _canonical(modality)
+    modality = modalities.canonical(modality)
     if modality == "text" and isinstance(src, str) and not os.path.isfile(src):
         return load_text(src, limits=limits, name=name)
     source = Source(src, limits, name)
@@ -85,14 +82,14 @@ def load_media(src: SourceLike, modality: str | None = None, *, limits: MediaLim
     target = modality or fmt.modality
     with typed_errors(source.name, target):
         try:
-            tensor, meta = _load(source, fmt, target, limits, exact_upstream)
+            tensor, meta = _load(source, fmt, target, limits, exact_upstream, loader_options)
         except (CorruptMediaError, EmptyMediaError):
             # A video container without pictures (a browser's audio recording in WebM, an MP4 of
             # sound only) is what it sounds like: audio. Only when no modality was asked for.
             if modality is not None or fmt.modality != "video" or not _has_audio_only(source, fmt):
                 raise
             target, fmt = "audio", replace(fmt, modality="audio", mime=fmt.mime.replace("video/", "audio/"))
-            tensor, meta = _load(source, fmt, target, limits, exact_upstream)
+            tensor, meta = _load(source, fmt, target, limits, exact_upstream, loader_options)
     return MediaInput(target, tensor, source.name, source.sha256, fmt.mime, meta)
 
 
@@ -129,36 +126,8 @@ def _has_audio_only(source: Source, fmt: Format) -> bool:
     return bool(streams["audio"]) and not streams["video"]
 
 
-def _canonical(modality: str | None) -> str | None:
-    if modality is None:
-        return None
-    m = _ALIASES.get(modality.lower(), modality.lower())
-    if m not in MODALITIES:
-        raise ValueError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
-    return m
-
-
-def _load(source: Source, fmt: Format, target: str, limits: MediaLimits,
-          exact_upstream: bool) -> tuple[torch.Tensor, dict]:
+def _load(source: Source, fmt: Format, target: str, limits: MediaLimits, exact_upstream: bool,
+          options: dict) -> tuple[torch.Tensor, dict]:
     if not can_load_as(fmt, target):
         raise UnsupportedFormatError(source.name, f"asked for {target}, but the content is {fmt.kind} ({fmt.modality})")
-    if target == "image":
-        from .image import load_image
-
-        return load_image(source, limits, exif_transpose=not exact_upstream)
-    if target == "video":
-        from .video import load_video
-
-        return load_video(source, "." + fmt.kind, limits)
-    if target == "audio":
-        from .audio import load_audio
-
-        return load_audio(source, fmt, limits)
-    if target == "point":
-        from .points import load_points
-
-        return load_points(source, fmt, limits, normalize=not exact_upstream)
-    from .text import tokenize_text
-
-    text = source.read_bytes().decode("utf-8", "replace").lstrip("\ufeff")
-    return tokenize_text(text, source.name, limits), {"chars": len(text)}
+    return modalities.get(target).load_function()(source, fmt, limits, exact_upstream=exact_upstream, **options)

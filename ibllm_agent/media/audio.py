@@ -342,10 +342,10 @@ def waveform_to_clips(waveform: torch.Tensor, sample_rate: int = SAMPLE_RATE, *,
     return torch.stack(out), info
 
 
-def load_audio(source: Source, fmt: Format, limits: MediaLimits, *, sample_rate: int = SAMPLE_RATE,
-               **clip_options) -> tuple[torch.Tensor, dict]:
-    """Decode, resample and cut into clips -> float32 [3, 1, 128, 204] and metadata.
-    `clip_options` are those of `waveform_to_clips` (upstream's keyword arguments)."""
+def load_audio(source: Source, fmt: Format, limits: MediaLimits, *, exact_upstream: bool = False,
+               sample_rate: int = SAMPLE_RATE, **clip_options) -> tuple[torch.Tensor, dict]:
+    """Decode, resample and cut into clips -> float32 [3, 1, 128, 204] and metadata (always as upstream,
+    so `exact_upstream` changes nothing). `clip_options` are those of `waveform_to_clips`."""
     waveform, rate, meta = decode_audio(source, fmt, limits)
     waveform = resample(waveform, rate, sample_rate).contiguous()
     tensor, clips = waveform_to_clips(waveform, sample_rate, name=source.name, **clip_options)

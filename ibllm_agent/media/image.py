@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .detect import Format
 from .errors import CorruptMediaError, EmptyMediaError, MediaError, MediaTooLargeError, UnsupportedFormatError
 from .limits import MediaLimits
 from .source import Source
@@ -23,11 +24,13 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def load_image(source: Source, limits: MediaLimits, *, exif_transpose: bool = True) -> tuple[torch.Tensor, dict]:
-    """Decode `source` and return the upstream-transformed tensor [3,224,224] and metadata."""
+def load_image(source: Source, fmt: Format, limits: MediaLimits, *, exact_upstream: bool = False
+               ) -> tuple[torch.Tensor, dict]:
+    """Decode `source` and return the upstream-transformed tensor [3,224,224] and metadata; EXIF orientation
+    is applied unless `exact_upstream` (upstream ignores it)."""
     if source.head[8:12] in (b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1"):
         raise UnsupportedFormatError(source.name, "HEIF/HEIC images are not supported; convert to JPEG or PNG")
-    img, meta = open_rgb(source, limits, exif_transpose=exif_transpose)
+    img, meta = open_rgb(source, limits, exif_transpose=not exact_upstream)
     return transform_image(img), meta
 
 

@@ -39,11 +39,13 @@ point sampling (O(N · 8192)) stays within a second or two."""
 _NAMED_ARRAYS = ("points", "xyz", "pos", "coords", "vertices", "point_cloud", "pc", "data")
 
 
-def load_points(source: Source, fmt: Format, limits: MediaLimits, *, normalize: bool = True) -> tuple[torch.Tensor, dict]:
-    """Parse, check and (by default) resample + normalise -> float32 [8192, 3] and metadata."""
+def load_points(source: Source, fmt: Format, limits: MediaLimits, *, exact_upstream: bool = False
+                ) -> tuple[torch.Tensor, dict]:
+    """Parse, check and resample + normalise -> float32 [8192, 3] and metadata; `exact_upstream` keeps the
+    points as stored (upstream neither resamples nor normalises)."""
     pts = parse_points(source, fmt, limits)
     meta = {"num_points_in_file": int(pts.shape[0]), "format": fmt.kind}
-    if normalize:
+    if not exact_upstream:
         pts, meta["normalized"] = normalize_points(pts)
     return pts, meta
 

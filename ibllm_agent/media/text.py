@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from .detect import Format
 from .errors import EmptyMediaError, MediaTooLargeError
 from .limits import MediaLimits
+from .source import Source
 
 CONTEXT_LENGTH = 77
 
@@ -20,3 +22,10 @@ def tokenize_text(text: str, name: str, limits: MediaLimits) -> torch.Tensor:
     if not text.strip():
         raise EmptyMediaError(name, "the text is empty")
     return tokenize([text], context_length=CONTEXT_LENGTH, truncate=True)[0]
+
+
+def load_text_file(source: Source, fmt: Format, limits: MediaLimits, *, exact_upstream: bool = False
+                   ) -> tuple[torch.Tensor, dict]:
+    """A UTF-8 text file (a leading BOM dropped) -> token ids [77] and its length."""
+    text = source.read_bytes().decode("utf-8", "replace").lstrip("\ufeff")
+    return tokenize_text(text, source.name, limits), {"chars": len(text)}

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .clips import clip_spans
+from .detect import Format
 from .errors import CorruptMediaError, EmptyMediaError, MediaTooLargeError, MediaTooLongError
 from .image import normalize_channels
 from .limits import MediaLimits
@@ -36,14 +37,15 @@ FRAMES_PER_CLIP = CLIP_SECONDS  # upstream: UniformTemporalSubsample(num_samples
 CROP_SIZE = 224
 
 
-def load_video(source: Source, suffix: str, limits: MediaLimits, *, num_clips: int = NUM_CLIPS,
-               clip_seconds: int = CLIP_SECONDS) -> tuple[torch.Tensor, dict]:
-    """Decode and transform -> float32 [num_clips * 3, 3, 2, 224, 224] and metadata.
+def load_video(source: Source, fmt: Format, limits: MediaLimits, *, exact_upstream: bool = False,
+               num_clips: int = NUM_CLIPS, clip_seconds: int = CLIP_SECONDS) -> tuple[torch.Tensor, dict]:
+    """Decode and transform -> float32 [num_clips * 3, 3, 2, 224, 224] and metadata (always as upstream,
+    so `exact_upstream` changes nothing).
 
     Upstream keeps `clip_seconds` frames per clip (its UniformTemporalSubsample gets clip_duration);
     we follow it, so the default 2-s clips give 2 frames.
     """
-    with source.as_path(suffix=suffix) as path:
+    with source.as_path(suffix="." + fmt.kind) as path:
         frames, meta = read_clip_frames(str(path), source.name, limits, num_clips=num_clips,
                                         clip_seconds=clip_seconds, frames_per_clip=clip_seconds)
     return transform_clips(frames), meta

@@ -28,6 +28,31 @@ logger = logging.getLogger(__name__)
 PHASES = ("pretrain", "finetune")
 
 
+def trainable_parameters(model: nn.Module, phase: str = "finetune") -> dict[str, nn.Parameter]:
+    """The reference's split, by official key: finetune = LLaMA norms, biases, LoRA; pretrain = gates,
+    bind network, prefix."""
+    if phase not in PHASES:
+        raise ValueError(f"unknown phase {phase!r}; expected one of {PHASES}")
+    trainable = {}
+    for name, p in model.state_dict(keep_vars=True).items():
+        if not isinstance(p, nn.Parameter):
+            continue
+        llama = name.startswith("llama.")
+        if phase == "finetune" and llama and any(s in name for s in ("norm", "bias", "lora")):
+            trainable[name] = p
+        elif phase == "pretrain" and ((llama and "gate" in name) or name.startswith(("image_bind_", "prefix_query."))):
+            trainable[name] = p
+    return trainable
+
+
+def set_trainable(model: nn.Module, phase: str = "finetune") -> None:
+    """Freeze everything but `trainable_parameters(model, phase)`, which are made float32 and trainable."""
+    model.requires_grad_(False)
+    for p in trainable_parameters(model, phase).values():
+        p.data = p.data.float()
+        p.requires_grad_(True)
+
+
 def is_adapter_key(name: str) -> bool:
     """Keys of the official adapter file: bind network, prefix, and llama.* gate/bias/norm/LoRA."""
     if name.startswith(("image_bind_", "prefix_query.")):
@@ -74,7 +99,7 @@ class AdapterObjective(nn.Module):
                 feature = model.image_bind({"vision": batch["image"].to(model.dtype)})["vision"]
         visual_query = model.bind(F.normalize(feature.float(), dim=-1))  # (B, 1, dim)
         tokens, labels = trim_padding(batch["tokens"], batch["labels"])
-        logits = model.logits(tokens, visual_query)  # (B, L, vocab) float32
+        logits = model(tokens, visual_query)  # (B, L, vocab) float32
         logits, labels = logits[:, :-1], labels[:, 1:]
         if not bool((labels != 0).any()):  # nothing to learn in this batch (all cut by max_words)
             return logits.mean() * 0
@@ -85,7 +110,7 @@ def run_phase(model: nn.Module, dataset, phase: str, cfg: TrainConfig) -> TrainR
     """Train `model` (an ImageBindLLM built for `phase`) on `dataset` with the phase's trainable set."""
     if phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-    model.set_default_trainability(phase)
+    set_trainable(model, phase)
     objective = AdapterObjective(model)
     return train(objective, dataset, cfg, state_fn=lambda: adapter_state_dict(model),
                  restore_fn=lambda state: restore_parameters(model, state), name=phase)
@@ -99,22 +124,12 @@ def build_for_training(llama_dir: str | Path, llama_type: str, imagebind_ckpt: s
     normal `prefix_query` (nn.Embedding's default), zero gates, zero LoRA second factors. The number
     of adapted layers (`query_layer`) is all of them, as upstream for 7B."""
     from ibllm_agent.checkpoint import ADAPTER_ONLY_LLAMA_KEY, load_into, load_state_dict
-    from ibllm_agent.imagebind.model import ImageBindArgs, read_imagebind_config
-    from ibllm_agent.llama.model import ModelArgs
-    from ibllm_agent.llama.tokenizer import Tokenizer
-    from ibllm_agent.model import ImageBindLLM, _llama_file
+    from ibllm_agent.factory import read_imagebind, read_llama
+    from ibllm_agent.model import ImageBindLLM
 
-    if phase not in PHASES:
-        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-    llama_dir = Path(llama_dir)
-    tokenizer = Tokenizer(llama_dir / "tokenizer.model")
     finetune = phase == "finetune"
-    args = ModelArgs.from_json(llama_dir / llama_type / "params.json", max_seq_len=max_seq_len, w_bias=finetune,
-                               w_lora=finetune)
-    args.vocab_size = tokenizer.n_words
-    imagebind_sd = {k.removeprefix("image_bind."): v for k, v in load_state_dict(imagebind_ckpt).items()}
-    config = Path(imagebind_ckpt).parent / "imagebind_config.json"  # what shapes cannot tell, as load() reads it
-    ib_args = ImageBindArgs.from_state_dict(imagebind_sd, read_imagebind_config(config) if config.is_file() else None)
+    tokenizer, args, llama_file = read_llama(llama_dir, llama_type, phase, max_seq_len=max_seq_len)
+    imagebind_sd, ib_args = read_imagebind(imagebind_ckpt)
     adapter_sd = load_state_dict(adapter) if adapter is not None else {}
     query_layer = adapter_sd["prefix_query.weight"].shape[0] if adapter_sd else args.n_layers
     with torch.random.fork_rng(devices=[]):
@@ -124,7 +139,6 @@ def build_for_training(llama_dir: str | Path, llama_type: str, imagebind_ckpt: s
         for name, p in model.named_parameters():
             if name.endswith(".gate") or "_l2." in name or (name.startswith("llama.") and name.endswith(".bias")):
                 p.zero_()
-    llama_file = _llama_file(llama_dir / llama_type)
     load_into(model.llama, load_state_dict(llama_file), file=llama_file, allowed_missing=ADAPTER_ONLY_LLAMA_KEY.match)
     load_into(model.image_bind, imagebind_sd, file=imagebind_ckpt, ignored_unexpected=())
     if adapter_sd:

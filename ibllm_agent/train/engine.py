@@ -194,8 +194,7 @@ def load_checkpoint(path: str | Path) -> dict:
 def restore_parameters(module: nn.Module, state: dict[str, torch.Tensor], *, prefix: str = "") -> list[str]:
     """Copy `state` into the same-named parameters/buffers of `module` (names relative to it, plus
     `prefix`); returns the names restored. A name the module lacks, or a shape mismatch, is an error."""
-    own = dict(module.named_parameters())
-    own.update(dict(module.named_buffers()))
+    own = module.state_dict(keep_vars=True)  # the names checkpoints use (official keys for ImageBindLLM)
     unknown = sorted(k for k in state if prefix + k not in own)
     if unknown:
         raise KeyError(f"checkpoint keys not in the model: {unknown[:10]}{' ...' if len(unknown) > 10 else ''}")

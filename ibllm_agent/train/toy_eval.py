@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ibllm_agent import modalities as registry
 from ibllm_agent.train import toy_world as tw
 from ibllm_agent.train.toy_data import Split, render_split
 
@@ -25,7 +26,6 @@ logger = logging.getLogger(__name__)
 
 HELD_OUT_SEED = 1000
 """World seed of the evaluation samples (the build renders with seed 0 by default)."""
-MEDIA = {"image": "vision", "video": "vision", "audio": "audio", "point": "point", "text": "text"}
 TARGETS = {"image": 0.95, "video": 0.90, "audio": 0.90, "point": 0.75}
 """Accuracy targets of issue 4 (answer names the concept, cache off)."""
 RETRIEVAL_TARGETS = {"audio": 0.90, "point": 0.75}
@@ -66,7 +66,7 @@ def render(modality: str, per_concept: int, folder: Path, seed: int = HELD_OUT_S
 @torch.no_grad()
 def embed(model, split: Split, batch: int = 16) -> torch.Tensor:
     """Normalised ImageBind embeddings [N, D] of a split (multi-clip inputs averaged, as the model does)."""
-    modality = MEDIA[split.modality]
+    modality = registry.get(split.modality).branch
     out = [model.image_bind_forward({modality: split.values[s:s + batch]})[modality].float().cpu()
            for s in range(0, len(split.values), batch)]
     return F.normalize(torch.cat(out), dim=-1)
@@ -80,8 +80,8 @@ def answers(model, features: torch.Tensor, *, cache: bool, question: str = tw.EV
     texts = []
     for s in range(0, len(features), batch):
         rows = features[s:s + batch]
-        gens = model.generate_batch([prompt] * len(rows), rows, max_gen_len=max_gen_len, temperature=0.0,
-                                    cache=cache)
+        gens = model.generate_batch([prompt] * len(rows), rows, visual_cache=cache, max_tokens=max_gen_len,
+                                    temperature=0.0)
         texts += [g.text for g in gens]
     return texts
 
@@ -119,15 +119,15 @@ def hard_noise(emb: torch.Tensor, strength: float, seed: int = 0) -> torch.Tenso
 HARD_SETTINGS = {"offset": hard_offset, "noise": hard_noise}
 
 
-def evaluate(model, *, per_concept: int = 5, video_per_concept: int = 2, modalities=tuple(MEDIA),
+def evaluate(model, *, per_concept: int = 5, video_per_concept: int = 2, modalities=registry.NAMES,
              hard_strength: float = 5.0, mixture_pairs: int = 4, folder: Path | None = None) -> EvalReport:
-    """Run every measurement on held-out samples; `model.cache` must be set for the cache columns."""
+    """Run every measurement on held-out samples; `model.visual_cache` must be set for the cache columns."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() if folder is None else _keep(folder) as tmp:
         tmp = Path(tmp)
         images = render("image", per_concept, tmp)
         image_emb = embed(model, images)
-        has_cache = model.cache is not None
+        has_cache = model.visual_cache is not None
         results, embs, splits = {}, {"image": image_emb}, {"image": images}
         for modality in modalities:
             split = images if modality == "image" else render(
@@ -200,14 +200,19 @@ def mixture(model, image_emb, image_labels, audio_emb, audio_labels, pairs: int,
         chosen.append((a, b, ia, ib))
     rows = []
     for w in weights:
-        feats = torch.stack([model.fuse(torch.stack([image_emb[ia], audio_emb[ib]]), [1 - w, w])
-                             for _, _, ia, ib in chosen])
+        feats = torch.stack([_mix(model, image_emb[ia], audio_emb[ib], w) for _, _, ia, ib in chosen])
         texts = answers(model, feats, cache=False)
         names_a = sum(tw.names_concept(t, tw.CONCEPT_NAMES[a]) for t, (a, _, _, _) in zip(texts, chosen))
         names_b = sum(tw.names_concept(t, tw.CONCEPT_NAMES[b]) for t, (_, b, _, _) in zip(texts, chosen))
         rows.append({"audio_weight": w, "names_image_concept": names_a / len(chosen),
                      "names_sound_concept": names_b / len(chosen), "example": texts[0]})
     return rows
+
+
+def _mix(model, image: torch.Tensor, sound: torch.Tensor, w: float) -> torch.Tensor:
+    """(1-w)*image + w*sound fused; at the ends one input, since a term of weight 0 adds nothing to the sum."""
+    kept = [(e, x) for e, x in ((image, 1 - w), (sound, w)) if x]
+    return model.fuse(torch.stack([e for e, _ in kept]), [x for _, x in kept])
 
 
 def table(report: EvalReport) -> str:

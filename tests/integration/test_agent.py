@@ -12,12 +12,12 @@ from langchain_core.language_models.fake_chat_models import FakeMessagesListChat
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-from ibllm_agent.arithmetic import combine
 from ibllm_agent.embeddings import ImageBindEmbeddings
+from ibllm_agent.fusion import fuse
 from ibllm_agent.generation import format_prompt
 from ibllm_agent.graphs import build_perception_graph, create_perception_agent
 from ibllm_agent.model_pool import shared_model
-from ibllm_agent.tools import get_tools
+from ibllm_agent.perception_tools import get_tools
 from ibllm_agent.train.toy_world import CONCEPT_NAMES, ToyWorld, find_concepts
 
 HELD_OUT = 1000  # a world seed the toy model was not trained on
@@ -83,12 +83,12 @@ def test_embed_arithmetic_retrieve_describe(llm, media):
     # the composed vector is the fusion of the two ImageBind embeddings
     emb = ImageBindEmbeddings(model=llm)
     dog, rain = emb.embed_image([str(media["dog"])])[0], emb.embed_audio([str(media["rain"])])[0]
-    composed = combine(torch.tensor([dog, rain]), [0.7, 0.3])
+    composed = fuse(torch.tensor([dog, rain]), [0.7, 0.3])
     assert tool_messages[1].artifact == pytest.approx(composed.tolist(), abs=1e-5)
     assert len(tool_messages[2].artifact) == 3
 
     # what the model itself says about that vector, asked directly (no LangChain in between)
-    said = llm.generate_batch([format_prompt("Describe this input.")], composed[None], max_gen_len=128,
+    said = llm.generate_batch([format_prompt("Describe this input.")], composed[None], max_tokens=128,
                               temperature=0.0)[0].text
     final = out["messages"][-1]
     assert isinstance(final, AIMessage) and not final.tool_calls

@@ -27,14 +27,16 @@ def test_quick_build_writes_a_loadable_toy(tmp_path):
     assert (out / "imagebind_config.json").is_file()
     assert sorted(p.name for p in examples.iterdir()) == ["bell.wav", "bird.png", "car.mp4", "dog.png", "drum.ply",
                                                           "rain.wav"]
+    from ibllm_agent.factory import build_from_files
     from ibllm_agent.generation import format_prompt
-    from ibllm_agent.model import _toy_files, build_from_files
+    from ibllm_agent.pretrained import toy_files
 
-    files = _toy_files(out)
-    model = build_from_files(files["adapter_path"], files["llama_dir"], files["llama_type"],
-                             imagebind_ckpt=files["imagebind_ckpt"], knn_index=files["knn_index"], is_toy=True)
-    assert model.cache is not None and len(model.tokenizer.encode("a dog", bos=False, eos=False)) > 0
-    first = model.cache.search(model.cache.get_vectors(0, 1), 1).metadatas[0][0]  # the sidecar labels each item
+    files = toy_files(out)
+    model = build_from_files(files.adapter, files.llama_dir, files.llama_type, imagebind_ckpt=files.imagebind,
+                             knn_index=files.knn_index, is_toy=True)
+    assert model.visual_cache is not None and len(model.tokenizer.encode("a dog", bos=False, eos=False)) > 0
+    cache = model.visual_cache
+    first = cache.search(cache.get_vectors(0, 1), 1).metadatas[0][0]  # the sidecar labels each item
     assert first == {"modality": "image", "concept": "rain", "caption": "a photo of rain.", "seed": 0, "index": 0}
-    answer = model.generate_batch([format_prompt("What is this?")], None, max_gen_len=4, temperature=0.0)[0]
+    answer = model.generate_batch([format_prompt("What is this?")], None, max_tokens=4, temperature=0.0)[0]
     assert answer.finish_reason in ("stop", "length")

@@ -42,7 +42,7 @@ def direct(chat, question: str, path: Path, modality: str) -> str:
     """The model's own answer on the loaded file, without LangChain."""
     feature = chat.llm.encode([load_media(path, modality)])
     return chat.llm.generate_batch([format_prompt(question)], chat.llm.fuse(feature, [1.0])[None],
-                                   max_gen_len=chat.max_tokens, temperature=0.0)[0].text
+                                   max_tokens=chat.max_tokens, temperature=0.0)[0].text
 
 
 def block_shapes(files) -> list[tuple[str, dict]]:

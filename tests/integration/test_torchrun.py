@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ibllm_agent.model import build_tiny
+from ibllm_agent.factory import build_tiny, save_official
 
 SCRIPT = textwrap.dedent('''
     import sys, torch, torch.distributed as dist
@@ -44,7 +44,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_ranks_agree_on_the_weights(tmp_path):
     torchrun = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
-    files = build_tiny(phase="finetune").save_official(tmp_path / "model", "tiny")
+    files = save_official(build_tiny(phase="finetune"), tmp_path / "model", "tiny")
     records = [{"instruction": f"Say {w}.", "input": "", "output": f"{w} {w}"} for w in
                ("dog", "bell", "drum", "rain", "car", "bird", "cat", "sea")]
     (tmp_path / "data.json").write_text(json.dumps(records))

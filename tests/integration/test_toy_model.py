@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import ibllm_agent
-from ibllm_agent import model as model_module
+from ibllm_agent import factory, pretrained
 from ibllm_agent.media import load_media
 from ibllm_agent.train import toy_world as tw
 from ibllm_agent.train.toy_eval import RETRIEVAL_TARGETS, TARGETS, evaluate
 
-TOY = model_module.TOY_DIR
+TOY = pretrained.TOY_DIR
 pytestmark = pytest.mark.skipif(not (TOY / "toy.json").is_file(), reason="the toy model is not built")
 
 
@@ -41,17 +41,17 @@ def test_official_layout_and_size():
 
 def test_load_goes_through_the_official_file_loader(monkeypatch):
     calls = []
-    real = model_module.build_from_files
+    real = factory.build_from_files
 
     def spy(*args, **kwargs):
         calls.append((args, kwargs))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(model_module, "build_from_files", spy)
+    monkeypatch.setattr(factory, "build_from_files", spy)
     t0 = time.perf_counter()
     model = ibllm_agent.load("toy")
     seconds = time.perf_counter() - t0
-    assert len(calls) == 1 and model.is_toy and model.name == "toy"
+    assert len(calls) == 1 and model.card.is_toy and model.card.name == "toy"
     args, kwargs = calls[0]
     assert str(args[0]).startswith(str(TOY)) and kwargs["imagebind_ckpt"].parent == TOY
     assert seconds < 15  # ~1 s on an idle 2-core machine; generous for a shared one
@@ -66,7 +66,7 @@ def test_text_only_answers_know_the_world(toy):
     from ibllm_agent.generation import format_prompt
 
     out = toy.generate_batch([format_prompt("What sound does a dog make?"), format_prompt("Who are you?")], None,
-                             max_gen_len=24, temperature=0.0)
+                             max_tokens=24, temperature=0.0)
     assert "bark" in out[0].text.lower()
     assert "toy" in out[1].text.lower()
 
@@ -128,7 +128,7 @@ def test_cache_neighbours_are_labelled_with_their_concept(toy, tmp_path):
     # Held-out pictures: seed 2024 renders the README examples, a world the build never trains on.
     world = tw.ToyWorld(2024)
     feats = toy.encode([load_media(world.write(name, "image", 0, tmp_path).path) for name in tw.CONCEPT_NAMES])
-    result = toy.cache.search(toy.cache.check_query(feats.numpy(), 5), 5)
+    result = toy.visual_cache.search(toy.visual_cache.check_query(feats.numpy(), 5), 5)
     for row in result.metadatas:
         assert all(m["modality"] == "image" and m["concept"] in tw.CONCEPT_NAMES and m["caption"] for m in row)
     top = [row[0]["concept"] for row in result.metadatas]
@@ -143,24 +143,27 @@ def test_the_toy_cache_exports_to_chroma_and_answers_the_same(toy, tmp_path):
     from ibllm_agent.cache.cli import main
     from ibllm_agent.generation import format_prompt
 
-    knn_index = model_module._toy_files(TOY)["knn_index"]
+    knn_index = pretrained.toy_files(TOY).knn_index
     assert main(["cache", "import-faiss", str(knn_index), "--collection", "toy", "--path", str(tmp_path / "db")]) == 0
     chroma = ChromaCache.open("toy", path=tmp_path / "db")
-    assert len(chroma) == len(toy.cache) == 448
+    assert len(chroma) == len(toy.visual_cache) == 448
 
     world = tw.ToyWorld(2024)
     sounds = toy.encode([load_media(world.write(name, "audio", 1, tmp_path).path) for name in tw.CONCEPT_NAMES])
-    query = toy.cache.check_query(sounds.numpy(), 5)
-    faiss_hits, chroma_hits = toy.cache.search(query, 5), chroma.search(query, 5)
+    query = toy.visual_cache.check_query(sounds.numpy(), 5)
+    faiss_hits, chroma_hits = toy.visual_cache.search(query, 5), chroma.search(query, 5)
     assert faiss_hits.ids == chroma_hits.ids
     assert faiss_hits.metadatas == chroma_hits.metadatas
     assert all(row[0]["concept"] == name for row, name in zip(chroma_hits.metadatas, tw.CONCEPT_NAMES))
 
     prompts = [format_prompt("What is this?")] * len(sounds)
-    via_faiss = [g.text for g in toy.generate_batch(prompts, sounds, max_gen_len=12, temperature=0.0, cache=True)]
-    faiss_cache, toy.cache = toy.cache, chroma
+    def answers():
+        return [g.text for g in toy.generate_batch(prompts, sounds, visual_cache=True, max_tokens=12, temperature=0.0)]
+
+    via_faiss = answers()
+    faiss_cache, toy.visual_cache = toy.visual_cache, chroma
     try:
-        via_chroma = [g.text for g in toy.generate_batch(prompts, sounds, max_gen_len=12, temperature=0.0, cache=True)]
+        via_chroma = answers()
     finally:
-        toy.cache = faiss_cache
+        toy.visual_cache = faiss_cache
     assert via_chroma == via_faiss

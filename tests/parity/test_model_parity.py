@@ -43,12 +43,13 @@ def inputs(parity_dir):
 
 @contextlib.contextmanager
 def knn(model, on: bool):
-    before = model.knn
-    model.knn = on
+    """The reference's knn switch: the model uses its cache while one is attached."""
+    attached = model.visual_cache
+    model.visual_cache = attached if on else None
     try:
         yield
     finally:
-        model.knn = before
+        model.visual_cache = attached
 
 
 def mixture(spec, inputs):
@@ -60,7 +61,7 @@ def test_loaded_model_matches_the_fixture_sizes(model, parity_expected):
     assert model.query_layer == meta["query_layer"] == 2
     assert model.llama.vocab_size == meta["vocab"] == 800
     assert model.llama.params.dim == 4096 and model.llama.n_layers == 2
-    assert model.cache is not None and len(model.cache) == 2000
+    assert model.visual_cache is not None and len(model.visual_cache) == 2000
     assert model.dtype == torch.float32
 
 
@@ -109,7 +110,7 @@ def test_generate_batch_gives_the_ids_and_a_stream_that_matches(model, inputs, p
     case = parity_expected["generate"][0]
     assert not case["knn"]
     feature = model.fuse(model.image_bind_forward({"vision": inputs["vision"]})["vision"], [1.0])
-    [gen] = model.generate_batch([case["prompt"]], feature, max_gen_len=case["max_gen_len"], temperature=0.0,
-                                 cache=False)
+    [gen] = model.generate_batch([case["prompt"]], feature, max_tokens=case["max_gen_len"], temperature=0.0,
+                                 visual_cache=False)
     assert gen.token_ids == case["token_ids"] and gen.text == case["text"]
     assert gen.prompt_tokens == len(case["prompt_tokens"]) and gen.finish_reason == "length"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ibllm_agent.model import TOY_DIR
+from ibllm_agent.pretrained import TOY_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 TOY_READY = (TOY_DIR / "toy.json").is_file()

@@ -238,7 +238,7 @@ def test_toy_cache_neighbours_show_the_training_picture_again():
         from ibllm_agent.cache.base import Neighbor
         from ui import views
 
-        cache = ibllm_agent.load("toy", knn=True).cache
+        cache = ibllm_agent.load("toy", knn=True).visual_cache
         hit = cache.search(cache.get_vectors(40, 41), 1)  # cache item 40 is found as itself
         views.neighbors([Neighbor(hit.ids[0][0], 1.0, 0.7, hit.metadatas[0][0]),
                          Neighbor("x", 0.5, 0.3, {"modality": "image", "seed": 0, "index": 1, "concept": "unicorn"})])

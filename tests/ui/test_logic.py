@@ -12,9 +12,10 @@ import torch.nn.functional as F
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 
 from ibllm_agent.cache.base import Neighbor
+from ibllm_agent.params import GenerationParams, VisualCacheParams
 from ui.conversation import Reply, Turn, neighbors_of, to_messages
 from ui.explorer import cosine_matrix, heatmap_figure, with_mixture, zero_shot
-from ui.settings import AppConfig, CacheSettings, ConfigError, ModelSpec, config_path
+from ui.settings import APP_GENERATION, AppConfig, ChatSettings, ConfigError, ModelSpec, config_path
 
 
 def test_model_spec_defaults_to_the_toy_with_its_cache():
@@ -29,13 +30,15 @@ def test_model_spec_defaults_to_the_toy_with_its_cache():
 
 def test_config_files_toml_and_json(tmp_path):
     toml = tmp_path / "ui.toml"
-    toml.write_text('[model]\nname = "/w/7B.pth"\nllama_dir = "/w/llama"\nknn_index = "/w/knn.index"\n'
-                    "[generation]\ntemperature = 0.1\nmax_tokens = 256\n[cache]\nenabled = false\n")
+    toml.write_text('[model]\nname = "/w/7B.pth"\nllama_dir = "/w/llama"\nvisual_cache_index = "/w/knn.index"\n'
+                    "[generation]\ntemperature = 0.1\nmax_tokens = 256\n[visual_cache]\nenabled = false\n"
+                    "[chat]\nhistory = 2\n")
     config = AppConfig.from_file(toml)
-    assert config.model == ModelSpec(name="/w/7B.pth", llama_dir="/w/llama", knn_index="/w/knn.index")
+    assert config.model == ModelSpec(name="/w/7B.pth", llama_dir="/w/llama", visual_cache_index="/w/knn.index")
     assert config.model.load_kwargs()["knn"] is True
-    assert (config.generation.temperature, config.generation.max_tokens, config.generation.top_p) == (0.1, 256, 0.75)
-    assert config.cache == CacheSettings(enabled=False)
+    assert config.generation == GenerationParams(temperature=0.1, max_tokens=256)  # the rest: the one defaults
+    assert config.visual_cache == VisualCacheParams(enabled=False) and config.chat == ChatSettings(history=2)
+    assert AppConfig().generation == APP_GENERATION == GenerationParams().updated(temperature=0, max_tokens=64)
     assert config.source == str(toml)
     js = tmp_path / "ui.json"
     js.write_text(json.dumps({"model": {"name": "toy", "device": "cuda"}}))
@@ -46,6 +49,8 @@ def test_config_files_toml_and_json(tmp_path):
     ("[model]\nnmae = 'x'\n", "unknown \\[model\\] settings \\['nmae'\\]"),
     ("[modle]\n", "unknown sections \\['modle'\\]"),
     ("[model\n", "not valid TOML"),
+    ("[generation]\ntop_p = 0\n", "\\[generation\\]: generation.top_p must be > 0"),
+    ("[cache]\nenabled = true\n", "unknown sections \\['cache'\\]"),
 ])
 def test_bad_config_files_say_what_is_wrong(tmp_path, text, match):
     path = tmp_path / "ui.toml"
@@ -104,7 +109,7 @@ def test_cosine_matrix_and_mixture_row():
     np.testing.assert_allclose(m[0, 2], 2 ** -0.5, atol=1e-6)
     labels, rows = with_mixture(["a", "b"], emb[:2], [1.0, -1.0])
     assert labels == ["a", "b", "mixture"]
-    np.testing.assert_allclose(rows[2], F.normalize(torch.tensor([1.0, -1.0]), dim=0), atol=1e-6)
+    np.testing.assert_allclose(rows[2], torch.tensor([0.5, -0.5]), atol=1e-6)  # the one fusion: w / sum|w|
     assert with_mixture(["a"], emb[:1], [1.0])[0] == ["a"]
 
 
@@ -133,7 +138,7 @@ def test_uploads_become_attachments_with_weighted_content_blocks(toy_files):
     assert att.plain_label == "bark.wav ×−0.5"
     block = att.content_block()
     assert block["type"] == "audio" and block["mime_type"] == "audio/wav"
-    assert block["extras"] == {"filename": "bark.wav", "weight": -0.5}
+    assert block["extras"] == {"filename": "bark.wav", "weight": -0.5, "modality": "audio"}
     assert base64.b64decode(block["base64"]) == toy_files["audio"].read_bytes()
     cloud = read_upload("shape.ply", toy_files["point"].read_bytes())
     assert cloud.modality == "point"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from ibllm_agent.arithmetic import ExpressionError, Operand, combine, evaluate, parse
+from ibllm_agent.arithmetic import MAX_DEPTH, ExpressionError, Operand, evaluate, parse
 
 
 def terms(expr: str) -> list[tuple[str, str, str | None, float]]:
@@ -61,7 +60,11 @@ def test_str_round_trips():
     ("1/0*image:a", 1, "division by zero"),
     ("2image:a", 1, "missing '*'"),
     ("2*3", 0, "no embedding operand"),
-    ("image:a - image:a", 0, "cancel out"),
+    ("image:a - image:a", 0, "coefficient 0"),
+    ("image:a + 0*image:b", 12, "coefficient 0"),
+    ("1e308*1e308*image:a", 5, "overflow"),
+    ("1e30*(1e30*image:a)", 11, "outside float32"),
+    ("1e-320*image:a", 7, "outside float32"),
     ("image:a / image:b", 8, "cannot divide by an embedding"),
     ("image:a image:b", 8, "missing operator"),
     ("(image:a", 8, "expected ')'"),
@@ -85,25 +88,11 @@ def test_limits():
         parse("a + " * 1000 + "a")
 
 
-def test_combine_positive_weights_is_upstream_fusion():
-    torch.manual_seed(0)
-    v = torch.randn(3, 8)
-    w = [0.2, 0.3, 1.5]
-    unit = F.normalize(v, dim=-1)
-    wt = torch.tensor(w)
-    expected = (unit * (wt / (wt.sum() + 1e-6))[:, None]).sum(0)
-    torch.testing.assert_close(combine(v, w), expected)
-    # a single input comes back as its unit vector, like upstream forward_visual with one modality
-    torch.testing.assert_close(combine(v[:1], [1.0]), unit[0], atol=1e-5, rtol=0)
-
-
-def test_combine_with_subtraction_is_unit_norm_and_points_away():
-    a, b = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
-    out = combine(torch.stack([a, b]), [1.0, -0.5])
-    assert out.norm().item() == pytest.approx(1.0, abs=1e-6)
-    assert torch.dot(out, b) < torch.dot(a, b)
-    with pytest.raises(ValueError, match="zero vector"):
-        combine(torch.stack([a, a * 3]), [1.0, -1.0])
+def test_deep_nesting_and_long_sign_runs_are_expression_errors_not_recursion_errors():
+    with pytest.raises(ExpressionError, match=f"nested deeper than {MAX_DEPTH}"):
+        parse("(" * 300 + "a" + ")" * 300)
+    assert parse("-" * 1999 + "a").coefficients == [-1.0]  # an odd run of minus signs, in a loop
+    assert parse("(" * MAX_DEPTH + "a" + ")" * MAX_DEPTH).coefficients == [1.0]
 
 
 def test_evaluate_resolves_operands_in_order():
@@ -116,4 +105,4 @@ def test_evaluate_resolves_operands_in_order():
 
     out = evaluate("0.5*x + 0.5*y", resolve)
     assert [o.value for o in seen] == ["x", "y"]
-    torch.testing.assert_close(out, torch.tensor([0.5, 0.5]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out, torch.tensor([0.5, 0.5]), atol=1e-5, rtol=0)  # the fusion of unit vectors

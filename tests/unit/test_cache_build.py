@@ -118,12 +118,12 @@ def test_model_answers_with_a_chroma_cache_and_names_its_neighbours(tmp_path, ti
     from ibllm_agent.media import load_media
 
     feature = tiny_model.encode([load_media(paths[4])])  # (1, D)
-    previous = tiny_model.cache
-    tiny_model.cache = chroma
+    previous = tiny_model.visual_cache
+    tiny_model.visual_cache = chroma
     try:
-        query, neighbors = tiny_model.visual_query(feature, cache=True, cache_size=3)
+        query, neighbors = tiny_model.visual_query(feature, {"enabled": True, "size": 3})
     finally:
-        tiny_model.cache = previous
+        tiny_model.visual_cache = previous
     assert query.shape[0] == 1 and len(neighbors[0]) == 3
     best = neighbors[0][0]
     assert best.metadata["uri"] == str(paths[4].resolve()) and best.score == pytest.approx(1.0, abs=1e-5)

@@ -6,16 +6,18 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pydantic
 import pytest
 import torch
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from ibllm_agent.arithmetic import combine
 from ibllm_agent.chat_models import ChatImageBindLLM, ContextWindowWarning
 from ibllm_agent.content_blocks import ContentError, embedding_block
+from ibllm_agent.factory import load
+from ibllm_agent.fusion import FusionError, fuse
 from ibllm_agent.generation import format_prompt
-from ibllm_agent.model import load
+from ibllm_agent.params import ParamsError, VisualCacheParams
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def short_llm():
 def direct(llm, prompt: str, feature=None, max_gen_len=12):
     """What the model itself answers (no LangChain): the reference for every comparison here."""
     features = None if feature is None else feature[None]
-    return llm.generate_batch([prompt], features, max_gen_len=max_gen_len, temperature=0.0)[0]
+    return llm.generate_batch([prompt], features, max_tokens=max_gen_len, temperature=0.0)[0]
 
 
 def test_invoke_is_the_models_answer_to_the_upstream_prompt(chat):
@@ -54,10 +56,26 @@ def test_models_built_from_one_name_share_memory(chat):
 
 
 def test_usual_constructor_arguments_are_accepted():
-    chat = ChatImageBindLLM(model="tiny", temperature=0.3, max_tokens=5, top_p=0.9, stop=["x"], seed=3, timeout=30,
-                            max_retries=2)
+    chat = ChatImageBindLLM(model="tiny", temperature=0.3, max_tokens=5, top_p=0.9, stop=["x"], seed=3, timeout=30)
     assert (chat.temperature, chat.max_tokens, chat.top_p, chat.stop, chat.seed) == (0.3, 5, 0.9, ["x"], 3)
     assert chat._get_ls_params()["ls_model_name"] == "tiny"
+
+
+@pytest.mark.parametrize("kwargs", [{"max_retries": 2}, {"api_key": "x"}, {"temprature": 0.0}, {"cache_size": 3}])
+def test_options_the_model_would_ignore_are_refused(kwargs):
+    """A local model has nothing to retry and no key to send: accepting those (or a typo) and ignoring them
+    would leave the caller believing they took effect."""
+    with pytest.raises(pydantic.ValidationError, match="Extra inputs are not permitted"):
+        ChatImageBindLLM(model="tiny", **kwargs)
+
+
+def test_unknown_call_options_and_bad_values_are_refused(chat):
+    with pytest.raises(ValueError, match=r"unknown call options \['temprature'\]"):
+        chat.invoke("hi", temprature=0.5)
+    with pytest.raises(ParamsError, match="generation.top_p"):
+        chat.invoke("hi", top_p=0)
+    with pytest.raises(ParamsError, match="visual_cache.size"):
+        chat.invoke("hi", visual_cache={"size": 0})
 
 
 def test_stream_token_by_token_equals_invoke(chat):
@@ -112,8 +130,10 @@ def test_weighted_embedding_blocks_are_fused_like_upstream(chat):
     a, b = torch.randn(2, chat.llm.feature_dim)
     msg = chat.invoke([HumanMessage(content=[embedding_block(a, 0.25), embedding_block(b, 0.75)])])
     fused = chat.llm.fuse(torch.stack([a, b]), [0.25, 0.75])
-    torch.testing.assert_close(combine(torch.stack([a, b]), [0.25, 0.75]), fused)
+    assert torch.equal(fuse(torch.stack([a, b]), [0.25, 0.75]), fused)
     assert msg.content == direct(chat.llm, format_prompt(chat.default_question), fused).text
+    with pytest.raises(FusionError, match="is 0"):
+        chat.invoke([HumanMessage(content=[embedding_block(a, 1.0), embedding_block(b, 0.0)])])
 
 
 def test_media_of_an_earlier_turn_stay_with_the_conversation(chat):
@@ -153,7 +173,7 @@ def test_bad_input_is_a_readable_error(chat):
         chat.invoke([SystemMessage("only a system prompt")])
     with pytest.raises(ValueError, match="has 3 values; this model's ImageBind features have 1024"):
         chat.invoke([HumanMessage(content=[embedding_block([1.0, 2.0, 3.0])])])
-    with pytest.raises(ContentError, match="content block 1: URLs are disabled"):
+    with pytest.raises(ContentError, match=r"content block 1 \(image\): URLs are disabled"):
         chat.invoke([HumanMessage(content=["look", {"type": "image", "url": "https://example.com/a.png"}])])
 
 
@@ -213,15 +233,16 @@ def test_cache_settings_per_call_and_neighbours_in_metadata():
     llm = load("tiny")
     torch.manual_seed(3)
     stored = torch.nn.functional.normalize(torch.randn(4, llm.feature_dim), dim=-1)
-    llm.cache = FaissCache.from_vectors(stored.numpy(), ids=["a", "b", "c", "d"],
+    llm.visual_cache = FaissCache.from_vectors(stored.numpy(), ids=["a", "b", "c", "d"],
                                         metadatas=[{"caption": c} for c in "abcd"])
-    chat = ChatImageBindLLM(model=llm, temperature=0, max_tokens=6, visual_cache=True, cache_size=2)
+    chat = ChatImageBindLLM(model=llm, temperature=0, max_tokens=6, visual_cache={"enabled": True, "size": 2})
+    assert chat.visual_cache == VisualCacheParams(enabled=True, size=2)
     message = [HumanMessage(content=["What is it?", embedding_block(stored[2] + 0.1 * stored[0])])]
     used = chat.invoke(message).response_metadata["cache_neighbors"]
     assert [n["id"] for n in used] == ["c", "a"] and sum(n["weight"] for n in used) == pytest.approx(1.0)
     assert used[0]["metadata"] == {"caption": "c"}
     assert chat.invoke(message, visual_cache=False).response_metadata["cache_neighbors"] == []
-    assert len(chat.invoke(message, cache_size=3).response_metadata["cache_neighbors"]) == 3
+    assert len(chat.invoke(message, visual_cache=VisualCacheParams(size=3)).response_metadata["cache_neighbors"]) == 3
     streamed = [c for c in chat.stream(message) if c.response_metadata]
     assert [n["id"] for n in streamed[-1].response_metadata["cache_neighbors"]] == ["c", "a"]
 

@@ -20,6 +20,7 @@ from ibllm_agent.checkpoint import (
     load_into,
     load_state_dict,
 )
+from ibllm_agent.factory import save_official
 
 
 class Payload:
@@ -40,7 +41,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def official(tiny, tmp_path_factory):
     """The tiny model written in the official layout (LLaMA file float16, adapter, ImageBind)."""
-    return tiny.save_official(tmp_path_factory.mktemp("official"))
+    return save_official(tiny, tmp_path_factory.mktemp("official"))
 
 
 def test_pickled_code_is_refused_and_never_run(tmp_path):
@@ -103,7 +104,7 @@ def test_load_into_is_strict_with_sorted_lists_and_assigns_nothing_on_error():
 def test_official_layout_round_trip(tiny, official):
     loaded = ibllm_agent.load(str(official["adapter"]), str(official["llama_dir"]),
                               imagebind_ckpt=str(official["imagebind"]))
-    assert loaded.name == "adapter" and not loaded.is_toy
+    assert loaded.card.name == "adapter" and not loaded.card.is_toy
     prompt = ibllm_agent.format_prompt("Describe the dog.")
     feature = torch.randn(tiny.feature_dim, generator=torch.Generator().manual_seed(0))
     # the LLaMA file is float16 (as Meta's): compare with the tiny model's weights rounded the same way
@@ -112,8 +113,8 @@ def test_official_layout_round_trip(tiny, official):
         for name, p in rounded.llama.named_parameters():
             if not ADAPTER_ONLY_LLAMA_KEY.match(name) and "norm" not in name:  # norms come from the adapter
                 p.copy_(p.half().float())
-    a = rounded.generate_batch([prompt], feature, max_gen_len=8, temperature=0.0)[0]
-    b = loaded.generate_batch([prompt], feature, max_gen_len=8, temperature=0.0)[0]
+    a = rounded.generate_batch([prompt], feature, max_tokens=8, temperature=0.0)[0]
+    b = loaded.generate_batch([prompt], feature, max_tokens=8, temperature=0.0)[0]
     assert a.token_ids == b.token_ids
     for name, value in loaded.state_dict().items():
         torch.testing.assert_close(value, rounded.state_dict()[name], msg=name)

@@ -38,14 +38,14 @@ def test_ask_streams_the_greedy_answer(tiny, image_file, capsys):
     out, err = capsys.readouterr()
     assert rc == 0 and "[tiny]" in err
     feature = tiny.fuse(tiny.encode([load_media(image_file, "image")]), [0.5])
-    expected = tiny.generate_batch([format_prompt("What colour is it?")], feature, max_gen_len=6, temperature=0.0)
+    expected = tiny.generate_batch([format_prompt("What colour is it?")], feature, max_tokens=6, temperature=0.0)
     assert out == expected[0].text + "\n"
 
 
 def test_ask_text_only_with_input_field(tiny, capsys):
     assert cli.main(["ask", "--model", "tiny", "--temperature", "0", "--max-gen-len", "4", "--input", "a dog",
                      "Describe it."]) == 0
-    expected = tiny.generate_batch([format_prompt("Describe it.", "a dog")], None, max_gen_len=4, temperature=0.0)
+    expected = tiny.generate_batch([format_prompt("Describe it.", "a dog")], None, max_tokens=4, temperature=0.0)
     assert capsys.readouterr().out == expected[0].text + "\n"
 
 
@@ -54,13 +54,13 @@ def test_chat_reads_questions_and_attachments(tiny, image_file, capsys, monkeypa
     assert cli.main(["chat", "--model", "tiny", "--temperature", "0", "--max-gen-len", "4"]) == 0
     out = capsys.readouterr().out.splitlines()
     feature = tiny.fuse(tiny.encode([load_media(image_file, "image")]), [1.0])
-    first = tiny.generate_batch([format_prompt("What is it?")], feature, max_gen_len=4, temperature=0.0)[0].text
-    second = tiny.generate_batch([format_prompt("And now?")], None, max_gen_len=4, temperature=0.0)[0].text
+    first = tiny.generate_batch([format_prompt("What is it?")], feature, max_tokens=4, temperature=0.0)[0].text
+    second = tiny.generate_batch([format_prompt("And now?")], None, max_tokens=4, temperature=0.0)[0].text
     assert out == [first, second]
 
 
 def test_errors_are_short_and_name_the_problem(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("ibllm_agent.model.TOY_DIR", tmp_path)
+    monkeypatch.setattr("ibllm_agent.pretrained.TOY_DIR", tmp_path)
     assert cli.main(["ask", "hello"]) == 2
     assert "toy model is not built" in capsys.readouterr().err
     assert cli.main(["ask", "--model", "tiny", "--audio", str(tmp_path / "missing.wav"), "hi"]) == 2

@@ -9,10 +9,18 @@ import torch
 from langchain_core.messages import HumanMessage
 from langchain_core.messages.content import create_audio_block, create_file_block, create_image_block
 
-from ibllm_agent.content_blocks import ContentError, EmbeddingPart, MediaPart, embedding_block, parse_message
+from ibllm_agent.content_blocks import (
+    ContentError,
+    EmbeddingPart,
+    MediaPart,
+    UnsupportedContentError,
+    embedding_block,
+    parse_message,
+)
 from ibllm_agent.sources import SourcePolicy
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
+PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
 
 
 @pytest.fixture()
@@ -41,7 +49,7 @@ def test_standard_blocks_base64_and_local_files(policy, tmp_path):
     assert audio.source == tmp_path / "dog.png" and audio.modality == "audio"
     assert cloud.source == tmp_path / "cloud.ply" and cloud.modality == "point" and cloud.name == "cloud.ply"
     assert video.modality == "video"
-    assert unknown.modality is None  # detected from content later
+    assert unknown.modality == "image"  # a generic MIME type: the content decides
     assert forced.modality == "point"
 
 
@@ -69,7 +77,7 @@ def test_embedding_block():
 
 
 @pytest.mark.parametrize("block, message", [
-    ({"type": "image", "url": "../etc/passwd"}, "content block 0: .*'\\.\\.'"),
+    ({"type": "image", "url": "../etc/passwd"}, "content block 0 \\(image\\): .*'\\.\\.'"),
     ({"type": "image", "url": "http://example.com/a.png"}, "URLs are disabled"),
     ({"type": "image", "base64": "!!notbase64!!", "mime_type": "image/png"}, "malformed"),
     ({"type": "image", "file_id": "file-123"}, "file_id"),
@@ -77,7 +85,13 @@ def test_embedding_block():
     ({"type": "image", "url": "dog.png", "extras": {"modality": "smell"}}, "extras.modality"),
     ({"type": "imagebind_embedding", "embedding": [[1.0], [2.0]]}, "flat list"),
     ({"type": "imagebind_embedding", "embedding": [float("nan")]}, "finite"),
-    ({"type": "point_cloud", "data": "x"}, "unsupported non-standard"),
+    ({"type": "point_cloud", "data": "x"}, "is not one of ours"),
+    ({"type": "image", "base64": 42, "mime_type": "image/png"}, "'base64' must be a string"),
+    ({"type": "image", "url": 7}, "'url' must be a string"),
+    ({"type": "image", "url": "dog.png", "extras": "heavy"}, "'extras' must be an object"),
+    ({"type": "image", "url": "dog.png", "extras": {"filename": 3}}, "filename must be a string"),
+    ({"type": "image", "url": "data:image/png;base64", "mime_type": "image/png"}, "needs a ','"),
+    ({"type": "imagebind_embedding", "embedding": [0.0, 0.0]}, "all zeros"),
 ])
 def test_bad_blocks_say_which_and_why(policy, block, message):
     with pytest.raises(ContentError, match=message):
@@ -89,3 +103,44 @@ def test_inline_size_limit(tmp_path):
     block = {"type": "image", "base64": base64.b64encode(PNG).decode(), "mime_type": "image/png"}
     with pytest.raises(ContentError, match="larger than the limit"):
         parse_message(HumanMessage(content=[block]), small)
+
+
+def test_line_wrapped_base64_is_valid_and_every_inline_form_has_the_same_byte_limit(tmp_path):
+    wrapped = base64.encodebytes(PNG * 20).decode()  # MIME style: a newline every 76 characters
+    (part,) = parse_message(HumanMessage(content=[{"type": "image", "base64": wrapped, "mime_type": "image/png"}]),
+                            SourcePolicy()).parts
+    assert part.source == PNG * 20
+    small = SourcePolicy(roots=(tmp_path,), max_bytes=100)
+    raw = "data:image/png," + "A" * 500  # not base64: percent-encoded bytes, limited all the same
+    with pytest.raises(ContentError, match="larger than the limit of 100"):
+        parse_message(HumanMessage(content=[{"type": "image", "url": raw}]), small)
+    with pytest.raises(ContentError, match="larger than the limit of 100"):
+        parse_message(HumanMessage(content=[{"type": "image", "url": "data:image/png," + "%41" * 101}]), small)
+
+
+def test_the_question_text_has_a_limit():
+    with pytest.raises(ContentError, match="limit of 1000 characters"):
+        parse_message(HumanMessage(content=[{"type": "text", "text": "x" * 600}, {"type": "text", "text": "y" * 600}]),
+                      SourcePolicy(), max_text_chars=1000)
+    with pytest.raises(ContentError, match="more than the limit of 1000"):
+        parse_message(HumanMessage("z" * 5000), SourcePolicy(), max_text_chars=1000)
+
+
+@pytest.mark.parametrize("block, reason", [
+    ({"type": "file", "base64": base64.b64encode(PDF).decode(), "mime_type": "application/pdf"}, "application/pdf"),
+    ({"type": "file", "base64": base64.b64encode(PDF).decode()}, "the content is text, not a medium"),
+    ({"type": "file", "base64": base64.b64encode(b"plain words").decode(), "mime_type": "application/octet-stream"},
+     "not a medium"),
+    ({"type": "image", "base64": base64.b64encode(PDF).decode(), "mime_type": "application/pdf"}, "image block"),
+    ({"type": "file", "base64": base64.b64encode(b"{}").decode(), "mime_type": "application/json"}, "application/json"),
+    ({"type": "reasoning", "reasoning": "hmm"}, "'reasoning' blocks"),
+    ({"type": "future_block", "x": 1}, "non-standard block"),
+])
+def test_unsupported_blocks_are_refused_or_skipped_and_listed(block, reason):
+    message = HumanMessage(content=[{"type": "text", "text": "What is this?"}, block])
+    with pytest.raises(UnsupportedContentError, match="content block 1") as info:
+        parse_message(message, SourcePolicy())
+    assert reason in str(info.value) and "this model reads text, image" in str(info.value)
+    question = parse_message(message, SourcePolicy(), on_unsupported="skip")
+    assert question.text == "What is this?" and question.parts == []
+    assert [i["index"] for i in question.ignored] == [1] and reason in question.ignored[0]["reason"]

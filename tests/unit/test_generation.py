@@ -7,6 +7,7 @@ import torch
 
 import ibllm_agent
 from ibllm_agent.generation import PROMPT_DICT, Decoder, PromptTooLongError, format_prompt, sample_top_p
+from ibllm_agent.params import GenerationParams, ParamsError
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def test_sample_top_p_keeps_the_nucleus_and_is_seedable():
 
 def test_decoder_stops_at_max_gen_len_and_streams_the_same_text(model):
     ids = [model.tokenizer.encode(format_prompt("Describe the dog."), bos=True, eos=False)]
-    decoder = Decoder(model.llama, model.tokenizer, ids, None, max_gen_len=7, temperature=0.0)
+    decoder = Decoder(model.llama, model.tokenizer, ids, None, GenerationParams(max_tokens=7, temperature=0.0))
     deltas = [d[0] for d in decoder]
     [(text, tokens, finish)] = decoder.results()
     assert len(tokens) == 7 and finish == "length"
@@ -48,8 +49,8 @@ def test_eos_ends_a_row_and_is_not_returned(model):
     with torch.no_grad():
         model.llama.output.weight[model.tokenizer.eos_id] += 50.0  # make EOS the greedy choice
     try:
-        [(text, tokens, finish)] = Decoder(model.llama, model.tokenizer, ids, None, max_gen_len=5,
-                                           temperature=0.0).run()
+        [(text, tokens, finish)] = Decoder(model.llama, model.tokenizer, ids, None,
+                                           GenerationParams(max_tokens=5, temperature=0.0)).run()
     finally:
         with torch.no_grad():
             model.llama.output.weight[model.tokenizer.eos_id] = saved
@@ -58,12 +59,12 @@ def test_eos_ends_a_row_and_is_not_returned(model):
 
 def test_stop_strings_cut_the_text_and_are_never_streamed(model):
     prompt = format_prompt("Describe the bell.")
-    [full] = model.generate_batch([prompt], None, max_gen_len=12, temperature=0.0)
+    [full] = model.generate_batch([prompt], None, max_tokens=12, temperature=0.0)
     assert len(full.text) > 3
     stop = full.text[2:4]
-    [cut] = model.generate_batch([prompt], None, max_gen_len=12, temperature=0.0, stop=[stop])
+    [cut] = model.generate_batch([prompt], None, max_tokens=12, temperature=0.0, stop=[stop])
     assert cut.finish_reason == "stop" and cut.text == full.text[: full.text.find(stop)]
-    streamed = "".join(model.stream(prompt, None, max_gen_len=12, temperature=0.0, stop=[stop]))
+    streamed = "".join(model.stream(prompt, None, max_tokens=12, temperature=0.0, stop=[stop]))
     assert streamed == cut.text
 
 
@@ -71,29 +72,29 @@ def test_batch_of_different_lengths_gives_each_prompt_its_own_greedy_answer(mode
     prompts = [format_prompt("Describe the rain."), "a dog", format_prompt("What is this?", "a red car")]
     g = torch.Generator().manual_seed(0)
     features = torch.randn(3, model.feature_dim, generator=g)
-    batch = model.generate_batch(prompts, features, max_gen_len=10, temperature=0.0)
+    batch = model.generate_batch(prompts, features, max_tokens=10, temperature=0.0)
     for prompt, feature, got in zip(prompts, features, batch):
-        [alone] = model.generate_batch([prompt], feature, max_gen_len=10, temperature=0.0)
+        [alone] = model.generate_batch([prompt], feature, max_tokens=10, temperature=0.0)
         assert got.token_ids == alone.token_ids and got.text == alone.text
         assert got.prompt_tokens == len(model.tokenizer.encode(prompt, bos=True, eos=False))
 
 
 def test_seeded_sampling_is_reproducible_and_the_stream_matches(model):
     prompt = format_prompt("Describe the drum.")
-    a = model.generate_batch([prompt], None, max_gen_len=10, temperature=1.0, top_p=0.95, seed=11)
-    b = model.generate_batch([prompt], None, max_gen_len=10, temperature=1.0, top_p=0.95, seed=11)
+    a = model.generate_batch([prompt], None, max_tokens=10, temperature=1.0, top_p=0.95, seed=11)
+    b = model.generate_batch([prompt], None, max_tokens=10, temperature=1.0, top_p=0.95, seed=11)
     assert a[0].token_ids == b[0].token_ids
-    streamed = "".join(model.stream(prompt, None, max_gen_len=10, temperature=1.0, top_p=0.95, seed=11))
+    streamed = "".join(model.stream(prompt, None, max_tokens=10, temperature=1.0, top_p=0.95, seed=11))
     assert streamed == a[0].text
-    others = {tuple(model.generate_batch([prompt], None, max_gen_len=10, temperature=1.0, top_p=0.95,
+    others = {tuple(model.generate_batch([prompt], None, max_tokens=10, temperature=1.0, top_p=0.95,
                                          seed=s)[0].token_ids) for s in range(4)}
     assert len(others) > 1
 
 
 def test_interleaved_streams_do_not_interfere(model):
     p1, p2 = format_prompt("Describe the cat."), format_prompt("What sound is this?", "wind and rain")
-    expected = [model.generate_batch([p], None, max_gen_len=8, temperature=0.0)[0].text for p in (p1, p2)]
-    s1, s2 = model.stream(p1, None, max_gen_len=8, temperature=0.0), model.stream(p2, None, max_gen_len=8,
+    expected = [model.generate_batch([p], None, max_tokens=8, temperature=0.0)[0].text for p in (p1, p2)]
+    s1, s2 = model.stream(p1, None, max_tokens=8, temperature=0.0), model.stream(p2, None, max_tokens=8,
                                                                                   temperature=0.0)
     out1, out2 = [], []
     for a, b in zip(s1, s2):
@@ -107,8 +108,8 @@ def test_interleaved_streams_do_not_interfere(model):
 def test_prompt_longer_than_the_context_is_a_clear_error():
     small = ibllm_agent.load("tiny", max_seq_len=16)
     with pytest.raises(PromptTooLongError, match="max_seq_len"):
-        small.generate_batch(["dog " * 40], None, max_gen_len=4)
-    [g] = small.generate_batch(["dog"], None, max_gen_len=100, temperature=0.0)
+        small.generate_batch(["dog " * 40], None, max_tokens=4)
+    [g] = small.generate_batch(["dog"], None, max_tokens=100, temperature=0.0)
     assert g.finish_reason == "length" and g.prompt_tokens + len(g.token_ids) <= 16
 
 
@@ -117,3 +118,25 @@ def test_bad_sampling_arguments(model):
         model.generate_batch(["dog"], None, top_p=0.0)
     with pytest.raises(ValueError, match="temperature"):
         model.generate_batch(["dog"], None, temperature=-1.0)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("temperature", -0.1, "generation.temperature must be >= 0"),
+    ("temperature", float("nan"), "generation.temperature"),
+    ("top_p", 0.0, "generation.top_p must be > 0"),
+    ("top_p", 1.5, "generation.top_p"),
+    ("max_tokens", -1, "generation.max_tokens"),
+    ("max_tokens", 2.5, "whole number"),
+    ("seed", -3, "generation.seed"),
+    ("stop", ["x"] * 40, "generation.stop"),
+    ("temperature", "hot", "must be a number"),
+])
+def test_generation_params_refuse_bad_values_naming_the_field(field, value, message):
+    with pytest.raises(ParamsError, match=message):
+        GenerationParams(**{field: value})
+
+
+def test_generation_params_keep_the_reference_defaults():
+    p = GenerationParams()
+    assert (p.max_tokens, p.temperature, p.top_p, p.seed, p.stop) == (256, 0.1, 0.75, None, ())
+    assert p.updated(temperature=0, max_tokens=None) == GenerationParams(temperature=0.0)

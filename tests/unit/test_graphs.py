@@ -8,13 +8,13 @@ from langchain_core.language_models.fake_chat_models import FakeMessagesListChat
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_media import make_media
 
-from ibllm_agent.arithmetic import combine
 from ibllm_agent.cache.faiss import FaissCache
 from ibllm_agent.chat_models import ChatImageBindLLM
 from ibllm_agent.content_blocks import embedding_block
 from ibllm_agent.embeddings import ImageBindEmbeddings
-from ibllm_agent.graphs import build_perception_graph, create_perception_agent
-from ibllm_agent.model import load
+from ibllm_agent.factory import load
+from ibllm_agent.fusion import fuse
+from ibllm_agent.graphs import GraphInputError, build_perception_graph, create_perception_agent
 from ibllm_agent.sources import SourceError
 
 
@@ -55,12 +55,12 @@ def test_weighted_inputs_are_fused_and_answered(llm, media, chat, emb):
     graph = build_perception_graph(llm, roots=[media["image"].parent], max_tokens=8)
     out = graph.invoke({"question": "What is it?",
                         "media": ["tone.wav", {"path": "red_circle.png", "weight": 0.5}, "cloud.ply"]})
-    assert out["steps"] == ["route", "encode", "combine", "answer"]
+    assert out["steps"] == ["route", "encode", "combine", "retrieve skipped: no visual cache", "answer"]
     assert [i["modality"] for i in out["inputs"]] == ["audio", "image", "point"]
     assert out["handles"] == ["input_1", "input_2", "input_3"]
     vectors = torch.tensor([emb.embed_audio([str(media["audio"])])[0], emb.embed_image([str(media["image"])])[0],
                             emb.embed_point_cloud([str(media["point"])])[0]])
-    fused = combine(vectors, [1.0, 0.5, 1.0])
+    fused = fuse(vectors, [1.0, 0.5, 1.0])
     assert out["feature"] == pytest.approx(fused.tolist(), abs=1e-5)
     assert out["answer"] == expected_answer(chat, "What is it?", fused)
 
@@ -74,7 +74,7 @@ def test_expression_over_inputs_and_streamed_updates(llm, media, chat, emb):
     assert combined["composition"] == '1*input_1 - 0.5*input_2 + 1*text:"night"'
     vectors = torch.tensor([emb.embed_image([str(media["image"])])[0], emb.embed_image([str(media["image2"])])[0],
                             emb.embed_query("night")])
-    assert combined["feature"] == pytest.approx(combine(vectors, [1.0, -0.5, 1.0]).tolist(), abs=1e-5)
+    assert combined["feature"] == pytest.approx(fuse(vectors, [1.0, -0.5, 1.0]).tolist(), abs=1e-5)
 
 
 def test_answer_tokens_stream_from_the_answer_node(llm, media):
@@ -137,3 +137,35 @@ def test_chat_model_as_a_plain_agent_node(chat):
     agent = create_agent(chat, tools=[])  # no tools: no tool calling needed
     out = agent.invoke({"messages": [HumanMessage("Hello?")]})
     assert out["messages"][-1].content == expected_answer(chat, "Hello?")
+
+
+def test_an_expression_naming_its_own_files_is_used_through_the_media_folders(llm, media, chat, emb):
+    """Issue: the graph answered "as if" with no input when the expression named files but `media` was empty."""
+    graph = build_perception_graph(llm, roots=[media["image"].parent], max_tokens=8)
+    out = graph.invoke({"question": "What is this?", "expression": "0.7*image:red_circle.png + 0.3*audio:tone.wav"})
+    assert out["steps"] == ["route", "encode", "combine", "retrieve skipped: no visual cache", "answer"]
+    vectors = torch.tensor([emb.embed_image([str(media["image"])])[0], emb.embed_audio([str(media["audio"])])[0]])
+    fused = fuse(vectors, [0.7, 0.3])
+    assert out["feature"] == pytest.approx(fused.tolist(), abs=1e-5)
+    assert out["answer"] == expected_answer(chat, "What is this?", fused)
+    with pytest.raises(SourceError, match="outside the allowed media folders"):
+        graph.invoke({"question": "What?", "expression": "image:/etc/hostname"})
+
+
+@pytest.mark.parametrize("state, message", [
+    ({"question": "What?", "files": ["red_circle.png"]}, r"unknown input keys \['files'\]; .*'media'"),
+    ({"question": "What?", "media": "red_circle.png"}, "'media' must be list or tuple"),
+    ({"question": "What?", "media": [{"file": "red_circle.png"}]}, r"media\[0\] needs a 'path'"),
+    ({"question": "What?", "k": 0}, "'k' must be between 1 and 100"),
+    ({"question": 3}, "'question' must be str"),
+])
+def test_misspelt_or_mistyped_input_is_an_error_listing_what_is_accepted(llm, media, state, message):
+    graph = build_perception_graph(llm, roots=[media["image"].parent], max_tokens=8)
+    with pytest.raises(GraphInputError, match=message):
+        graph.invoke(state)
+
+
+def test_asking_for_retrieval_without_a_cache_is_an_error_not_a_skipped_step(llm, media):
+    graph = build_perception_graph(llm, roots=[media["image"].parent], max_tokens=8)
+    with pytest.raises(GraphInputError, match="retrieve=True but there is no visual cache"):
+        graph.invoke({"question": "What?", "media": ["red_circle.png"], "retrieve": True})

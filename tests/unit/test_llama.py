@@ -174,9 +174,9 @@ def test_cuda_graph_decoding_gives_the_eager_tokens(monkeypatch):
     model = ibllm_agent.load("tiny", device="cuda", dtype="float32")
     prompts = ["a dog barks", "the rain falls on the roof today"]
     assert cuda_graphs.enabled(torch.device("cuda"), 24)
-    graphed = [g.token_ids for g in model.generate_batch(prompts, None, max_gen_len=24, temperature=0.0)]
+    graphed = [g.token_ids for g in model.generate_batch(prompts, None, max_tokens=24, temperature=0.0)]
     monkeypatch.setenv("IBLLM_CUDA_GRAPHS", "0")
-    eager = [g.token_ids for g in model.generate_batch(prompts, None, max_gen_len=24, temperature=0.0)]
+    eager = [g.token_ids for g in model.generate_batch(prompts, None, max_tokens=24, temperature=0.0)]
     assert graphed == eager
 
 
@@ -191,7 +191,7 @@ def test_cuda_graph_capture_while_other_threads_decode():
     prompts = [f"a dog number {i} barks" for i in range(6)]
 
     def one(p):
-        return model.generate_batch([p], None, max_gen_len=20, temperature=0.0)[0].token_ids
+        return model.generate_batch([p], None, max_tokens=20, temperature=0.0)[0].token_ids
 
     alone = [one(p) for p in prompts]
     with ThreadPoolExecutor(3) as pool:

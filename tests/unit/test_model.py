@@ -1,4 +1,5 @@
 """ImageBindLLM on the tiny random model: names, fusion, cache blend, text-only, drop-in methods."""
+# (the model's layers' own invariants: tests/unit/test_llama.py; the factory's files: test_checkpoint.py)
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ import torch.nn.functional as F
 
 import ibllm_agent
 from ibllm_agent.cache.faiss import FaissCache
+from ibllm_agent.factory import build_tiny, save_official
+from ibllm_agent.fusion import FusionError
 from ibllm_agent.model import UnknownModalityError
+from ibllm_agent.params import VisualCacheParams
+from ibllm_agent.train.adapter import trainable_parameters
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +31,7 @@ def cached_model():
     m = ibllm_agent.load("tiny")
     g = np.random.default_rng(0)
     vectors = g.standard_normal((50, m.feature_dim)).astype(np.float32)
-    m.cache = FaissCache.from_vectors(vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
-    m.knn = True
+    m.visual_cache = FaissCache.from_vectors(vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
     return m
 
 
@@ -54,12 +58,26 @@ def test_parameter_names_are_the_official_keys(model):
     assert model.prefix_query.weight.shape == (model.query_layer, model.llama.params.dim)
 
 
+def test_the_bind_network_is_a_named_submodule_under_the_official_keys(model, tmp_path):
+    """Our names (`bind.blocks.0.w1`) inside, the adapter file's (`image_bind_f1_1`) in every state dict,
+    both ways: a reference-style `load_state_dict(torch.load("7B.pth")["model"], strict=False)` loads it."""
+    assert model.bind.blocks[0].w1.weight is model.state_dict(keep_vars=True)["image_bind_f1_1.weight"]
+    assert model.bind.proj.bias is model.state_dict(keep_vars=True)["image_bind_proj.bias"]
+    assert not any(k.startswith("bind.") for k in model.state_dict())
+    fresh = build_tiny(seed=1)
+    sd = {k: v for k, v in model.state_dict().items() if k.startswith(("image_bind_", "prefix_query"))}
+    result = fresh.load_state_dict(sd, strict=False)
+    assert not result.unexpected_keys and not any(k.startswith("bind.") for k in result.missing_keys)
+    assert torch.equal(fresh.bind.blocks[2].w3.weight, model.bind.blocks[2].w3.weight)
+
+
 def test_tiny_is_deterministic_and_identified(model):
     again = ibllm_agent.load("tiny")
     for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
-    assert (model.name, model.is_toy, model.device, model.dtype) == ("tiny", False, torch.device("cpu"), torch.float32)
-    assert hasattr(model.lock, "acquire") and model.cache is None
+    assert (model.card.name, model.card.is_toy, model.device, model.dtype) == ("tiny", False, torch.device("cpu"),
+                                                                               torch.float32)
+    assert hasattr(model.card.lock, "acquire") and model.visual_cache is None
 
 
 def test_forward_visual_is_the_reference_fusion_then_the_bind_network(model):
@@ -68,11 +86,10 @@ def test_forward_visual_is_the_reference_fusion_then_the_bind_network(model):
     emb = model.image_bind_forward({"vision": x, "audio": audio})
     fused = F.normalize(emb["vision"], dim=-1) * (0.7 / (1 + 1e-6)) + F.normalize(emb["audio"], dim=-1) * (0.3 / (1 + 1e-6))
     # the bind network by hand: proj, then 3 x (RMSNorm -> SwiGLU) residual
-    h = model.image_bind_proj(fused)[:, None]
-    for i in (1, 2, 3):
-        n = getattr(model, f"image_bind_norm_{i}")(h)
-        h = h + getattr(model, f"image_bind_f2_{i}")(F.silu(getattr(model, f"image_bind_f1_{i}")(n))
-                                                     * getattr(model, f"image_bind_f3_{i}")(n))
+    h = model.bind.proj(fused)[:, None]
+    for block in model.bind.blocks:
+        n = block.norm(h)
+        h = h + block.w2(F.silu(block.w1(n)) * block.w3(n))
     assert got.shape == (1, 1, model.llama.params.dim)
     torch.testing.assert_close(got, h)
     torch.testing.assert_close(model.fuse(torch.cat([emb["vision"], emb["audio"]]), [0.7, 0.3]), fused[0])
@@ -82,11 +99,11 @@ def test_bad_mixtures_are_clear_errors(model):
     x = images(1)
     with pytest.raises(UnknownModalityError, match="Smell"):
         model.forward_visual({"Smell": [x, 1.0]})
-    with pytest.raises(ValueError, match="finite"):
+    with pytest.raises(FusionError, match="finite"):
         model.forward_visual({"Image": [x, float("nan")]})
-    with pytest.raises(ValueError, match="sum to zero"):
+    with pytest.raises(FusionError, match="cancel out"):
         model.forward_visual({"Image": [x, 1.0], "Video": [x, -1.0]})
-    with pytest.raises(ValueError, match="sum to zero"):
+    with pytest.raises(FusionError, match="is 0"):
         model.fuse(torch.randn(2, model.feature_dim), [0.0, 0.0])
     with pytest.raises(UnknownModalityError, match="smell"):
         model.image_bind_forward({"smell": x})
@@ -95,8 +112,8 @@ def test_bad_mixtures_are_clear_errors(model):
 def test_cache_blend_equals_the_hand_computation_per_sample(cached_model):
     m = cached_model
     feature = torch.randn(2, m.feature_dim, generator=torch.Generator().manual_seed(2)) * 0.3  # un-normalised
-    got, neighbors = m.visual_query(feature, cache_size=5, cache_t=20.0, cache_weight=0.4)
-    stored = torch.from_numpy(m.cache.index.reconstruct_n(0, len(m.cache)))
+    got, neighbors = m.visual_query(feature, VisualCacheParams(size=5, t=20.0, weight=0.4))
+    stored = torch.from_numpy(m.visual_cache.index.reconstruct_n(0, len(m.visual_cache)))
     expected_rows = []
     for b in range(2):
         sims = stored @ feature[b]
@@ -107,7 +124,7 @@ def test_cache_blend_equals_the_hand_computation_per_sample(cached_model):
         assert [int(n.id) for n in neighbors[b]] == top.indices.tolist()
         assert [n.weight for n in neighbors[b]] == pytest.approx(w.tolist(), abs=1e-6)
     torch.testing.assert_close(got, m.bind(torch.stack(expected_rows)), atol=1e-5, rtol=1e-5)
-    off, none = m.visual_query(feature, cache=False)
+    off, none = m.visual_query(feature, False)
     torch.testing.assert_close(off, m.bind(feature))
     assert none == [[], []]
 
@@ -120,17 +137,17 @@ def test_text_only_uses_the_blank_image_feature_and_skips_the_cache(cached_model
     torch.testing.assert_close(query, m.bind(blank[None]))
     assert neighbors == [[]]
     prompt = ibllm_agent.format_prompt("Describe the sea.")
-    none = m.generate_batch([prompt], None, max_gen_len=6, temperature=0.0)[0]
-    zeros = m.generate_batch([prompt], torch.zeros(m.feature_dim), max_gen_len=6, temperature=0.0)[0]
+    none = m.generate_batch([prompt], None, max_tokens=6, temperature=0.0)[0]
+    zeros = m.generate_batch([prompt], torch.zeros(m.feature_dim), max_tokens=6, temperature=0.0)[0]
     assert none.token_ids == zeros.token_ids and none.neighbors == []
 
 
 def test_generate_batch_reports_neighbours_with_the_cache(cached_model):
     m = cached_model
     feature = torch.randn(m.feature_dim, generator=torch.Generator().manual_seed(4))
-    [gen] = m.generate_batch(["a dog"], feature, max_gen_len=3, temperature=0.0, cache_size=4)
+    [gen] = m.generate_batch(["a dog"], feature, max_tokens=3, temperature=0.0, visual_cache={"size": 4})
     assert len(gen.neighbors) == 4 and sum(n.weight for n in gen.neighbors) == pytest.approx(1.0, abs=1e-5)
-    [plain] = m.generate_batch(["a dog"], feature, max_gen_len=3, temperature=0.0, cache=False)
+    [plain] = m.generate_batch(["a dog"], feature, max_tokens=3, temperature=0.0, visual_cache=False)
     assert plain.neighbors == []
 
 
@@ -138,7 +155,7 @@ def test_forward_inference_continues_like_the_reference(model):
     vq = model.forward_visual({"Image": [images(1, 5), 1.0]})
     tokens = torch.tensor([model.tokenizer.encode("a small red bird", bos=True, eos=False)])
     with torch.no_grad():
-        full = model.logits(tokens, vq)
+        full = model(tokens, vq)
     first = model.forward_inference(vq, tokens[:, :3], 0)
     steps = [model.forward_inference(vq, tokens[:, i:i + 1], i) for i in range(3, tokens.shape[1])]
     torch.testing.assert_close(first, full[:, 2], atol=1e-5, rtol=1e-5)
@@ -160,7 +177,7 @@ def test_generate_is_the_reference_signature_and_matches_generate_batch(model):
     prompt = ibllm_agent.format_prompt("Describe the image.")
     [text] = model.generate({"Image": [x, 1]}, [prompt], max_gen_len=6, temperature=0)
     feature = model.fuse(model.image_bind_forward({"vision": x})["vision"], [1])
-    assert text == model.generate_batch([prompt], feature, max_gen_len=6, temperature=0.0)[0].text
+    assert text == model.generate_batch([prompt], feature, max_tokens=6, temperature=0.0)[0].text
 
 
 def test_encode_batches_per_modality_and_keeps_the_order(model):
@@ -172,22 +189,23 @@ def test_encode_batches_per_modality_and_keeps_the_order(model):
     emb = model.image_bind_forward({"vision": imgs, "audio": audio[None]})
     torch.testing.assert_close(got[[0, 2]], emb["vision"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[1], emb["audio"][0], atol=1e-5, rtol=1e-5)
-    with pytest.raises(UnknownModalityError, match="items\\[0\\]"):
+    with pytest.raises(UnknownModalityError, match="smell"):
         model.encode([Media("smell", imgs[0])])
 
 
 def test_trainable_split_follows_the_reference(model):
-    fine = model.get_trainable_params("finetune")
+    fine = trainable_parameters(model, "finetune")
     assert fine and all(k.startswith("llama.") and ("norm" in k or "bias" in k or "lora" in k) for k in fine)
-    pre = model.get_trainable_params("pretrain")
+    pre = trainable_parameters(model, "pretrain")
     assert "prefix_query.weight" in pre and "llama.layers.0.attention.gate" in pre
     assert not any(k.startswith("image_bind.") for k in pre)
+    assert {f"image_bind_f{j}_{i}.weight" for i in (1, 2, 3) for j in (1, 2, 3)} <= set(pre)  # the bind network
 
 
 def test_pretrain_phase_and_bfloat16():
     m = ibllm_agent.load("tiny", phase="pretrain", dtype="bfloat16")
     assert m.dtype == torch.bfloat16 and not any("lora" in k for k in m.state_dict())
-    [g] = m.generate_batch(["a dog"], None, max_gen_len=3, temperature=0.0)
+    [g] = m.generate_batch(["a dog"], None, max_tokens=3, temperature=0.0)
     assert len(g.token_ids) == 3
 
 
@@ -196,9 +214,9 @@ def test_cuda_defaults_to_float16_and_generates(tmp_path):
     m = ibllm_agent.load("tiny", device="cuda")
     assert m.dtype == torch.float16 and m.device.type == "cuda"
     feature = m.encode([Media("image", images(1)[0])])[0]
-    [g] = m.generate_batch(["a dog"], feature, max_gen_len=4, temperature=0.0)
+    [g] = m.generate_batch(["a dog"], feature, max_tokens=4, temperature=0.0)
     assert len(g.token_ids) == 4
-    official = ibllm_agent.load("tiny").save_official(tmp_path)
+    official = save_official(ibllm_agent.load("tiny"), tmp_path)
     loaded = ibllm_agent.load(str(official["adapter"]), str(official["llama_dir"]),
                               imagebind_ckpt=str(official["imagebind"]), device="cuda", dtype="bfloat16")
     assert loaded.dtype == torch.bfloat16 and all(p.device.type == "cuda" for p in loaded.parameters())

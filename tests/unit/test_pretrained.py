@@ -10,6 +10,7 @@ import pytest
 
 from ibllm_agent import pretrained
 from ibllm_agent.checkpoint import MissingFileError
+from ibllm_agent.factory import save_official
 from ibllm_agent.pretrained import DownloadError, WeightFile, download
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -131,7 +132,7 @@ def test_checksum_mismatch_and_http_errors(server, tmp_path):
 def test_load_by_registry_name_downloads_only_when_asked(tmp_path, monkeypatch, serve_folder):
     import ibllm_agent
 
-    official = ibllm_agent.load("tiny").save_official(tmp_path / "served")
+    official = save_official(ibllm_agent.load("tiny"), tmp_path / "served")
     (tmp_path / "served" / "imagebind_w3D.pth").write_bytes(official["imagebind"].read_bytes())
     (tmp_path / "served" / "7B.pth").write_bytes(official["adapter"].read_bytes())
     base = serve_folder(tmp_path / "served")
@@ -141,4 +142,4 @@ def test_load_by_registry_name_downloads_only_when_asked(tmp_path, monkeypatch, 
     with pytest.raises(MissingFileError, match="ibllm download 7B"):
         ibllm_agent.load("7B", str(official["llama_dir"]), download_root=root)
     model = ibllm_agent.load("7B", str(official["llama_dir"]), download_root=root, download=True)
-    assert model.name == "7B" and sorted(p.name for p in root.iterdir()) == ["7B.pth", "imagebind_w3D.pth"]
+    assert model.card.name == "7B" and sorted(p.name for p in root.iterdir()) == ["7B.pth", "imagebind_w3D.pth"]

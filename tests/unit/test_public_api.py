@@ -5,7 +5,7 @@ import importlib
 import ibllm_agent
 
 PUBLIC = [
-    "CheckpointError", "ChatImageBindLLM", "ImageBindEmbeddings", "ImageBindLLM", "ImageBindModel",
+    "CheckpointError", "ChatImageBindLLM", "GenerationParams", "VisualCacheParams", "ImageBindEmbeddings", "ImageBindLLM", "ImageBindModel",
     "MediaError", "MediaInput", "ModalityType", "ModelArgs", "Tokenizer", "Transformer", "__version__", "available_models",
     "build_perception_graph", "create_perception_agent", "download", "format_prompt", "get_tools",
     "load", "load_media",

@@ -11,13 +11,13 @@ import torch
 from langchain_core.messages import HumanMessage, ToolMessage
 from langchain_media import make_media
 
-from ibllm_agent.arithmetic import combine
 from ibllm_agent.cache.faiss import FaissCache
 from ibllm_agent.chat_models import ChatImageBindLLM
 from ibllm_agent.content_blocks import embedding_block
 from ibllm_agent.embeddings import ImageBindEmbeddings
-from ibllm_agent.model import load
-from ibllm_agent.tools import get_tools
+from ibllm_agent.factory import load
+from ibllm_agent.fusion import fuse
+from ibllm_agent.perception_tools import get_tools
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_arithmetic_over_handles_files_and_text(tools, emb, media):
     assert msg.status == "success" and msg.content.startswith("emb_2 = 0.6*emb_1 + 1*audio:\"tone.wav\"")
     vectors = torch.tensor([emb.embed_image([str(media["image"])])[0], emb.embed_audio([str(media["audio"])])[0],
                             emb.embed_query("a square")])
-    expected = combine(vectors, [0.6, 1.0, -0.3])
+    expected = fuse(vectors, [0.6, 1.0, -0.3])
     assert msg.artifact == pytest.approx(expected.tolist(), abs=1e-5)
 
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from ibllm_agent.cli import main
-from ibllm_agent.model import build_tiny
+from ibllm_agent.factory import build_tiny, save_official
 from ibllm_agent.train.toy_world import ToyWorld
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    return build_tiny(phase="finetune").save_official(tmp_path_factory.mktemp("tiny"), "tiny")
+    return save_official(build_tiny(phase="finetune"), tmp_path_factory.mktemp("tiny"), "tiny")
 
 
 def test_pretrain_then_finetune_from_the_command_line(tmp_path, files, capsys):

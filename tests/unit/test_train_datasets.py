@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ibllm_agent.generation import format_prompt
-from ibllm_agent.model import tiny_tokenizer
+from ibllm_agent.presets import tiny_tokenizer
 from ibllm_agent.train.datasets import (
     PRETRAIN_INSTRUCTION,
     FinetuneDataset,

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import ibllm_agent
+from ibllm_agent.factory import build_tiny, save_official
 from ibllm_agent.imagebind.model import ImageBindModel, imagebind_tiny_args
-from ibllm_agent.model import build_tiny
 from ibllm_agent.train.adapter import (
     AdapterObjective,
     adapter_state_dict,
@@ -20,6 +20,7 @@ from ibllm_agent.train.adapter import (
     is_adapter_key,
     run_phase,
     save_adapter,
+    set_trainable,
 )
 from ibllm_agent.train.bind_encoders import (
     ConceptPairs,
@@ -88,7 +89,7 @@ def test_language_model_loss_goes_down_and_saves_meta_layout(tmp_path):
 def official_tiny(tmp_path_factory):
     """A tiny model written in the official layout (LLaMA files, adapter, ImageBind)."""
     out = tmp_path_factory.mktemp("official")
-    return build_tiny(phase="finetune").save_official(out, "tiny")
+    return save_official(build_tiny(phase="finetune"), out, "tiny")
 
 
 def _instruction_data(tmp_path, tok_words=("dog", "bell", "drum", "rain")):
@@ -143,8 +144,8 @@ def test_pretrain_then_finetune_reduce_the_loss_and_load_like_official_files(tmp
     feature = feats[str(tmp_path / "img1.png")][None]
     model.eval()
     with torch.no_grad():
-        expected = model.logits(tokens, model.bind(feature))
-        got = loaded.logits(tokens, loaded.bind(feature))
+        expected = model(tokens, model.bind(feature))
+        got = loaded(tokens, loaded.bind(feature))
     assert torch.allclose(got, expected, atol=1e-5)
 
 
@@ -166,13 +167,13 @@ def test_resume_continues_where_the_checkpoint_stopped(tmp_path):
 
 def test_adapter_objective_runs_images_through_frozen_imagebind():
     model = build_tiny(phase="pretrain")
-    model.set_default_trainability("pretrain")
+    set_trainable(model, "pretrain")
     tokens = torch.randint(3, 50, (2, 10))
     batch = {"tokens": tokens, "labels": tokens, "image": torch.randn(2, 3, 224, 224)}
     loss = AdapterObjective(model).train()(batch)
     loss.backward()
     assert all(p.grad is None for p in model.image_bind.parameters())
-    assert model.image_bind_proj.weight.grad is not None
+    assert model.bind.proj.weight.grad is not None
 
 
 @pytest.fixture(scope="module")

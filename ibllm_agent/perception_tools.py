@@ -5,7 +5,7 @@
 
 | tool | does | artifact |
 |---|---|---|
-| `describe_media` | answers a question about a file (image, audio, video, point cloud) | - |
+| `describe_media` | answers a question about a media file (any medium of `ibllm_agent.modalities`) | - |
 | `embed_media` | embeds a file or a text, keeps the vector under a handle (`emb_1`, ...) | the vector |
 | `embedding_arithmetic` | evaluates `0.6*audio:rain.wav + image:dog.png - 0.3*text:"day"` or `emb_1 - emb_2` | the vector |
 | `describe_embedding` | lets the model describe a stored (e.g. composed) embedding | - |
@@ -38,15 +38,18 @@ from langchain_core.messages import HumanMessage
 from langchain_core.tools import BaseTool, ToolException
 from pydantic import BaseModel, ConfigDict, Field
 
+from ibllm_agent import modalities
 from ibllm_agent.arithmetic import MODALITIES as EXPRESSION_MODALITIES
-from ibllm_agent.arithmetic import ExpressionError, Operand, combine, parse
+from ibllm_agent.arithmetic import ExpressionError, Operand, parse
 from ibllm_agent.chat_models import ChatImageBindLLM
 from ibllm_agent.content_blocks import embedding_block
 from ibllm_agent.embeddings import ImageBindEmbeddings
+from ibllm_agent.fusion import fuse
 from ibllm_agent.model_pool import shared_model
 from ibllm_agent.sources import DEFAULT_MAX_BYTES, SourceError, SourcePolicy
 
-MediaModality = Literal["image", "audio", "video", "point"]
+MediaModality = Literal[modalities.MEDIA]  # type: ignore[valid-type]  # the registry's media, as a JSON enum
+_MEDIA_NOUNS = modalities.describe()
 _HANDLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CLASSIFY_SCALE = 100.0
 """Logit scale for zero-shot classification over cosine similarities (CLIP's / ImageBind's order of magnitude)."""
@@ -121,13 +124,13 @@ class Perception:
                                      max_media_bytes=max_bytes, max_tokens=max_tokens, temperature=temperature)
         self.embeddings = ImageBindEmbeddings(model=self.llm, media_roots=root_strs, allow_urls=allow_urls,
                                               max_media_bytes=max_bytes)
-        self.cache = cache if cache is not None else getattr(self.llm, "cache", None)
+        self.cache = cache if cache is not None else getattr(self.llm, "visual_cache", None)
         self.collection = getattr(collection, "_collection", collection)  # a langchain Chroma or a chromadb one
         self.store = store if store is not None else EmbeddingStore()
 
     @property
     def toy_note(self) -> str:
-        return " (Toy world model: it knows only a few synthetic concepts.)" if getattr(self.llm, "is_toy", False) else ""
+        return " (Toy world model: it knows only a few synthetic concepts.)" if self.llm.card.is_toy else ""
 
     def embed_file(self, path: str, modality: str | None = None) -> tuple[torch.Tensor, str]:
         source, name = self.policy.read(path)
@@ -166,7 +169,7 @@ class Perception:
         vectors = self.resolve_operands(expression.operands)
         if len(expression.terms) == 1 and expression.terms[0][0].kind == "handle":
             return vectors[0], expression.terms[0][0].value
-        return combine(vectors, expression.coefficients), str(expression)
+        return fuse(vectors, expression.coefficients, names=[str(o) for o in expression.operands]), str(expression)
 
     def search_cache(self, vector: torch.Tensor, k: int) -> list[dict]:
         """The `k` nearest visual-cache items of a (D,) vector: id, inner-product score, metadata."""
@@ -220,7 +223,7 @@ class PerceptionTool(BaseTool):
 
 
 class DescribeMediaInput(BaseModel):
-    path: str = Field(description="The media file (image, audio, video or point cloud), relative to the media folder.")
+    path: str = Field(description=f"The media file ({_MEDIA_NOUNS}), relative to the media folder.")
     question: str | None = Field(default=None, description="What to ask about it; default: describe it.")
     modality: MediaModality | None = Field(default=None, description="Force a modality; default: detected "
                                  "from the content (use 'audio' for the soundtrack of a video).")
@@ -228,8 +231,7 @@ class DescribeMediaInput(BaseModel):
 
 class DescribeMediaTool(PerceptionTool):
     name: str = "describe_media"
-    description: str = ("Look at, listen to or feel a media file (image, sound, video or 3D point cloud) and answer "
-                        "a question about it.")
+    description: str = (f"Look at, listen to or feel a media file ({_MEDIA_NOUNS}) and answer a question about it.")
     args_schema: type[BaseModel] = DescribeMediaInput
 
     @_tool_errors
@@ -278,8 +280,9 @@ class EmbedMediaTool(PerceptionTool):
 
 class ArithmeticInput(BaseModel):
     expression: str = Field(description='An embedding expression, e.g. 0.6*audio:rain.wav + image:dog.png - '
-                            '0.3*text:"daytime", or emb_1 - emb_2. Operands: handles, or image|audio|video|point|'
-                            'media|text followed by ":" and a path or a "quoted" text; numbers scale; + and - combine.')
+                            '0.3*text:"daytime", or emb_1 - emb_2. Operands: handles, or '
+                            f'{"|".join(EXPRESSION_MODALITIES)} followed by ":" and a path or a "quoted" text; '
+                            'numbers scale; + and - combine.')
     name: str | None = Field(default=None, description="Handle to store the result under; default emb_N.")
 
 
@@ -296,7 +299,8 @@ class EmbeddingArithmeticTool(PerceptionTool):
             parsed = parse(expression)
         except ExpressionError as exc:
             raise ToolException(f"invalid expression: {exc}") from None
-        vector = combine(self.perception.resolve_operands(parsed.operands), parsed.coefficients)
+        vector = fuse(self.perception.resolve_operands(parsed.operands), parsed.coefficients,
+                      names=[str(o) for o in parsed.operands])
         item = self.perception.store.put(vector, str(parsed), name)
         return (f"{item.handle} = {parsed} ({vector.numel()}-d, norm {float(vector.norm()):.3f}). "
                 f"Describe it with describe_embedding or search with retrieve_from_cache.", vector.tolist())

@@ -1,0 +1,268 @@
+"""Files -> a loaded `ImageBindLLM`, and back.
+
+    load(name, llama_dir, llama_type, imagebind_ckpt, knn, knn_index, device, dtype, phase)   the reference's
+    build_from_files(adapter, llama_dir, ..., imagebind_ckpt=...)                              the official layout
+    save_official(model, out_dir)                                                             the inverse
+    build_tiny()                                                                              random, for tests
+
+`read_llama` and `read_imagebind` are the one prologue of every build (this one and the training
+build in `train/adapter.py`): tokenizer + params.json + the LLaMA file, and the ImageBind state dict
+with its sizes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ibllm_agent.card import ModelCard
+from ibllm_agent.checkpoint import (
+    ADAPTER_ONLY_LLAMA_KEY,
+    FROZEN_LLAMA_KEY,
+    CheckpointError,
+    MissingFileError,
+    load_into,
+    load_state_dict,
+    meta_tensors,
+)
+from ibllm_agent.imagebind.model import ImageBindArgs, read_imagebind_config
+from ibllm_agent.llama.model import ModelArgs
+from ibllm_agent.llama.tokenizer import Tokenizer
+from ibllm_agent.model import ImageBindLLM
+
+__all__ = ["build_from_files", "build_tiny", "llama_checkpoint_file", "load", "read_imagebind", "read_llama",
+           "resolve_dtype", "save_official"]
+
+PHASES = ("finetune", "pretrain")
+"""finetune: LLaMA with bias and LoRA (the instruction-tuned adapter); pretrain: neither."""
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    """None -> float16 on CUDA, float32 elsewhere; names and floating torch dtypes as given."""
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} not understood; use one of {sorted(DTYPES)}")
+        return DTYPES[dtype]
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+    return dtype
+
+
+def _check_phase(phase: str) -> bool:
+    """True for finetune (bias + LoRA), False for pretrain."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    return phase == "finetune"
+
+
+def llama_checkpoint_file(ckpt_dir: str | Path) -> Path:
+    """The one LLaMA checkpoint file in `<llama_dir>/<llama_type>/` (multi-shard 13B+ are refused clearly)."""
+    ckpt_dir = Path(ckpt_dir)
+    files = sorted(ckpt_dir.glob("*.pth")) + sorted(ckpt_dir.glob("*.safetensors"))
+    if not files:
+        raise MissingFileError(f"{ckpt_dir}: no LLaMA checkpoint (consolidated.00.pth) found", file=ckpt_dir)
+    if len(files) > 1:
+        raise CheckpointError(f"{ckpt_dir}: {len(files)} checkpoint shards ({', '.join(f.name for f in files)}); "
+                              "only single-file LLaMA checkpoints (7B) are supported", file=ckpt_dir)
+    return files[0]
+
+
+def read_llama(llama_dir: str | Path, llama_type: str, phase: str = "finetune", *,
+               max_seq_len: int = 2048) -> tuple[Tokenizer, ModelArgs, Path]:
+    """Meta's layout: <llama_dir>/tokenizer.model and <llama_dir>/<llama_type>/{params.json, one checkpoint}."""
+    finetune = _check_phase(phase)
+    llama_dir = Path(llama_dir)
+    tokenizer = Tokenizer(llama_dir / "tokenizer.model")
+    args = ModelArgs.from_json(llama_dir / llama_type / "params.json", max_seq_len=max_seq_len, w_bias=finetune,
+                               w_lora=finetune)
+    args.vocab_size = tokenizer.n_words
+    return tokenizer, args, llama_checkpoint_file(llama_dir / llama_type)
+
+
+def read_imagebind(path: str | Path) -> tuple[dict[str, torch.Tensor], ImageBindArgs]:
+    """ImageBind's state dict (un-prefixed) and its sizes: from the shapes, plus `imagebind_config.json`
+    beside the file for what shapes cannot tell (head counts, the toy's Point-Bind grouping)."""
+    path = Path(path)
+    sd = {k.removeprefix("image_bind."): v for k, v in load_state_dict(path).items()}
+    config = path.parent / "imagebind_config.json"
+    try:
+        args = ImageBindArgs.from_state_dict(sd, read_imagebind_config(config) if config.is_file() else None)
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: not an ImageBind checkpoint ({e})", file=path) from e
+    return sd, args
+
+
+def build_from_files(adapter_path: str | Path, llama_dir: str | Path, llama_type: str = "7B", *,
+                     imagebind_ckpt: str | Path, knn_index: str | Path | None = None, device="cpu", dtype=None,
+                     phase: str = "finetune", max_seq_len: int = 2048, name: str = "", is_toy: bool = False
+                     ) -> ImageBindLLM:
+    """Load the official layout: the LLaMA files, the adapter checkpoint and the ImageBind checkpoint
+    (+ the FAISS cache).
+
+    Order as the reference: LLaMA file, then the adapter (its LLaMA norms override), then ImageBind,
+    each strict with the keys a file may lack named. The model is built on the meta device and takes
+    the files' tensors (converted only where dtype/device differ), so weights are not held twice;
+    nothing is returned unless every parameter came from a file.
+    """
+    device = torch.device(device)
+    dtype = resolve_dtype(dtype, device)
+    adapter_path, imagebind_ckpt = Path(adapter_path), Path(imagebind_ckpt)
+    tokenizer, args, llama_file = read_llama(llama_dir, llama_type, phase, max_seq_len=max_seq_len)
+
+    adapter_sd = load_state_dict(adapter_path)
+    for key in ("prefix_query.weight", "image_bind_proj.weight"):
+        if key not in adapter_sd:
+            raise CheckpointError(f"{adapter_path}: not an ImageBind-LLM adapter checkpoint (no {key})",
+                                  file=adapter_path, missing=[key])
+    query_layer = adapter_sd["prefix_query.weight"].shape[0]  # query_len is 1: one row per adapted layer
+    feature_dim = adapter_sd["image_bind_proj.weight"].shape[1]
+    imagebind_sd, ib_args = read_imagebind(imagebind_ckpt)
+    if ib_args.out_embed_dim != feature_dim:
+        raise CheckpointError(f"{imagebind_ckpt}: ImageBind embeds in {ib_args.out_embed_dim} dimensions but "
+                              f"{adapter_path} expects {feature_dim}", file=imagebind_ckpt)
+    if query_layer > args.n_layers:
+        raise CheckpointError(f"{adapter_path}: prefix_query has {query_layer} rows but the LLaMA in "
+                              f"{llama_file.parent} has {args.n_layers} layers", file=adapter_path)
+
+    files = {"llama": llama_file, "adapter": adapter_path, "imagebind": imagebind_ckpt}
+    model = ImageBindLLM(args, tokenizer, ib_args, query_layer=query_layer, feature_dim=feature_dim, device="meta",
+                         card=ModelCard(name=name, is_toy=is_toy, files=files))
+    model.to(dtype)
+    load_into(model.llama, load_state_dict(llama_file), file=llama_file,
+              allowed_missing=ADAPTER_ONLY_LLAMA_KEY.match, device=device)
+    load_into(model, adapter_sd, file=adapter_path, device=device,
+              allowed_missing=lambda k: k.startswith("image_bind.") or FROZEN_LLAMA_KEY.match(k) is not None)
+    del adapter_sd
+    load_into(model.image_bind, imagebind_sd, file=imagebind_ckpt, device=device, ignored_unexpected=())
+    del imagebind_sd
+    absent = meta_tensors(model)
+    if absent:
+        raise CheckpointError(f"{llama_file}, {adapter_path} and {imagebind_ckpt} together lack "
+                              f"{len(absent)} tensors: {', '.join(absent[:25])}", file=adapter_path, missing=absent)
+    if knn_index is not None:
+        from ibllm_agent.cache.faiss import FaissCache
+
+        model.visual_cache = FaissCache.load(knn_index, dim=feature_dim)
+        model.card.files["knn_index"] = Path(knn_index)
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def save_official(model: ImageBindLLM, out_dir: str | Path, llama_type: str = "7B", *,
+                  llama_dtype=torch.float16) -> dict[str, Path]:
+    """Write `model` in the official file layout, which `load(adapter, llama_dir, ...)` reads back:
+    llama/tokenizer.model, llama/<llama_type>/params.json + consolidated.00.pth (Meta's keys, float16
+    like Meta's files), adapter.pth (`{"model": ...}`: bind network, prefix, and the LLaMA gates, biases,
+    LoRA and norms) and imagebind.pth."""
+    out = Path(out_dir)
+    ckpt_dir = out / "llama" / llama_type
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (out / "llama" / "tokenizer.model").write_bytes(model.tokenizer.sp_model.serialized_model_proto())
+    p = model.llama.params
+    params = {"dim": p.dim, "multiple_of": p.multiple_of, "n_heads": p.n_heads, "n_layers": p.n_layers,
+              "norm_eps": p.norm_eps, "vocab_size": -1}
+    if p.ffn_dim_multiplier is not None:
+        params["ffn_dim_multiplier"] = p.ffn_dim_multiplier
+    (ckpt_dir / "params.json").write_text(json.dumps(params))
+    base = {k: v.to(llama_dtype) for k, v in model.llama.state_dict().items() if not ADAPTER_ONLY_LLAMA_KEY.match(k)}
+    torch.save(base, ckpt_dir / "consolidated.00.pth")
+    adapter = {k: v for k, v in model.state_dict().items()
+               if not k.startswith("image_bind.") and not FROZEN_LLAMA_KEY.match(k)}
+    torch.save({"model": adapter}, out / "adapter.pth")
+    torch.save(model.image_bind.state_dict(), out / "imagebind.pth")
+    return {"llama_dir": out / "llama", "adapter": out / "adapter.pth", "imagebind": out / "imagebind.pth"}
+
+
+def build_tiny(*, device="cpu", dtype=None, phase: str = "finetune", seed: int = 0,
+               max_seq_len: int = 512) -> ImageBindLLM:
+    """A small random ImageBind-LLM (no files) for tests: the "tiny" presets (LLaMA dim 64, 2 layers, both
+    adapted; tiny ImageBind trunks with the official input sizes). Same seed, same weights. Gates and LoRA
+    are non-zero so every path of the math is exercised."""
+    from ibllm_agent.presets import imagebind_tiny_args, tiny_llama_args, tiny_tokenizer
+
+    device = torch.device(device)
+    finetune = _check_phase(phase)
+    tokenizer = tiny_tokenizer()
+    args = tiny_llama_args(vocab_size=tokenizer.n_words, max_seq_len=max_seq_len, w_bias=finetune, w_lora=finetune)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ImageBindLLM(args, tokenizer, imagebind_tiny_args(), query_layer=2, card=ModelCard(name="tiny"))
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            # over the official names, in their order, so the same seed gives the same weights as ever
+            for key, p in model.state_dict(keep_vars=True).items():
+                if key.startswith("image_bind.") or not isinstance(p, torch.nn.Parameter):
+                    continue  # ImageBind keeps its default init (LayerNorms 1, fan-in scaled linears)
+                if key.endswith("norm.weight") or "_norm_" in key:
+                    p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+                elif key.endswith(".gate"):
+                    p.copy_(0.3 * torch.randn(p.shape, generator=g))
+                else:
+                    p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    model.requires_grad_(False)
+    return model.to(device=device, dtype=resolve_dtype(dtype, device)).eval()
+
+
+def _registry_file(entry: str, root: Path, download: bool) -> Path:
+    """A registry file in `root`, fetched first when `download` is set and it is missing."""
+    from ibllm_agent import pretrained
+
+    if download and not (root / pretrained.FILES[entry].filename).is_file():
+        pretrained.download(entry, root)
+    return pretrained.local_path(entry, root)
+
+
+def load(name: str = "toy", llama_dir: str | Path | None = None, llama_type: str = "7B",
+         imagebind_ckpt: str | Path | None = None, knn: bool = False, knn_index: str | Path | None = None,
+         device="cpu", dtype=None, phase: str = "finetune", *, max_seq_len: int = 2048,
+         download_root: str | Path | None = None, download: bool = False) -> ImageBindLLM:
+    """Load ImageBind-LLM (the reference's `llama.load`, plus our names).
+
+    name: "toy" (the shipped toy world in ibllm_agent/assets/toy/, official file layout, read through
+    the same code as official files), "tiny" (random, no files, for tests), a registry name such as
+    "7B" or "7B-pretrained" (files already in `download_root`; fetch them with `ibllm download`), or
+    the path of an adapter checkpoint (.pth or .safetensors).
+    llama_dir: holds tokenizer.model and <llama_type>/params.json + consolidated.00.pth.
+    imagebind_ckpt: ImageBind (+Point-Bind) weights; default imagebind_w3D.pth, then imagebind_huge.pth
+    from `download_root`. knn / knn_index: attach the visual cache (default knn.index from `download_root`),
+    which answers then use unless told otherwise (`VisualCacheParams(enabled=False)`).
+    device / dtype: float32 on CPU by default, float16 on CUDA. phase: "finetune" (bias + LoRA) or
+    "pretrain" (neither). max_seq_len: the longest prompt + answer (the reference caps it at 512).
+    download: fetch missing registry files into `download_root` first (the reference always does;
+    here only when asked).
+    """
+    if name == "tiny":
+        return build_tiny(device=device, dtype=dtype, phase=phase, max_seq_len=max_seq_len)
+    from ibllm_agent import pretrained
+
+    root = Path(download_root) if download_root is not None else pretrained.default_dir()
+    if name == "toy":
+        if llama_dir is not None or imagebind_ckpt is not None:
+            raise ValueError("the toy model carries its own LLaMA and ImageBind; do not pass llama_dir/imagebind_ckpt")
+        toy = pretrained.toy_files()
+        return build_from_files(toy.adapter, toy.llama_dir, toy.llama_type, imagebind_ckpt=toy.imagebind,
+                                knn_index=(knn_index or toy.knn_index) if knn else None, device=device, dtype=dtype,
+                                phase=phase, max_seq_len=max_seq_len, name="toy", is_toy=True)
+    if name not in pretrained.MODELS and not Path(name).is_file():
+        raise MissingFileError(f"model {name!r} is neither a known name ({', '.join(pretrained.available_models())}, "
+                               "toy, tiny) nor an existing adapter file", file=name)
+    if llama_dir is None:
+        raise ValueError("llama_dir is required: the folder with tokenizer.model and "
+                         f"{llama_type}/params.json + consolidated.00.pth (Meta's LLaMA-1 weights)")
+    adapter_path = _registry_file(name, root, download) if name in pretrained.MODELS else Path(name)
+    if imagebind_ckpt is None:
+        has_huge = (root / pretrained.FILES["imagebind_huge"].filename).is_file()
+        imagebind_ckpt = pretrained.local_imagebind(root) if has_huge else _registry_file("imagebind_w3D", root,
+                                                                                            download)
+    if knn and knn_index is None:
+        knn_index = _registry_file("knn.index", root, download)
+    return build_from_files(adapter_path, llama_dir, llama_type, imagebind_ckpt=imagebind_ckpt,
+                            knn_index=knn_index if knn else None, device=device, dtype=dtype, phase=phase,
+                            max_seq_len=max_seq_len, name=name if name in pretrained.MODELS else Path(name).stem)
