@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from ibllm_agent import toy
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_world_has_a_dozen_concepts_with_words_for_each():
@@ -79,3 +86,12 @@ def test_instruction_data_and_corpus():
     assert len(corpus) > 100
     for name in toy.CONCEPT_NAMES:
         assert any(name in line for line in corpus)
+
+
+def test_the_toy_package_stays_light():
+    # the app imports it at run time to draw examples and cache thumbnails: no training code, no torch
+    code = ("import sys; from ibllm_agent.toy import ToyWorld; ToyWorld(0).image('dog', 0); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith('ibllm_agent.train')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert out.strip() == "[]", out
