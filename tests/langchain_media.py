@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ibllm_agent.train.toy_world import write_mp4, write_ply, write_wav
+from ibllm_agent.toy import write_mp4, write_ply, write_wav
 
 
 def write_image(path: Path, color=(200, 40, 40), shape: str = "circle") -> Path:

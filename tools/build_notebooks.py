@@ -71,7 +71,7 @@ the model never saw in training.
         code("""
 from pathlib import Path
 
-from ibllm_agent.train.toy_world import ToyWorld
+from ibllm_agent.toy import ToyWorld
 
 world = ToyWorld(seed=1000)
 media = Path("media")
@@ -196,7 +196,7 @@ import torch.nn.functional as F
 
 import ibllm_agent as llama
 from ibllm_agent.media import load_media, load_text
-from ibllm_agent.train.toy_world import CONCEPTS, ToyWorld
+from ibllm_agent.toy import CONCEPTS, ToyWorld
 
 model = llama.load("toy")
 world = ToyWorld(seed=1000)  # unseen in training
@@ -309,7 +309,7 @@ from pathlib import Path
 
 import ibllm_agent as llama
 from ibllm_agent import get_tools
-from ibllm_agent.train.toy_world import ToyWorld
+from ibllm_agent.toy import ToyWorld
 
 model = llama.load("toy", knn=True)
 world = ToyWorld(seed=1000)
@@ -430,7 +430,7 @@ from ibllm_agent.cache.build import build_from_media, list_media
 from ibllm_agent.cache.chroma import ChromaCache
 from ibllm_agent.generation import format_prompt
 from ibllm_agent.media import load_media
-from ibllm_agent.train.toy_world import CONCEPT_NAMES, ToyWorld, names_concept
+from ibllm_agent.toy import CONCEPT_NAMES, ToyWorld, names_concept
 
 model = llama.load("toy", knn=True)
 print("shipped cache:", model.visual_cache)

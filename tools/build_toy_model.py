@@ -38,7 +38,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ibllm_agent.train import toy_world as tw  # noqa: E402
+from ibllm_agent import toy  # noqa: E402
 from ibllm_agent.train.engine import TrainConfig, atomic_path  # noqa: E402
 
 logger = logging.getLogger("build_toy_model")
@@ -115,7 +115,7 @@ def _cached(path: Path, build):
 # ---------------------------------------------------------------------------------------------------
 
 
-def render_data(world: tw.ToyWorld, recipe: Recipe, work: Path) -> dict:
+def render_data(world: toy.ToyWorld, recipe: Recipe, work: Path) -> dict:
     from ibllm_agent.imagebind.bpe import tokenize
     from ibllm_agent.train.toy_data import group_clouds, render_split
 
@@ -123,7 +123,7 @@ def render_data(world: tw.ToyWorld, recipe: Recipe, work: Path) -> dict:
         half = torch.float16
         images = render_split(world, "image", range(max(recipe.images, recipe.encoder_images)), work / "files", dtype=half)
         sounds = render_split(world, "audio", range(recipe.sounds), work / "files", dtype=half)
-        texts = [(i, t) for i, c in enumerate(tw.CONCEPTS) for t in tw.captions(c) + tw.text_prompts(c)]
+        texts = [(i, t) for i, c in enumerate(toy.CONCEPTS) for t in toy.captions(c) + toy.text_prompts(c)]
         return {
             "image": images.values, "image_label": images.labels,
             "image_path": [s.path for s in images.samples],
@@ -142,7 +142,7 @@ def render_data(world: tw.ToyWorld, recipe: Recipe, work: Path) -> dict:
     # images are rendered index by index (all concepts at index 0, then 1, ...): the first rows are
     # indices 0 .. images-1 of every concept; image <-> text alone sees all of them
     data["encoder_image"], data["encoder_image_label"] = data["image"], data["image_label"]
-    n = recipe.images * len(tw.CONCEPTS)
+    n = recipe.images * len(toy.CONCEPTS)
     data["image"], data["image_label"], data["image_path"] = (data["image"][:n], data["image_label"][:n],
                                                               data["image_path"][:n])
     grouped = _cached(work / "points.pt", clouds)
@@ -218,11 +218,11 @@ def toy_text() -> list[str]:
     from ibllm_agent.generation import format_prompt
     from ibllm_agent.train.datasets import PRETRAIN_INSTRUCTION
 
-    lines = tw.corpus()
-    for c in tw.CONCEPTS:
-        lines += [format_prompt(s["instruction"]) + s["output"] for s in tw.visual_instructions(c)]
-        lines += [format_prompt(PRETRAIN_INSTRUCTION) + cap for cap in tw.captions(c)]
-    lines += [format_prompt(s["instruction"], s["input"]) + s["output"] for s in tw.text_instructions()]
+    lines = toy.corpus()
+    for c in toy.CONCEPTS:
+        lines += [format_prompt(s["instruction"]) + s["output"] for s in toy.visual_instructions(c)]
+        lines += [format_prompt(PRETRAIN_INSTRUCTION) + cap for cap in toy.captions(c)]
+    lines += [format_prompt(s["instruction"], s["input"]) + s["output"] for s in toy.text_instructions()]
     return lines
 
 
@@ -271,7 +271,7 @@ def write_pretrain_meta(data: dict, work: Path, seed: int) -> Path:
         w = csv.writer(f, delimiter="\t")
         w.writerow(["url", "caption"])
         for p, label in zip(data["image_path"], data["image_label"].tolist()):
-            for caption in rng.sample(tw.captions(tw.CONCEPTS[label]), 3):
+            for caption in rng.sample(toy.captions(toy.CONCEPTS[label]), 3):
                 w.writerow([p, caption])
     return path
 
@@ -283,10 +283,10 @@ def write_finetune_meta(data: dict, work: Path, seed: int) -> list[Path]:
     rng = random.Random(seed)
     llava = []
     for p, label in zip(data["image_path"], data["image_label"].tolist()):
-        for qa in rng.sample(tw.visual_instructions(tw.CONCEPTS[label]), 4):
+        for qa in rng.sample(toy.visual_instructions(toy.CONCEPTS[label]), 4):
             llava.append({"image": p, "conversations": [{"from": "human", "value": "<image>\n" + qa["instruction"]},
                                                         {"from": "gpt", "value": qa["output"]}]})
-    alpaca = tw.text_instructions() * 4
+    alpaca = toy.text_instructions() * 4
     (work / "llava.json").write_text(json.dumps(llava))
     (work / "alpaca.json").write_text(json.dumps(alpaca))
     return [work / "llava.json", work / "alpaca.json"]
@@ -335,8 +335,8 @@ def adapter_phases(data: dict, ib, llama_dir: Path, params: dict, recipe: Recipe
 def cache_items(recipe: Recipe, seed: int) -> list[dict]:
     """The cache's metadata, in its order: concept by concept, that concept's first `cache_images` training
     pictures, which are its images 0, 1, ... (render_split renders every concept at every index)."""
-    return [{"modality": "image", "concept": c.name, "caption": tw.captions(c)[0], "seed": seed, "index": k}
-            for c in tw.CONCEPTS for k in range(recipe.cache_images)]
+    return [{"modality": "image", "concept": c.name, "caption": toy.captions(c)[0], "seed": seed, "index": k}
+            for c in toy.CONCEPTS for k in range(recipe.cache_images)]
 
 
 def write_cache(ib, data: dict, recipe: Recipe, path: Path, seed: int) -> int:
@@ -345,7 +345,7 @@ def write_cache(ib, data: dict, recipe: Recipe, path: Path, seed: int) -> int:
     from ibllm_agent.train.bind_encoders import embed_all
 
     keep = torch.cat([(data["image_label"] == c).nonzero().flatten()[: recipe.cache_images]
-                      for c in range(len(tw.CONCEPTS))])
+                      for c in range(len(toy.CONCEPTS))])
     vectors = F.normalize(embed_all(ib, "vision", data["image"][keep]), dim=-1).numpy()
     FaissCache.from_vectors(vectors, metadatas=cache_items(recipe, seed)).save(path)  # written atomically
     return len(keep)
@@ -370,7 +370,7 @@ def label_cache(out: Path, recipe: Recipe, seed: int) -> Path:
     if len(items) != len(cache):
         raise SystemExit(f"{files.knn_index} holds {len(cache)} vectors, the recipe makes {len(items)}")
     stored = cache.get_vectors(0, len(cache))
-    world = tw.ToyWorld(seed)
+    world = toy.ToyWorld(seed)
     with tempfile.TemporaryDirectory() as folder:
         for pos, item in enumerate(items):
             sample = world.write(item["concept"], "image", item["index"], Path(folder))
@@ -420,8 +420,8 @@ def write_output(out: Path, work: Path, llama_dir: Path, ib, data: dict, recipe:
     n_cache = write_cache(ib, data, recipe, out / "knn.index", seed)
     meta = {
         "name": "toy",
-        "description": tw.WORLD_DESCRIPTION,
-        "concepts": list(tw.CONCEPT_NAMES),
+        "description": toy.WORLD_DESCRIPTION,
+        "concepts": list(toy.CONCEPT_NAMES),
         "seed": seed,
         "llama_type": "toy",
         "llama_dir": "llama",
@@ -444,7 +444,7 @@ EXAMPLE_SEED = 2024
 
 def write_examples(folder: Path) -> list[Path]:
     """examples/rain.wav, examples/dog.png, ... (`ibllm ask --audio examples/rain.wav "What do you hear?"`)."""
-    world = tw.ToyWorld(EXAMPLE_SEED)
+    world = toy.ToyWorld(EXAMPLE_SEED)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, modality in EXAMPLES.items():
@@ -491,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=spawn, initializer=_setup_process, initargs=(args.threads,)) as pool:
         lm = pool.submit(language_model, recipe, work, args.seed)
-        world = tw.ToyWorld(args.seed)
+        world = toy.ToyWorld(args.seed)
         data = render_data(world, recipe, work)
         logger.info("data ready (%.0f s)", time.perf_counter() - t0)
         ib = bind_encoders(data, recipe, work, args.seed)

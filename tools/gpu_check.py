@@ -92,18 +92,18 @@ def parity(device: str) -> dict:
 @torch.inference_mode()
 def toy_precision(device: str, per_concept: int) -> dict:
     import ibllm_agent
+    from ibllm_agent import toy
     from ibllm_agent.generation import format_prompt
     from ibllm_agent.media import load_media
-    from ibllm_agent.train import toy_world as tw
     from ibllm_agent.train.toy_eval import HELD_OUT_SEED
 
-    world = tw.ToyWorld(HELD_OUT_SEED)
+    world = toy.ToyWorld(HELD_OUT_SEED)
     with tempfile.TemporaryDirectory() as folder:
         # index 0..2: WAV sounds (index 3 would be an MP3), ASCII and binary PLY
         items = [(name, load_media(world.write(name, modality, i, Path(folder)).path, modality))
-                 for modality in ("image", "audio", "point") for i in range(per_concept) for name in tw.CONCEPT_NAMES]
-    texts = [world.text(name, i) for i in range(per_concept) for name in tw.CONCEPT_NAMES]
-    prompt = format_prompt(tw.EVAL_QUESTION)
+                 for modality in ("image", "audio", "point") for i in range(per_concept) for name in toy.CONCEPT_NAMES]
+    texts = [world.text(name, i) for i in range(per_concept) for name in toy.CONCEPT_NAMES]
+    prompt = format_prompt(toy.EVAL_QUESTION)
 
     def answers(model) -> list[list[int]]:
         feats = torch.cat([model.encode([m for _, m in items]), text_features(model, texts)])
@@ -114,13 +114,13 @@ def toy_precision(device: str, per_concept: int) -> dict:
         return [g.token_ids for g in gens], [g.text for g in gens]
 
     reference, ref_text = answers(ibllm_agent.load("toy"))
-    labels = [name for name, _ in items] + [name for i in range(per_concept) for name in tw.CONCEPT_NAMES]
-    out = {"n": len(reference), "cpu_float32_right": sum(tw.names_concept(t, y) for t, y in zip(ref_text, labels))}
+    labels = [name for name, _ in items] + [name for i in range(per_concept) for name in toy.CONCEPT_NAMES]
+    out = {"n": len(reference), "cpu_float32_right": sum(toy.names_concept(t, y) for t, y in zip(ref_text, labels))}
     for dtype in ("float16", "bfloat16"):
         tokens, text = answers(ibllm_agent.load("toy", device=device, dtype=dtype))
         same = [a == b for a, b in zip(tokens, reference)]
         out[dtype] = {"identical": sum(same), "agreement": sum(same) / len(same),
-                      "right": sum(tw.names_concept(t, y) for t, y in zip(text, labels)),
+                      "right": sum(toy.names_concept(t, y) for t, y in zip(text, labels)),
                       "differences": [(a, b) for a, b, s in zip(ref_text, text, same) if not s][:5]}
     return out
 

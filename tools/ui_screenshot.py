@@ -113,7 +113,7 @@ def ask(page, question: str, files: list[Path] = (), timeout_ms: int = 120_000):
 
 def readme_screenshot(out: Path) -> None:
     """A short conversation on the toy model: a sound, then a 3D shape."""
-    from ibllm_agent.train.toy_world import ToyWorld
+    from ibllm_agent.toy import ToyWorld
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -33,7 +33,7 @@ def load_model(spec: ModelSpec):
 
 def toy_concepts() -> list[str]:
     """The toy world's concepts as short noun phrases ("a dog", "rain", ...), for the notice and the explorer."""
-    from ibllm_agent.train.toy_world import CONCEPTS
+    from ibllm_agent.toy import CONCEPTS
 
     return [c.noun for c in CONCEPTS]
 
@@ -44,7 +44,7 @@ def toy_example(modality: str, seed: int) -> tuple[str, bytes]:
     import tempfile
     from pathlib import Path
 
-    from ibllm_agent.train.toy_world import CONCEPT_NAMES, ToyWorld
+    from ibllm_agent.toy import CONCEPT_NAMES, ToyWorld
 
     name = random.Random(seed).choice(CONCEPT_NAMES)
     with tempfile.TemporaryDirectory() as tmp:

@@ -71,7 +71,7 @@ def _neighbor_image(meta: dict):
 
 @st.cache_data(max_entries=256, show_spinner=False)
 def _toy_picture(seed: int, concept: str, index: int):
-    from ibllm_agent.train.toy_world import CONCEPT_NAMES, ToyWorld
+    from ibllm_agent.toy import CONCEPT_NAMES, ToyWorld
 
     return ToyWorld(seed).image(concept, index) if concept in CONCEPT_NAMES else None
 

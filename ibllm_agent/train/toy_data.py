@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ibllm_agent.train.toy_world import CONCEPT_NAMES, Sample, ToyWorld
+from ibllm_agent.toy import CONCEPT_NAMES, Sample, ToyWorld
 
 logger = logging.getLogger(__name__)
 

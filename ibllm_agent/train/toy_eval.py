@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ibllm_agent import modalities as registry
-from ibllm_agent.train import toy_world as tw
+from ibllm_agent import toy
 from ibllm_agent.train.toy_data import Split, render_split
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class EvalReport:
 
 
 def render(modality: str, per_concept: int, folder: Path, seed: int = HELD_OUT_SEED) -> Split:
-    return render_split(tw.ToyWorld(seed), modality, range(per_concept), folder)
+    return render_split(toy.ToyWorld(seed), modality, range(per_concept), folder)
 
 
 @torch.no_grad()
@@ -72,7 +72,7 @@ def embed(model, split: Split, batch: int = 16) -> torch.Tensor:
     return F.normalize(torch.cat(out), dim=-1)
 
 
-def answers(model, features: torch.Tensor, *, cache: bool, question: str = tw.EVAL_QUESTION,
+def answers(model, features: torch.Tensor, *, cache: bool, question: str = toy.EVAL_QUESTION,
             max_gen_len: int = 12, batch: int = 32) -> list[str]:
     from ibllm_agent.generation import format_prompt
 
@@ -87,7 +87,7 @@ def answers(model, features: torch.Tensor, *, cache: bool, question: str = tw.EV
 
 
 def accuracy(texts: list[str], labels: torch.Tensor) -> float:
-    hits = [tw.names_concept(t, tw.CONCEPT_NAMES[int(y)]) for t, y in zip(texts, labels)]
+    hits = [toy.names_concept(t, toy.CONCEPT_NAMES[int(y)]) for t, y in zip(texts, labels)]
     return sum(hits) / max(1, len(hits))
 
 
@@ -141,7 +141,7 @@ def evaluate(model, *, per_concept: int = 5, video_per_concept: int = 2, modalit
                 modality, len(split.labels), accuracy(off, split.labels),
                 accuracy(on, split.labels) if on is not None else None,
                 None if modality == "image" else top1(emb, split.labels, image_emb, images.labels),
-                same, other, [(tw.CONCEPT_NAMES[int(y)], t) for y, t in list(zip(split.labels, off))[:3]])
+                same, other, [(toy.CONCEPT_NAMES[int(y)], t) for y, t in list(zip(split.labels, off))[:3]])
             logger.info("%s: accuracy %.3f (cache %s)", modality, results[modality].accuracy,
                         results[modality].accuracy_cache)
         report = EvalReport(results)
@@ -189,7 +189,7 @@ def mixture(model, image_emb, image_labels, audio_emb, audio_labels, pairs: int,
             weights=(0.0, 0.25, 0.5, 0.75, 1.0)) -> list[dict]:
     """For `pairs` (image of concept A, sound of concept B != A): fuse (1-w)*image + w*sound as the model
     does and record which concept the answer names."""
-    n = len(tw.CONCEPT_NAMES)
+    n = len(toy.CONCEPT_NAMES)
     chosen = []
     for k in range(pairs):
         a, b = k % n, (k * 5 + 3) % n
@@ -202,8 +202,8 @@ def mixture(model, image_emb, image_labels, audio_emb, audio_labels, pairs: int,
     for w in weights:
         feats = torch.stack([_mix(model, image_emb[ia], audio_emb[ib], w) for _, _, ia, ib in chosen])
         texts = answers(model, feats, cache=False)
-        names_a = sum(tw.names_concept(t, tw.CONCEPT_NAMES[a]) for t, (a, _, _, _) in zip(texts, chosen))
-        names_b = sum(tw.names_concept(t, tw.CONCEPT_NAMES[b]) for t, (_, b, _, _) in zip(texts, chosen))
+        names_a = sum(toy.names_concept(t, toy.CONCEPT_NAMES[a]) for t, (a, _, _, _) in zip(texts, chosen))
+        names_b = sum(toy.names_concept(t, toy.CONCEPT_NAMES[b]) for t, (_, b, _, _) in zip(texts, chosen))
         rows.append({"audio_weight": w, "names_image_concept": names_a / len(chosen),
                      "names_sound_concept": names_b / len(chosen), "example": texts[0]})
     return rows

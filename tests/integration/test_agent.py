@@ -18,7 +18,7 @@ from ibllm_agent.generation import format_prompt
 from ibllm_agent.graphs import build_perception_graph, create_perception_agent
 from ibllm_agent.model_pool import shared_model
 from ibllm_agent.perception_tools import get_tools
-from ibllm_agent.train.toy_world import CONCEPT_NAMES, ToyWorld, find_concepts
+from ibllm_agent.toy import CONCEPT_NAMES, ToyWorld, find_concepts
 
 HELD_OUT = 1000  # a world seed the toy model was not trained on
 

@@ -14,7 +14,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from ibllm_agent.chat_models import ChatImageBindLLM
 from ibllm_agent.generation import format_prompt
 from ibllm_agent.media import load_media
-from ibllm_agent.train.toy_world import ToyWorld, find_concepts
+from ibllm_agent.toy import ToyWorld, find_concepts
 
 HELD_OUT = 1000  # a world seed the toy model was not trained on
 

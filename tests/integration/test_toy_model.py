@@ -12,7 +12,7 @@ import torch
 import ibllm_agent
 from ibllm_agent import factory, pretrained
 from ibllm_agent.media import load_media
-from ibllm_agent.train import toy_world as tw
+from ibllm_agent.toy import CONCEPT_NAMES, ToyWorld
 from ibllm_agent.train.toy_eval import RETRIEVAL_TARGETS, TARGETS, evaluate
 
 TOY = pretrained.TOY_DIR
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not (TOY / "toy.json").is_file(), reason="the to
 
 def test_official_layout_and_size():
     meta = json.loads((TOY / "toy.json").read_text())
-    assert meta["concepts"] == list(tw.CONCEPT_NAMES) and "toy world" in meta["description"]
+    assert meta["concepts"] == list(CONCEPT_NAMES) and "toy world" in meta["description"]
     llama = TOY / meta["llama_dir"]
     assert (llama / "tokenizer.model").is_file()
     assert set(json.loads((llama / meta["llama_type"] / "params.json").read_text())) == {
@@ -126,14 +126,14 @@ def test_the_cache_pulls_offset_audio_back(report):
 
 def test_cache_neighbours_are_labelled_with_their_concept(toy, tmp_path):
     # Held-out pictures: seed 2024 renders the README examples, a world the build never trains on.
-    world = tw.ToyWorld(2024)
-    feats = toy.encode([load_media(world.write(name, "image", 0, tmp_path).path) for name in tw.CONCEPT_NAMES])
+    world = ToyWorld(2024)
+    feats = toy.encode([load_media(world.write(name, "image", 0, tmp_path).path) for name in CONCEPT_NAMES])
     result = toy.visual_cache.search(toy.visual_cache.check_query(feats.numpy(), 5), 5)
     for row in result.metadatas:
-        assert all(m["modality"] == "image" and m["concept"] in tw.CONCEPT_NAMES and m["caption"] for m in row)
+        assert all(m["modality"] == "image" and m["concept"] in CONCEPT_NAMES and m["caption"] for m in row)
     top = [row[0]["concept"] for row in result.metadatas]
-    hits = [name for name, label in zip(tw.CONCEPT_NAMES, top) if name == label]
-    assert len(hits) >= 12, list(zip(tw.CONCEPT_NAMES, top))
+    hits = [name for name, label in zip(CONCEPT_NAMES, top) if name == label]
+    assert len(hits) >= 12, list(zip(CONCEPT_NAMES, top))
 
 
 def test_the_toy_cache_exports_to_chroma_and_answers_the_same(toy, tmp_path):
@@ -148,13 +148,13 @@ def test_the_toy_cache_exports_to_chroma_and_answers_the_same(toy, tmp_path):
     chroma = ChromaCache.open("toy", path=tmp_path / "db")
     assert len(chroma) == len(toy.visual_cache) == 448
 
-    world = tw.ToyWorld(2024)
-    sounds = toy.encode([load_media(world.write(name, "audio", 1, tmp_path).path) for name in tw.CONCEPT_NAMES])
+    world = ToyWorld(2024)
+    sounds = toy.encode([load_media(world.write(name, "audio", 1, tmp_path).path) for name in CONCEPT_NAMES])
     query = toy.visual_cache.check_query(sounds.numpy(), 5)
     faiss_hits, chroma_hits = toy.visual_cache.search(query, 5), chroma.search(query, 5)
     assert faiss_hits.ids == chroma_hits.ids
     assert faiss_hits.metadatas == chroma_hits.metadatas
-    assert all(row[0]["concept"] == name for row, name in zip(chroma_hits.metadatas, tw.CONCEPT_NAMES))
+    assert all(row[0]["concept"] == name for row, name in zip(chroma_hits.metadatas, CONCEPT_NAMES))
 
     prompts = [format_prompt("What is this?")] * len(sounds)
     def answers():

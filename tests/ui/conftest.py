@@ -19,7 +19,7 @@ TOY_SEED = 2026
 @pytest.fixture(scope="session")
 def toy_files(tmp_path_factory) -> dict[str, Path]:
     """One file per modality of the toy concept "dog", rendered from an unseen seed."""
-    from ibllm_agent.train.toy_world import ToyWorld
+    from ibllm_agent.toy import ToyWorld
 
     folder = tmp_path_factory.mktemp("toy-media")
     world = ToyWorld(TOY_SEED)

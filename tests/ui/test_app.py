@@ -115,7 +115,7 @@ def test_cache_toggle_shows_or_hides_the_neighbours(app, toy_files):
 
 @pytest.mark.usefixtures("needs_toy")
 def test_the_toy_model_hears_the_dog(app, toy_files):
-    from ibllm_agent.train.toy_world import names_concept
+    from ibllm_agent.toy import names_concept
 
     attach(app, toy_files["audio"], text="What do you hear?")
     assert names_concept(history(app)[-1].text, "dog"), history(app)[-1].text
@@ -205,7 +205,7 @@ def test_two_sessions_share_one_model_and_answer_concurrently(tmp_path, monkeypa
 
 @pytest.mark.usefixtures("needs_toy")
 def test_try_a_sound_attaches_a_fresh_toy_sample_and_answers(app):
-    from ibllm_agent.train.toy_world import CONCEPT_NAMES, find_concepts
+    from ibllm_agent.toy import CONCEPT_NAMES, find_concepts
 
     app.button(key="example_audio").click().run()
     user, answer = history(app)

@@ -31,7 +31,7 @@ def harness():
 
 
 def test_ask_about_a_toy_sound(needs_toy, harness, toy_files, tmp_path):
-    from ibllm_agent.train.toy_world import names_concept
+    from ibllm_agent.toy import names_concept
 
     with harness.serve(tmp_path) as url, harness.chromium_page(tmp_path / "profile") as page:
         page.goto(url)

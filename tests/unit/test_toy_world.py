@@ -2,61 +2,68 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from ibllm_agent.train import toy_world as tw
+from ibllm_agent import toy
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_world_has_a_dozen_concepts_with_words_for_each():
-    assert len(tw.CONCEPTS) >= 12
-    assert "rain" in tw.CONCEPT_NAMES  # examples/rain.wav and the README's demo
-    assert len(set(tw.CONCEPT_NAMES)) == len(tw.CONCEPT_NAMES)
-    for c in tw.CONCEPTS:
-        caps = tw.captions(c)
+    assert len(toy.CONCEPTS) >= 12
+    assert "rain" in toy.CONCEPT_NAMES  # examples/rain.wav and the README's demo
+    assert len(set(toy.CONCEPT_NAMES)) == len(toy.CONCEPT_NAMES)
+    for c in toy.CONCEPTS:
+        caps = toy.captions(c)
         assert len(caps) >= 5 and len(set(caps)) == len(caps)
         # every visual answer names its concept first: that is how the evaluation scores answers
-        for qa in tw.visual_instructions(c):
-            assert tw.names_concept(qa["output"], c.name), qa
-        assert tw.names_concept(tw.description(c), c.name)
+        for qa in toy.visual_instructions(c):
+            assert toy.names_concept(qa["output"], c.name), qa
+        assert toy.names_concept(toy.description(c), c.name)
 
 
 def test_answer_scoring_uses_the_first_concept_named():
-    assert tw.names_concept("This is a dog.", "dog")
-    assert tw.names_concept("I hear rain: a steady patter of drops.", "rain")
-    assert not tw.names_concept("This is a cat, not a dog.", "dog")
-    assert not tw.names_concept("Something else entirely.", "dog")
-    assert tw.find_concepts("Two drums and a bell.") == ["drum", "bell"]
+    assert toy.names_concept("This is a dog.", "dog")
+    assert toy.names_concept("I hear rain: a steady patter of drops.", "rain")
+    assert not toy.names_concept("This is a cat, not a dog.", "dog")
+    assert not toy.names_concept("Something else entirely.", "dog")
+    assert toy.find_concepts("Two drums and a bell.") == ["drum", "bell"]
 
 
 @pytest.mark.parametrize("name", ["rain", "dog", "piano"])
 def test_samples_are_deterministic_and_vary_with_the_index(name):
-    a, b = tw.ToyWorld(3), tw.ToyWorld(3)
+    a, b = toy.ToyWorld(3), toy.ToyWorld(3)
     assert np.array_equal(np.asarray(a.image(name, 1)), np.asarray(b.image(name, 1)))
     assert not np.array_equal(np.asarray(a.image(name, 1)), np.asarray(a.image(name, 2)))
     assert np.array_equal(a.sound(name, 0), b.sound(name, 0))
     assert np.array_equal(a.points(name, 4), b.points(name, 4))
-    other = tw.ToyWorld(4).points(name, 4)  # another world seed: another cloud
+    other = toy.ToyWorld(4).points(name, 4)  # another world seed: another cloud
     assert other.shape != a.points(name, 4).shape or not np.array_equal(other, a.points(name, 4))
 
 
 def test_renders_have_the_expected_ranges():
-    w = tw.ToyWorld(0)
+    w = toy.ToyWorld(0)
     img = np.asarray(w.image("ball", 0))
-    assert img.shape == (tw.IMAGE_SIZE, tw.IMAGE_SIZE, 3) and img.dtype == np.uint8
+    assert img.shape == (toy.IMAGE_SIZE, toy.IMAGE_SIZE, 3) and img.dtype == np.uint8
     snd = w.sound("bell", 0)
-    assert snd.dtype == np.float32 and 2.0 <= len(snd) / tw.SAMPLE_RATE <= 4.0 and np.abs(snd).max() <= 1.0
+    assert snd.dtype == np.float32 and 2.0 <= len(snd) / toy.SAMPLE_RATE <= 4.0 and np.abs(snd).max() <= 1.0
     pts = w.points("drum", 0)
     assert pts.shape[1] == 3 and 2048 <= len(pts) <= 6144 and np.isfinite(pts).all()
     frames = w.video_frames("car", 0)
-    assert len(frames) >= 2 * tw.VIDEO_FPS
+    assert len(frames) >= 2 * toy.VIDEO_FPS
     assert not np.array_equal(np.asarray(frames[0]), np.asarray(frames[-1]))  # it moves
 
 
 def test_files_round_trip_through_the_media_loaders(tmp_path):
     from ibllm_agent.train.toy_data import load_sample
 
-    w = tw.ToyWorld(0)
+    w = toy.ToyWorld(0)
     expected = {"image": (3, 224, 224), "audio": (3, 1, 128, 204), "video": (15, 3, 2, 224, 224),
                 "point": (8192, 3), "text": (77,)}
     cases = [("image", 0), ("audio", 0), ("audio", 3), ("video", 0), ("point", 0), ("point", 1), ("text", 0)]
@@ -72,10 +79,19 @@ def test_files_round_trip_through_the_media_loaders(tmp_path):
 
 
 def test_instruction_data_and_corpus():
-    text_only = tw.text_instructions()
+    text_only = toy.text_instructions()
     assert any("toy" in s["output"] for s in text_only)
     assert all(s["output"] for s in text_only)
-    corpus = tw.corpus()
+    corpus = toy.corpus()
     assert len(corpus) > 100
-    for name in tw.CONCEPT_NAMES:
+    for name in toy.CONCEPT_NAMES:
         assert any(name in line for line in corpus)
+
+
+def test_the_toy_package_stays_light():
+    # the app imports it at run time to draw examples and cache thumbnails: no training code, no torch
+    code = ("import sys; from ibllm_agent.toy import ToyWorld; ToyWorld(0).image('dog', 0); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith('ibllm_agent.train')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert out.strip() == "[]", out

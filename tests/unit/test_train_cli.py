@@ -9,7 +9,7 @@ import torch
 
 from ibllm_agent.cli import main
 from ibllm_agent.factory import build_tiny, save_official
-from ibllm_agent.train.toy_world import ToyWorld
+from ibllm_agent.toy import ToyWorld
 
 
 @pytest.fixture(scope="module")

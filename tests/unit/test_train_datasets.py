@@ -9,6 +9,7 @@ import torch
 
 from ibllm_agent.generation import format_prompt
 from ibllm_agent.presets import tiny_tokenizer
+from ibllm_agent.toy import ToyWorld
 from ibllm_agent.train.datasets import (
     PRETRAIN_INSTRUCTION,
     FinetuneDataset,
@@ -18,7 +19,6 @@ from ibllm_agent.train.datasets import (
     read_instruction_json,
     trim_padding,
 )
-from ibllm_agent.train.toy_world import ToyWorld
 
 
 @pytest.fixture(scope="module")
