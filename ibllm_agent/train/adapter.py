@@ -98,9 +98,9 @@ def build_for_training(llama_dir: str | Path, llama_type: str, imagebind_ckpt: s
     as the reference initialises it: PyTorch's default Linear init for the bind network, a standard
     normal `prefix_query` (nn.Embedding's default), zero gates, zero LoRA second factors. The number
     of adapted layers (`query_layer`) is all of them, as upstream for 7B."""
-    from ibllm_agent.checkpoint import ADAPTER_ONLY_LLAMA_KEY, load_into, load_state_dict
+    from ibllm_agent.checkpoint import ADAPTER_ONLY_LLAMA_KEY, adapter_sizes, load_into, load_state_dict
     from ibllm_agent.imagebind.model import ImageBindArgs, read_imagebind_config
-    from ibllm_agent.llama.model import ModelArgs
+    from ibllm_agent.llama.model import ModelArgs, check_llama_file
     from ibllm_agent.llama.tokenizer import Tokenizer
     from ibllm_agent.model import ImageBindLLM, _llama_file
 
@@ -109,14 +109,18 @@ def build_for_training(llama_dir: str | Path, llama_type: str, imagebind_ckpt: s
     llama_dir = Path(llama_dir)
     tokenizer = Tokenizer(llama_dir / "tokenizer.model")
     finetune = phase == "finetune"
-    args = ModelArgs.from_json(llama_dir / llama_type / "params.json", max_seq_len=max_seq_len, w_bias=finetune,
-                               w_lora=finetune)
+    params_file = llama_dir / llama_type / "params.json"
+    args = ModelArgs.from_json(params_file, max_seq_len=max_seq_len, w_bias=finetune, w_lora=finetune)
     args.vocab_size = tokenizer.n_words
+    llama_file = _llama_file(llama_dir / llama_type)
+    llama_sd = load_state_dict(llama_file)
+    # the model below is built with real (random) weights: its sizes must be the file's first
+    check_llama_file(args, llama_sd, params_file=params_file, llama_file=llama_file)
     imagebind_sd = {k.removeprefix("image_bind."): v for k, v in load_state_dict(imagebind_ckpt).items()}
     config = Path(imagebind_ckpt).parent / "imagebind_config.json"  # what shapes cannot tell, as load() reads it
     ib_args = ImageBindArgs.from_state_dict(imagebind_sd, read_imagebind_config(config) if config.is_file() else None)
     adapter_sd = load_state_dict(adapter) if adapter is not None else {}
-    query_layer = adapter_sd["prefix_query.weight"].shape[0] if adapter_sd else args.n_layers
+    query_layer = adapter_sizes(adapter_sd, file=adapter)[0] if adapter_sd else args.n_layers
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ImageBindLLM(args, tokenizer, ib_args, query_layer=query_layer)
@@ -124,8 +128,7 @@ def build_for_training(llama_dir: str | Path, llama_type: str, imagebind_ckpt: s
         for name, p in model.named_parameters():
             if name.endswith(".gate") or "_l2." in name or (name.startswith("llama.") and name.endswith(".bias")):
                 p.zero_()
-    llama_file = _llama_file(llama_dir / llama_type)
-    load_into(model.llama, load_state_dict(llama_file), file=llama_file, allowed_missing=ADAPTER_ONLY_LLAMA_KEY.match)
+    load_into(model.llama, llama_sd, file=llama_file, allowed_missing=ADAPTER_ONLY_LLAMA_KEY.match)
     load_into(model.image_bind, imagebind_sd, file=imagebind_ckpt, ignored_unexpected=())
     if adapter_sd:
         # a pretrain adapter has no bias/LoRA (finetune keeps their fresh init); a finetune adapter
