@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 $(BIN)/ibllm: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# The CPU build of torch first: with it installed, our `torch>=2.4` range pulls nothing else.
+	# The CPU build of torch first: with it installed, our `torch>=2.6` range pulls nothing else.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $(BIN)/ibllm

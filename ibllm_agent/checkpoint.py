@@ -1,9 +1,14 @@
 """Safe, strict, low-memory checkpoint loading.
 
-* `.pth`/`.pt` files are read with `torch.load(weights_only=True, mmap=True)`: a file that pickles code
-  (or any object that is not a tensor container) is refused and never executed; tensors stay in the
-  file mapping until a dtype/device change needs a copy, so loading does not hold two copies.
+* `.pth`/`.pt` files are read with `torch.load(weights_only=True, mmap=True)` (torch >= 2.6: earlier
+  versions let a crafted file bypass weights_only, CVE-2025-32434): a file that pickles code (or any
+  object that is not a tensor container) is refused and never executed, and the error says which of
+  "not a checkpoint", "corrupt" or "pickles <global>" it is; tensors stay in the file mapping until a
+  dtype/device change needs a copy, so loading does not hold two copies.
 * `.safetensors` files are read with `safetensors`.
+* The small JSON files that size a model (`params.json`, `imagebind_config.json`) are read with
+  `read_json_object` (size cap, strict JSON) and every value is checked with `check_int`/`check_number`
+  before anything is built; the `CheckpointError` names the file and the field.
 * `load_into` is strict: keys a file may legitimately lack are named explicitly (a set or a
   predicate), never a blanket `strict=False`; the error lists missing and unexpected keys (sorted)
   and shape mismatches, and names the file. It checks everything before assigning anything.
@@ -18,12 +23,14 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import logging
 import mmap
 import pickle
 import re
 import sys
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,12 +109,15 @@ def _libc():
 
 
 class CheckpointError(ValueError):
-    """A checkpoint (or a file that goes with it) that cannot be used; the message names the file."""
+    """A checkpoint (or a file that goes with it) that cannot be used; the message names the file
+    (and `field`, when one value of a config file is at fault)."""
 
-    def __init__(self, message: str, *, file: str | Path | None = None, missing: list[str] | None = None,
-                 unexpected: list[str] | None = None, mismatched: list[tuple[str, tuple, tuple]] | None = None):
+    def __init__(self, message: str, *, file: str | Path | None = None, field: str | None = None,
+                 missing: list[str] | None = None, unexpected: list[str] | None = None,
+                 mismatched: list[tuple[str, tuple, tuple]] | None = None):
         super().__init__(message)
         self.file = None if file is None else str(file)
+        self.field = field
         self.missing = missing or []
         self.unexpected = unexpected or []
         self.mismatched = mismatched or []
@@ -115,6 +125,68 @@ class CheckpointError(ValueError):
 
 class MissingFileError(CheckpointError, FileNotFoundError):
     """A required file (checkpoint, params.json, tokenizer.model, index) does not exist."""
+
+
+class ConfigValueError(ValueError):
+    """A size or setting outside what the model supports; `field` names it. Readers of config files
+    turn it into a `CheckpointError` naming the file."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def check_int(field: str, value, low: int, high: int) -> int:
+    """`value` if it is an int (not a bool, not a float such as 1e6) in low..high, else ConfigValueError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigValueError(field, f"must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigValueError(field, f"must be in {low}..{high}, got {value}")
+    return value
+
+
+def check_number(field: str, value, low: float, high: float) -> float:
+    """`value` as a float if it is a finite int or float in [low, high], else ConfigValueError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigValueError(field, f"must be a number, got {value!r}")
+    if not low <= value <= high:  # also refuses NaN, and inf (JSON's 1e999)
+        raise ConfigValueError(field, f"must be a finite number in [{low:g}, {high:g}], got {value!r}")
+    return float(value)
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""params.json and imagebind_config.json are a few hundred bytes; a larger file is refused unread."""
+
+
+def read_json_object(path: str | Path) -> dict:
+    """The JSON object in a small config file. Refused with a CheckpointError naming the file: a file
+    over MAX_CONFIG_BYTES (checked before parsing), invalid UTF-8 or JSON, NaN/Infinity (not JSON),
+    a key given twice (which value would win is not obvious), too deep nesting, or a non-object."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{path}: not found", file=path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ValueError(f"larger than {MAX_CONFIG_BYTES} bytes: not a config file")
+        value = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
+    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(f"{path}: not a readable JSON config ({e})", file=path) from e
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object, not {type(value).__name__}", file=path)
+    return value
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    repeated = sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+    if repeated:
+        raise ValueError(f"keys given more than once: {', '.join(repeated)}")
+    return dict(pairs)
 
 
 @dataclass(frozen=True)
@@ -133,41 +205,103 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     mapping of names to tensors.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"{path}: checkpoint not found", file=path)
     mapped = False
     if path.suffix == ".safetensors":
+        if not path.is_file():
+            raise MissingFileError(f"{path}: checkpoint not found", file=path)
         sd = _load_safetensors(path)
     else:
-        sd, mapped = _load_torch(path)
+        sd, mapped = read_torch_file(path, mmap=True)
     if isinstance(sd, Mapping) and "model" in sd and isinstance(sd["model"], Mapping):
         sd = sd["model"]
-    if not isinstance(sd, Mapping):
-        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got {type(sd).__name__}", file=path)
-    bad = sorted(k for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
-    if bad:
-        raise CheckpointError(f"{path}: entries that are not tensors: {_listing(bad)}", file=path)
+    check_tensors(sd, path)
     return MappedStateDict(sd) if mapped else dict(sd)
 
 
-def _load_torch(path: Path):
-    """(object, whether its tensors are memory-mapped)."""
+def adapter_sizes(sd: Mapping[str, torch.Tensor], *, file: str | Path) -> tuple[int, int]:
+    """(query_layer, feature_dim) of an ImageBind-LLM adapter state dict: the rows of `prefix_query.weight`
+    (one per adapted layer) and the columns of `image_bind_proj.weight`. CheckpointError naming `file`
+    when either is absent or not a non-empty matrix."""
+    for key in ("prefix_query.weight", "image_bind_proj.weight"):
+        if key not in sd:
+            raise CheckpointError(f"{file}: not an ImageBind-LLM adapter checkpoint (no {key})", file=file,
+                                  missing=[key])
+        if sd[key].ndim != 2 or 0 in sd[key].shape:
+            raise CheckpointError(f"{file}: {key} has shape {list(sd[key].shape)}, not a non-empty matrix",
+                                  file=file, field=key)
+    return sd["prefix_query.weight"].shape[0], sd["image_bind_proj.weight"].shape[1]
+
+
+def check_tensors(sd, path: str | Path) -> None:
+    """CheckpointError naming `path` unless `sd` is a mapping of str names to tensors."""
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got {type(sd).__name__}", file=path)
+    bad = sorted(str(k) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
+    if bad:
+        raise CheckpointError(f"{path}: entries that are not tensors: {_listing(bad)}", file=path)
+
+
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+"""How torch's weights-only unpickler names the class or function it refused (both of its messages:
+"unsupported GLOBAL posix.system whose module ..." and "Unsupported global: GLOBAL x.Y was not ...")."""
+
+
+def read_torch_file(path: str | Path, *, mmap: bool = False):
+    """(object, whether its tensors are mapped from the file) of a `torch.save` file, read with
+    `torch.load(weights_only=True)`: nothing in the file is executed.
+
+    `mmap=True` maps the tensors of a zip-format file (every torch.save since 1.6); a legacy file is
+    read into memory. Every failure is a CheckpointError naming the file that says which it is: not
+    a PyTorch file at all, truncated or corrupt, or refused because it pickles code or an object
+    that is not a tensor container (naming the global torch refused).
+    """
+    path = Path(path)
+    mmap = _torch_format(path) == "zip" and mmap  # torch maps only zip-format files
     try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True), True
-        except RuntimeError as e:
-            if "mmap can only be used" not in str(e):
-                raise
-            # legacy (pre-zip) serialization: still weights_only, just not memory-mapped
-            return torch.load(path, map_location="cpu", weights_only=True), False
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap), mmap
     except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise CheckpointError(
-            f"{path}: refused to load: the file holds pickled objects other than tensors (possibly code); "
-            f"nothing from it was executed. Only weights are accepted. ({reason})", file=path) from e
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:
-        raise CheckpointError(f"{path}: unreadable, truncated or corrupt checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''})", file=path) from e
+        refused = _REFUSED_GLOBAL.search(str(e))
+        if refused:
+            raise CheckpointError(
+                f"{path}: refused to load: it pickles {refused.group(1)}, which is code or an object other than "
+                "a tensor; nothing from it was executed. Only weights are accepted.", file=path) from e
+        raise CheckpointError(f"{path}: corrupt, or not a weights file: its pickle uses instructions that "
+                              f"tensors never need ({_first_line(e)}); nothing from it was executed", file=path) from e
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, TypeError,
+            AttributeError, IndexError, OverflowError, MemoryError) as e:
+        # what a truncated, corrupt or inconsistent archive/pickle/storage raises inside torch.load
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {_first_line(e)})",
+                              file=path) from e
+
+
+def _torch_format(path: Path) -> str:
+    """"zip" or "legacy" (a bare pickle stream), from the first bytes and, for a zip, its listing;
+    CheckpointError for anything torch.save does not write."""
+    if not path.is_file():
+        raise MissingFileError(f"{path}: checkpoint not found", file=path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        names = None
+        if head == b"PK\x03\x04":
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({type(e).__name__}: {_first_line(e)})",
+                              file=path) from e
+    if names is not None:
+        if not any(name.endswith("data.pkl") for name in names):
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (a zip archive without data.pkl)", file=path)
+        return "zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle PROTO opcode, protocol 2..5
+        return "legacy"
+    what = "it is empty" if not head else "it is neither a zip archive nor a pickle"
+    raise CheckpointError(f"{path}: not a PyTorch checkpoint ({what})", file=path)
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -177,7 +311,7 @@ def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: unreadable or truncated safetensors file ({e})", file=path) from e
+        raise CheckpointError(f"{path}: corrupt, truncated or not a safetensors file ({e})", file=path) from e
 
 
 def _listing(keys: list) -> str:

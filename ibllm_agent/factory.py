@@ -6,8 +6,8 @@
     build_tiny()                                                                              random, for tests
 
 `read_llama` and `read_imagebind` are the one prologue of every build (this one and the training
-build in `train/adapter.py`): tokenizer + params.json + the LLaMA file, and the ImageBind state dict
-with its sizes.
+build in `train/adapter.py`): tokenizer + params.json + the LLaMA file (its sizes checked against the
+tensors before anything is built), and the ImageBind state dict with its sizes.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from ibllm_agent.checkpoint import (
     FROZEN_LLAMA_KEY,
     CheckpointError,
     MissingFileError,
+    adapter_sizes,
     load_into,
     load_state_dict,
     meta_tensors,
 )
 from ibllm_agent.imagebind.model import ImageBindArgs, read_imagebind_config
-from ibllm_agent.llama.model import ModelArgs
+from ibllm_agent.llama.model import ModelArgs, check_llama_file
 from ibllm_agent.llama.tokenizer import Tokenizer
 from ibllm_agent.model import ImageBindLLM
 
@@ -75,15 +76,20 @@ def llama_checkpoint_file(ckpt_dir: str | Path) -> Path:
 
 
 def read_llama(llama_dir: str | Path, llama_type: str, phase: str = "finetune", *,
-               max_seq_len: int = 2048) -> tuple[Tokenizer, ModelArgs, Path]:
-    """Meta's layout: <llama_dir>/tokenizer.model and <llama_dir>/<llama_type>/{params.json, one checkpoint}."""
+               max_seq_len: int = 2048) -> tuple[Tokenizer, ModelArgs, Path, dict[str, torch.Tensor]]:
+    """Meta's layout: <llama_dir>/tokenizer.model and <llama_dir>/<llama_type>/{params.json, one checkpoint}
+    -> (tokenizer, sizes, the checkpoint file, its state dict, memory-mapped). params.json is checked
+    against the file's tensors here, before any model of its sizes is built."""
     finetune = _check_phase(phase)
     llama_dir = Path(llama_dir)
     tokenizer = Tokenizer(llama_dir / "tokenizer.model")
-    args = ModelArgs.from_json(llama_dir / llama_type / "params.json", max_seq_len=max_seq_len, w_bias=finetune,
-                               w_lora=finetune)
+    params_file = llama_dir / llama_type / "params.json"
+    args = ModelArgs.from_json(params_file, max_seq_len=max_seq_len, w_bias=finetune, w_lora=finetune)
     args.vocab_size = tokenizer.n_words
-    return tokenizer, args, llama_checkpoint_file(llama_dir / llama_type)
+    llama_file = llama_checkpoint_file(llama_dir / llama_type)
+    llama_sd = load_state_dict(llama_file)
+    check_llama_file(args, llama_sd, params_file=params_file, llama_file=llama_file)
+    return tokenizer, args, llama_file, llama_sd
 
 
 def read_imagebind(path: str | Path) -> tuple[dict[str, torch.Tensor], ImageBindArgs]:
@@ -92,8 +98,9 @@ def read_imagebind(path: str | Path) -> tuple[dict[str, torch.Tensor], ImageBind
     path = Path(path)
     sd = {k.removeprefix("image_bind."): v for k, v in load_state_dict(path).items()}
     config = path.parent / "imagebind_config.json"
+    overrides = read_imagebind_config(config) if config.is_file() else None  # its errors name the config file
     try:
-        args = ImageBindArgs.from_state_dict(sd, read_imagebind_config(config) if config.is_file() else None)
+        args = ImageBindArgs.from_state_dict(sd, overrides)
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: not an ImageBind checkpoint ({e})", file=path) from e
     return sd, args
@@ -114,15 +121,10 @@ def build_from_files(adapter_path: str | Path, llama_dir: str | Path, llama_type
     device = torch.device(device)
     dtype = resolve_dtype(dtype, device)
     adapter_path, imagebind_ckpt = Path(adapter_path), Path(imagebind_ckpt)
-    tokenizer, args, llama_file = read_llama(llama_dir, llama_type, phase, max_seq_len=max_seq_len)
+    tokenizer, args, llama_file, llama_sd = read_llama(llama_dir, llama_type, phase, max_seq_len=max_seq_len)
 
     adapter_sd = load_state_dict(adapter_path)
-    for key in ("prefix_query.weight", "image_bind_proj.weight"):
-        if key not in adapter_sd:
-            raise CheckpointError(f"{adapter_path}: not an ImageBind-LLM adapter checkpoint (no {key})",
-                                  file=adapter_path, missing=[key])
-    query_layer = adapter_sd["prefix_query.weight"].shape[0]  # query_len is 1: one row per adapted layer
-    feature_dim = adapter_sd["image_bind_proj.weight"].shape[1]
+    query_layer, feature_dim = adapter_sizes(adapter_sd, file=adapter_path)  # one prefix row per adapted layer
     imagebind_sd, ib_args = read_imagebind(imagebind_ckpt)
     if ib_args.out_embed_dim != feature_dim:
         raise CheckpointError(f"{imagebind_ckpt}: ImageBind embeds in {ib_args.out_embed_dim} dimensions but "
@@ -135,8 +137,8 @@ def build_from_files(adapter_path: str | Path, llama_dir: str | Path, llama_type
     model = ImageBindLLM(args, tokenizer, ib_args, query_layer=query_layer, feature_dim=feature_dim, device="meta",
                          card=ModelCard(name=name, is_toy=is_toy, files=files))
     model.to(dtype)
-    load_into(model.llama, load_state_dict(llama_file), file=llama_file,
-              allowed_missing=ADAPTER_ONLY_LLAMA_KEY.match, device=device)
+    load_into(model.llama, llama_sd, file=llama_file, allowed_missing=ADAPTER_ONLY_LLAMA_KEY.match, device=device)
+    del llama_sd
     load_into(model, adapter_sd, file=adapter_path, device=device,
               allowed_missing=lambda k: k.startswith("image_bind.") or FROZEN_LLAMA_KEY.match(k) is not None)
     del adapter_sd

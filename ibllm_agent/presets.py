@@ -32,7 +32,7 @@ def llama_args(preset: str, **overrides) -> ModelArgs:
     """ModelArgs of a named preset; overrides (vocab_size, max_seq_len, w_bias, ...) on top."""
     if preset not in LLAMA_PRESETS:
         raise ValueError(f"unknown LLaMA preset {preset!r}; known: {', '.join(LLAMA_PRESETS)}")
-    return ModelArgs.from_params({**LLAMA_PRESETS[preset], **overrides})
+    return ModelArgs.from_params(LLAMA_PRESETS[preset], **overrides)
 
 
 def tiny_llama_args(**overrides) -> ModelArgs:

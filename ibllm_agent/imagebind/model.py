@@ -19,7 +19,6 @@ Shapes (huge): vision [B, 3, 224, 224] or [B, S, 3, 2, 224, 224]; text [B, 77] i
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -29,6 +28,14 @@ from types import SimpleNamespace
 from typing import Any
 
 from torch import Tensor, nn
+
+from ibllm_agent.checkpoint import (
+    CheckpointError,
+    ConfigValueError,
+    check_int,
+    check_number,
+    read_json_object,
+)
 
 from .heads import TextHead, cls_head, point_head, postprocessor
 from .point_bert import PointBindTrunk
@@ -126,18 +133,27 @@ class ImageBindArgs:
     """First FPS centre: "first" (index 0, deterministic) or "random" (upstream's torch.randint)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "modalities", tuple(self.modalities))
-        object.__setattr__(self, "kernel_size", tuple(self.kernel_size))
-        object.__setattr__(self, "point_encoder_widths", tuple(self.point_encoder_widths))
-        unknown = sorted(set(self.modalities) - set(MODALITIES))
-        if unknown:
-            raise ValueError(f"unknown ImageBind modalities {unknown}; known: {', '.join(MODALITIES)}")
-        if self.fps_start not in ("first", "random"):
-            raise ValueError(f"fps_start must be 'first' or 'random', not {self.fps_start!r}")
+        """Every field checked (type, sign, bounds), lists made tuples, then what fields imply together:
+        a bad size fails here naming the field, not as a ZeroDivisionError or a huge build later."""
+        for f in fields(self):
+            object.__setattr__(self, f.name, _check_field(f.name, getattr(self, f.name)))
         for m in self.modalities:
             dim, heads = getattr(self, f"{m}_embed_dim"), getattr(self, f"{m}_num_heads")
-            if heads < 1 or dim % heads:
-                raise ValueError(f"{m}: embed_dim {dim} is not divisible by num_heads {heads}")
+            if dim % heads:
+                raise ConfigValueError(f"{m}_num_heads", f"{m}_embed_dim {dim} is not divisible by {heads} heads")
+        # (field, patch, input size) per modality: a patch larger than its input leaves no token
+        patches = {
+            "vision": ("kernel_size", self.kernel_size,
+                       (self.video_frames, self.vision_image_size, self.vision_image_size)),
+            "audio": ("audio_kernel_size", (self.audio_kernel_size,) * 2,
+                      (self.audio_num_mel_bins, self.audio_target_len)),
+            "depth": ("depth_kernel_size", (self.depth_kernel_size,) * 2, (self.depth_image_size,) * 2),
+            "thermal": ("thermal_kernel_size", (self.thermal_kernel_size,) * 2, (self.thermal_image_size,) * 2),
+            "imu": ("imu_kernel_size", (self.imu_kernel_size,), (self.imu_length,)),
+        }
+        for m, (field, patch, size) in patches.items():
+            if m in self.modalities and any(p > n for p, n in zip(patch, size)):
+                raise ConfigValueError(field, f"{m} patches {list(patch)} do not fit its input {list(size)}")
 
     # Token counts (including the CLS token) that the position embeddings must have.
     @property
@@ -213,22 +229,59 @@ def imagebind_tiny_args(point: bool = True) -> ImageBindArgs:
 
 
 def read_imagebind_config(path: str | Path) -> dict[str, Any]:
-    """Overrides from an ``imagebind_config.json`` (``{"kwargs": {...}}`` or flat) for ``from_state_dict``."""
-    return _normalise_overrides(json.loads(Path(path).read_text()))
+    """Overrides from an ``imagebind_config.json`` (``{"kwargs": {...}}`` or flat) for ``from_state_dict``.
+
+    A file that is not a small JSON object of known fields with sane values raises a CheckpointError
+    naming it and the field."""
+    path = Path(path)
+    try:
+        return _normalise_overrides(read_json_object(path))
+    except ConfigValueError as e:
+        raise CheckpointError(f"{path}: {e}", file=path, field=e.field) from e
 
 
 _FIELDS = {f.name for f in fields(ImageBindArgs)}
+_INT_LIMITS = {"text_vocab_size": 1 << 20, "video_frames": 64, "point_num_group": 8192, "point_group_size": 1024}
+"""Largest values of int fields other than widths, sizes and lengths (16384) and block and head counts (256):
+far above imagebind_huge's, low enough that nothing built or sampled from them is huge."""
+
+
+def _check_field(name: str, value: Any) -> Any:
+    """`value` (lists as tuples) if it suits the ImageBindArgs field `name`, else ConfigValueError naming it."""
+    if name == "modalities":
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) or not value:
+            raise ConfigValueError(name, f"must be a non-empty list of modality names, got {value!r}")
+        unknown = [m for m in value if m not in MODALITIES]
+        if unknown:
+            raise ConfigValueError(name, f"unknown ImageBind modalities {unknown}; known: {', '.join(MODALITIES)}")
+        if len(set(value)) < len(value):
+            raise ConfigValueError(name, f"names a modality twice: {list(value)}")
+        return tuple(value)
+    if name == "fps_start":
+        if value not in ("first", "random"):
+            raise ConfigValueError(name, f"must be 'first' or 'random', not {value!r}")
+        return value
+    if name in ("kernel_size", "point_encoder_widths"):
+        if isinstance(value, str) or not isinstance(value, (list, tuple)) or len(value) != 3:
+            raise ConfigValueError(name, f"must be 3 integers, got {value!r}")
+        return tuple(check_int(name, v, 1, 16384) for v in value)
+    if name.endswith("_drop_path"):
+        return check_number(name, value, 0.0, 0.99)  # 1 would drop every block (and divide by zero)
+    limit = 256 if name.endswith(("_num_blocks", "_num_heads")) else _INT_LIMITS.get(name, 16384)
+    return check_int(name, value, 1, limit)
 
 
 def _normalise_overrides(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     if not overrides:
         return {}
-    if "kwargs" in overrides:
+    if "kwargs" in overrides:  # upstream's constructor kwargs, beside notes such as "constructor"
         overrides = overrides["kwargs"]
-    unknown = sorted(set(overrides) - _FIELDS)
+        if not isinstance(overrides, Mapping):
+            raise ConfigValueError("kwargs", f"must be an object, got {type(overrides).__name__}")
+    unknown = sorted(map(str, set(overrides) - _FIELDS))
     if unknown:
-        raise ValueError(f"unknown ImageBind config keys {unknown}")
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+        raise ConfigValueError(unknown[0], f"unknown ImageBind config keys {unknown}")
+    return {k: _check_field(k, v) for k, v in overrides.items()}
 
 
 def _count_blocks(sd: Mapping[str, Tensor], prefix: str) -> int:
@@ -246,45 +299,47 @@ def _infer_sizes(sd: Mapping[str, Tensor], *, video_frames: int, imu_kernel_size
         raise ValueError("not an ImageBind state dict: no 'modality_preprocessors.*' or 'point_trunk.*' keys")
     out: dict[str, Any] = {"modalities": tuple(present)}
 
-    def shape(key: str) -> tuple[int, ...]:
+    def shape(key: str, ndim: int) -> tuple[int, ...]:
         if key not in sd:
             raise ValueError(f"ImageBind state dict lacks {key!r}")
+        if sd[key].ndim != ndim or 0 in sd[key].shape:  # sizes below are divided by and square-rooted
+            raise ValueError(f"{key} has shape {list(sd[key].shape)}, not {ndim} non-zero dimensions")
         return tuple(sd[key].shape)
 
     for m in present:
         if m != "point":
             out[f"{m}_num_blocks"] = _count_blocks(sd, f"{trunks}{m}.blocks.")
     if "vision" in present:
-        dim, _, kt, kh, kw = shape(f"{pre}vision.rgbt_stem.proj.1.weight")
-        patches = shape(f"{pre}vision.pos_embedding_helper.pos_embed")[1] - 1
+        dim, _, kt, kh, kw = shape(f"{pre}vision.rgbt_stem.proj.1.weight", 5)
+        patches = shape(f"{pre}vision.pos_embedding_helper.pos_embed", 3)[1] - 1
         side = math.isqrt(patches // max(1, video_frames // kt))
         out.update(vision_embed_dim=dim, kernel_size=(kt, kh, kw), vision_image_size=side * kh)
     if "text" in present:
-        vocab, dim = shape(f"{pre}text.token_embedding.weight")
-        out.update(text_vocab_size=vocab, text_embed_dim=dim, text_context_length=shape(f"{pre}text.pos_embed")[1])
+        vocab, dim = shape(f"{pre}text.token_embedding.weight", 2)
+        out.update(text_vocab_size=vocab, text_embed_dim=dim, text_context_length=shape(f"{pre}text.pos_embed", 3)[1])
     if "audio" in present:
-        dim, _, k, _ = shape(f"{pre}audio.rgbt_stem.proj.weight")
+        dim, _, k, _ = shape(f"{pre}audio.rgbt_stem.proj.weight", 4)
         out.update(audio_embed_dim=dim, audio_kernel_size=k)
     for m, stem in (("depth", "depth_stem"), ("thermal", "rgbt_stem")):
         if m in present:
-            dim, _, k, _ = shape(f"{pre}{m}.{stem}.proj.weight")
-            side = math.isqrt(shape(f"{pre}{m}.pos_embedding_helper.pos_embed")[1] - 1)
+            dim, _, k, _ = shape(f"{pre}{m}.{stem}.proj.weight", 4)
+            side = math.isqrt(shape(f"{pre}{m}.pos_embedding_helper.pos_embed", 3)[1] - 1)
             out.update({f"{m}_embed_dim": dim, f"{m}_kernel_size": k, f"{m}_image_size": side * k})
     if "imu" in present:
-        dim, window = shape(f"{pre}imu.imu_stem.proj.weight")
-        windows = shape(f"{pre}imu.pos_embed")[1] - 1
+        dim, window = shape(f"{pre}imu.imu_stem.proj.weight", 2)
+        windows = shape(f"{pre}imu.pos_embed", 3)[1] - 1
         out.update(imu_embed_dim=dim, imu_channels=window // imu_kernel_size, imu_length=windows * imu_kernel_size)
     if "point" in present:
         enc = "point_trunk.point_encoder."
         out.update(
-            point_embed_dim=shape(f"{enc}cls_token")[-1],
+            point_embed_dim=shape(f"{enc}cls_token", 3)[-1],
             point_num_blocks=_count_blocks(sd, f"{enc}blocks.blocks."),
-            point_encoder_dims=shape(f"{enc}reduce_dim.weight")[1],
-            point_encoder_widths=(shape(f"{enc}encoder.first_conv.0.weight")[0],
-                                  shape(f"{enc}encoder.first_conv.3.weight")[0],
-                                  shape(f"{enc}encoder.second_conv.0.weight")[0]),
-            point_pos_hidden=shape(f"{enc}pos_embed.0.weight")[0],
-            point_proj_dim=shape("point_trunk.pc_projection")[1],
+            point_encoder_dims=shape(f"{enc}reduce_dim.weight", 2)[1],
+            point_encoder_widths=(shape(f"{enc}encoder.first_conv.0.weight", 3)[0],
+                                  shape(f"{enc}encoder.first_conv.3.weight", 3)[0],
+                                  shape(f"{enc}encoder.second_conv.0.weight", 3)[0]),
+            point_pos_hidden=shape(f"{enc}pos_embed.0.weight", 2)[0],
+            point_proj_dim=shape("point_trunk.pc_projection", 2)[1],
         )
     head_keys = [k for k in sd if k.startswith(heads) and k.endswith(".weight") and sd[k].ndim == 2]
     if head_keys:

@@ -16,16 +16,31 @@ has its own positions (slot - padding) and its padding slots are masked out.
 
 from __future__ import annotations
 
-import json
-import logging
-from dataclasses import dataclass, fields
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from ibllm_agent.checkpoint import (
+    ADAPTER_ONLY_LLAMA_KEY,
+    LLAMA_FILE_IGNORED,
+    CheckpointError,
+    ConfigValueError,
+    MissingFileError,
+    check_int,
+    check_number,
+    read_json_object,
+)
+
+PARAMS_JSON_KEYS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
+                    "norm_eps", "rope_theta")
+"""The keys of Meta's params.json (LLaMA-1, LLaMA-2, Code Llama) this model honours. Any other key is refused,
+not ignored: a misspelt size would silently take its default, and a feature such as LLaMA-3.1's
+`use_scaled_rope` would silently be dropped."""
 
 
 @dataclass
@@ -57,6 +72,30 @@ class ModelArgs:
     rope_theta: float = 10000.0
     """RoPE base (LLaMA-1)."""
 
+    def __post_init__(self) -> None:
+        """Every size checked (type, sign, bounds, divisibility), so that a bad params.json fails here naming
+        the field, not as a ZeroDivisionError, a huge allocation or a hang while the model is built. The
+        bounds are far above any LLaMA (405B: dim 16384, 126 layers, 128 heads)."""
+        check_int("dim", self.dim, 1, 32768)
+        check_int("n_layers", self.n_layers, 1, 256)
+        check_int("n_heads", self.n_heads, 1, 1024)
+        if self.dim % self.n_heads or self.head_dim % 2:
+            raise ConfigValueError("n_heads", f"dim {self.dim} must split into {self.n_heads} heads of even size")
+        if self.vocab_size != -1 or not isinstance(self.vocab_size, int):
+            check_int("vocab_size", self.vocab_size, 1, 1 << 20)
+        check_int("multiple_of", self.multiple_of, 1, 65536)
+        if self.ffn_dim_multiplier is not None:
+            check_number("ffn_dim_multiplier", self.ffn_dim_multiplier, 0.01, 16.0)
+        if self.hidden_dim < 1:
+            raise ConfigValueError("ffn_dim_multiplier", f"{self.ffn_dim_multiplier} leaves no feed-forward width")
+        check_number("norm_eps", self.norm_eps, 1e-12, 1.0)
+        check_int("max_seq_len", self.max_seq_len, 1, 1 << 20)
+        for name in ("w_bias", "w_lora"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigValueError(name, f"must be true or false, got {getattr(self, name)!r}")
+        check_int("lora_rank", self.lora_rank, 1, 1024)
+        check_number("rope_theta", self.rope_theta, 1.0, 1e9)
+
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
@@ -69,42 +108,85 @@ class ModelArgs:
             hidden = int(self.ffn_dim_multiplier * hidden)
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
+    def meta_parameter_count(self, vocab_size: int) -> int:
+        """Parameters of Meta's checkpoint for these sizes (without the adapter's extras): embeddings, output
+        and final norm, and per layer wq/wk/wv/wo, w1/w2/w3 and two norms (6,738,415,616 for 7B)."""
+        per_layer = 4 * self.dim * self.dim + 3 * self.dim * self.hidden_dim + 2 * self.dim
+        return 2 * vocab_size * self.dim + self.dim + self.n_layers * per_layer
+
     @classmethod
-    def from_params(cls, params: dict, **overrides) -> ModelArgs:
-        """Build from a params.json dict; keys we do not model are logged and ignored (e.g. LLaMA-2's n_kv_heads
-        is refused when it differs from n_heads, since grouped-query attention is not implemented)."""
-        known = {f.name for f in fields(cls)}
-        kv_heads = params.get("n_kv_heads")
-        if kv_heads is not None and kv_heads != params.get("n_heads"):
-            raise ValueError(f"n_kv_heads={kv_heads} (grouped-query attention) is not supported")
-        ignored = sorted(set(params) - known - {"n_kv_heads"})
-        if ignored:
-            logger.warning("params.json keys ignored: %s", ignored)
-        values = {k: v for k, v in params.items() if k in known}
-        values.update(overrides)
+    def from_params(cls, params: Mapping, **overrides) -> ModelArgs:
+        """From the fields of Meta's params.json (`PARAMS_JSON_KEYS`), then `overrides` (any field: max_seq_len,
+        w_bias, vocab_size from the tokenizer ...). Raises ConfigValueError naming the field: an unknown key,
+        a bad value, or n_kv_heads other than n_heads (grouped-query attention is not implemented)."""
+        unknown = sorted(set(params) - set(PARAMS_JSON_KEYS))
+        if unknown:
+            raise ConfigValueError(unknown[0], f"not a params.json key this model can honour (unknown: {unknown}; "
+                                               f"known: {', '.join(PARAMS_JSON_KEYS)})")
+        values = dict(params)
+        kv_heads = values.pop("n_kv_heads", None)
         args = cls(**values)
-        if args.dim % args.n_heads or args.head_dim % 2:
-            raise ValueError(f"dim {args.dim} must split into n_heads {args.n_heads} heads of even size")
-        return args
+        if kv_heads is not None and check_int("n_kv_heads", kv_heads, 1, 1024) != args.n_heads:
+            raise ConfigValueError("n_kv_heads", f"{kv_heads} differs from n_heads {args.n_heads}: grouped-query "
+                                                 "attention is not supported")
+        return replace(args, **overrides) if overrides else args
 
     @classmethod
     def from_json(cls, path: str | Path, **overrides) -> ModelArgs:
-        """Read Meta's `params.json`; a missing or malformed file raises an error naming it."""
-        from ibllm_agent.checkpoint import CheckpointError, MissingFileError
-
+        """Read Meta's `params.json` (see `from_params`): a missing, oversized, malformed or out-of-range file
+        raises a CheckpointError naming it and the field. `overrides` come from the caller, not the file, so
+        a bad one is a plain ConfigValueError."""
         path = Path(path)
         if not path.is_file():
-            raise MissingFileError(f"{path}: params.json not found (expected <llama_dir>/<llama_type>/params.json)")
+            raise MissingFileError(f"{path}: params.json not found (expected <llama_dir>/<llama_type>/params.json)",
+                                   file=path)
+        params = read_json_object(path)
         try:
-            params = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable params.json ({e})") from e
-        if not isinstance(params, dict):
-            raise CheckpointError(f"{path}: params.json must hold a JSON object")
-        try:
-            return cls.from_params(params, **overrides)
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: {e}") from e
+            args = cls.from_params(params)
+        except ConfigValueError as e:
+            raise CheckpointError(f"{path}: {e}", file=path, field=e.field) from e
+        return replace(args, **overrides) if overrides else args
+
+
+_LAYER_KEY = re.compile(r"^layers\.(\d+)\.")
+
+
+def check_llama_file(args: ModelArgs, sd: Mapping[str, torch.Tensor], *, params_file: str | Path,
+                     llama_file: str | Path) -> None:
+    """Before anything is built: the sizes in `params_file` (`args`) must be those of Meta's tensors in
+    `llama_file` (`sd`), and so must the parameter count they imply. A params.json that does not belong
+    to the checkpoint then fails at once naming the field, and a model is never built (let alone
+    allocated, as training does) larger than the file. `args.vocab_size` is the tokenizer's (-1: the
+    file's). Keys that only the adapter carries are not counted. Raises CheckpointError."""
+
+    def mismatch(field: str, found: str):
+        raise CheckpointError(f"{params_file}: {field}={getattr(args, field)} does not match {llama_file}, which "
+                              f"has {found}", file=params_file, field=field)
+
+    def shape(key: str) -> tuple[int, ...] | None:
+        tensor = sd.get(key)
+        return tuple(tensor.shape) if tensor is not None and tensor.ndim == 2 else None
+
+    embeddings = shape("tok_embeddings.weight")  # (vocab, dim)
+    if embeddings and embeddings[1] != args.dim:
+        mismatch("dim", f"embeddings of width {embeddings[1]}")
+    layers = {int(m.group(1)) for key in sd if (m := _LAYER_KEY.match(key))}
+    if len(layers) != args.n_layers:
+        mismatch("n_layers", f"{len(layers)} layers")
+    w1 = shape("layers.0.feed_forward.w1.weight")  # (hidden, dim)
+    if w1 and w1[0] != args.hidden_dim:
+        field = "multiple_of" if args.ffn_dim_multiplier is None else "ffn_dim_multiplier"
+        mismatch(field, f"a feed-forward width of {w1[0]}, not {args.hidden_dim}")
+    if embeddings and args.vocab_size > 0 and embeddings[0] != args.vocab_size:
+        raise CheckpointError(f"{llama_file}: embeddings for {embeddings[0]} tokens, but the tokenizer has "
+                              f"{args.vocab_size}", file=llama_file, field="vocab_size")
+    vocab = args.vocab_size if args.vocab_size > 0 else embeddings[0] if embeddings else 0
+    implied = args.meta_parameter_count(vocab)
+    found = sum(t.numel() for key, t in sd.items()
+                if key not in LLAMA_FILE_IGNORED and not ADAPTER_ONLY_LLAMA_KEY.match(key))
+    if found != implied:
+        raise CheckpointError(f"{llama_file}: holds {found:,} LLaMA parameters, but the sizes in {params_file} "
+                              f"imply {implied:,}", file=llama_file)
 
 
 class RMSNorm(nn.Module):

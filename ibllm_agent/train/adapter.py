@@ -123,15 +123,16 @@ def build_for_training(llama_dir: str | Path, llama_type: str, imagebind_ckpt: s
     as the reference initialises it: PyTorch's default Linear init for the bind network, a standard
     normal `prefix_query` (nn.Embedding's default), zero gates, zero LoRA second factors. The number
     of adapted layers (`query_layer`) is all of them, as upstream for 7B."""
-    from ibllm_agent.checkpoint import ADAPTER_ONLY_LLAMA_KEY, load_into, load_state_dict
+    from ibllm_agent.checkpoint import ADAPTER_ONLY_LLAMA_KEY, adapter_sizes, load_into, load_state_dict
     from ibllm_agent.factory import read_imagebind, read_llama
     from ibllm_agent.model import ImageBindLLM
 
     finetune = phase == "finetune"
-    tokenizer, args, llama_file = read_llama(llama_dir, llama_type, phase, max_seq_len=max_seq_len)
+    # the model below is built with real (random) weights: read_llama checks its sizes against the file first
+    tokenizer, args, llama_file, llama_sd = read_llama(llama_dir, llama_type, phase, max_seq_len=max_seq_len)
     imagebind_sd, ib_args = read_imagebind(imagebind_ckpt)
     adapter_sd = load_state_dict(adapter) if adapter is not None else {}
-    query_layer = adapter_sd["prefix_query.weight"].shape[0] if adapter_sd else args.n_layers
+    query_layer = adapter_sizes(adapter_sd, file=adapter)[0] if adapter_sd else args.n_layers
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ImageBindLLM(args, tokenizer, ib_args, query_layer=query_layer)
@@ -139,7 +140,7 @@ def build_for_training(llama_dir: str | Path, llama_type: str, imagebind_ckpt: s
         for name, p in model.named_parameters():
             if name.endswith(".gate") or "_l2." in name or (name.startswith("llama.") and name.endswith(".bias")):
                 p.zero_()
-    load_into(model.llama, load_state_dict(llama_file), file=llama_file, allowed_missing=ADAPTER_ONLY_LLAMA_KEY.match)
+    load_into(model.llama, llama_sd, file=llama_file, allowed_missing=ADAPTER_ONLY_LLAMA_KEY.match)
     load_into(model.image_bind, imagebind_sd, file=imagebind_ckpt, ignored_unexpected=())
     if adapter_sd:
         # a pretrain adapter has no bias/LoRA (finetune keeps their fresh init); a finetune adapter

@@ -26,6 +26,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
+from ibllm_agent.checkpoint import CheckpointError, check_tensors, read_torch_file
+
 logger = logging.getLogger(__name__)
 
 
@@ -187,8 +189,19 @@ def save_checkpoint(path: Path, model_state: dict[str, torch.Tensor], optimizer:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint or an adapter file, read safely (no pickled code)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A training checkpoint or an adapter file, read safely (no pickled code): a dict with the "model"
+    state dict and, optionally, "optimizer", "step" and "config". Anything else (missing, unreadable,
+    unsafe, another layout, a step that is not a count) is a CheckpointError naming the file."""
+    ckpt, _ = read_torch_file(path)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"{path}: not a training checkpoint or adapter file (no \"model\" state dict)", file=path)
+    check_tensors(ckpt["model"], path)
+    step = ckpt.get("step", 0)
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{path}: step must be a count of optimiser steps, got {step!r}", file=path, field="step")
+    if not isinstance(ckpt.get("optimizer", {}), dict):
+        raise CheckpointError(f"{path}: optimizer must be an optimiser state dict", file=path, field="optimizer")
+    return ckpt
 
 
 def restore_parameters(module: nn.Module, state: dict[str, torch.Tensor], *, prefix: str = "") -> list[str]:
@@ -235,10 +248,17 @@ def train(module: nn.Module, dataset: Dataset, cfg: TrainConfig, *,
     start = 0
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume)
+        start = ckpt.get("step", 0)
+        if start > cfg.steps:  # resuming would first skip start * accum_iter batches, for nothing
+            raise CheckpointError(f"{cfg.resume}: saved at step {start}, beyond steps={cfg.steps}", file=cfg.resume,
+                                  field="step")
         (restore_fn or (lambda s: restore_parameters(module, s)))(ckpt["model"])
         if "optimizer" in ckpt:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        start = int(ckpt.get("step", 0))
+            try:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+                raise CheckpointError(f"{cfg.resume}: its optimizer state does not fit this model ({e})",
+                                      file=cfg.resume, field="optimizer") from e
         logger.info("%s: resumed from %s at step %d", name, cfg.resume, start)
 
     ddp = world > 1

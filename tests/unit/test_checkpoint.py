@@ -173,7 +173,14 @@ def test_wrong_llama_shapes_and_wrong_index_dimension(tmp_path, official):
     params = json.loads((official["llama_dir"] / "7B" / "params.json").read_text())
     (llama / "7B" / "params.json").write_text(json.dumps({**params, "multiple_of": 64}))
     (llama / "7B" / "consolidated.00.pth").write_bytes((official["llama_dir"] / "7B" / "consolidated.00.pth").read_bytes())
-    with pytest.raises(CheckpointError, match="consolidated.00.pth.*shape mismatches"):
+    with pytest.raises(CheckpointError, match="consolidated.00.pth"):  # params.json's sizes are not the file's
+        ibllm_agent.load(str(official["adapter"]), str(llama), imagebind_ckpt=str(official["imagebind"]))
+    # right sizes and parameter count, one tensor of another shape: load_into lists it
+    (llama / "7B" / "params.json").write_text(json.dumps(params))
+    sd = torch.load(official["llama_dir"] / "7B" / "consolidated.00.pth", weights_only=True)
+    sd["layers.1.attention.wk.weight"] = sd["layers.1.attention.wk.weight"].reshape(32, -1)
+    torch.save(sd, llama / "7B" / "consolidated.00.pth")
+    with pytest.raises(CheckpointError, match="consolidated.00.pth.*shape mismatches.*layers.1.attention.wk"):
         ibllm_agent.load(str(official["adapter"]), str(llama), imagebind_ckpt=str(official["imagebind"]))
     FaissCache.from_vectors(torch.randn(10, 16).numpy()).save(tmp_path / "small.index")
     with pytest.raises(CacheError, match="small.index.*dimension 16"):
