@@ -4,7 +4,7 @@
 
 Inputs: a 1024×768 JPEG photo, 10 s of 44.1 kHz stereo audio as WAV and as MP3, a 10-s 640×360
 30 fps H.264 clip, a 100k-point binary PLY and an 8192-point `.pt` cloud (loaded and resampled),
-the same 100k points as ASCII PLY, PCD, XYZ, OBJ and OFF (parsed only), a sentence of text.
+the same 100k points as binary and ASCII PLY, PCD, XYZ, OBJ and OFF (parsed only), a sentence of text.
 Each is loaded `--repeat` times after one warm-up; the median and the best time are reported.
 Timings on a shared machine are noisy: compare rows of one run, not runs.
 """
@@ -68,8 +68,8 @@ def make_inputs(d: Path) -> dict[str, object]:
         "point cloud 100k ply (fps)": (d / "scan.ply", None, False),
         "point cloud 8192 pt": (d / "cloud.pt", None, False),
         **{f"point cloud 100k {kind} (parse)": (d / name, None, True) for kind, name in (
-            ("ascii ply", "scan_ascii.ply"), ("ascii pcd", "scan.pcd"), ("xyz", "scan.xyz"), ("obj", "scan.obj"),
-            ("off", "scan.off"))},
+            ("binary ply", "scan.ply"), ("ascii ply", "scan_ascii.ply"), ("ascii pcd", "scan.pcd"), ("xyz", "scan.xyz"),
+            ("obj", "scan.obj"), ("off", "scan.off"))},
         "text": ("a photo of a dog playing in the snow", "text", False),
     }
 

@@ -94,8 +94,9 @@ def _bad_rows(t: torch.Tensor) -> int:
     (torch.isfinite makes a float copy besides its masks, 1.5x the cloud at once, and is slower)."""
     n = 0
     for rows in t.detach().split(1 << 20):
-        rows = rows.float() if rows.dtype == torch.bfloat16 else rows  # NumPy has no bfloat16
-        n += len(rows) - int(np.isfinite(rows.numpy()).all(axis=1).sum())
+        finite = np.isfinite((rows.float() if rows.dtype == torch.bfloat16 else rows).numpy())  # NumPy has no bfloat16
+        if not finite.all():  # the per-row count is 40x slower: only when needed
+            n += len(rows) - int(finite.all(axis=1).sum())
     return n
 
 
