@@ -13,9 +13,15 @@ keeps that behaviour for parity.
 
 from __future__ import annotations
 
+import io
+import itertools
 import pickle
 import re
+import struct
+import warnings
 import zipfile
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -79,10 +85,21 @@ def _check(arr, name: str, limits: MediaLimits) -> torch.Tensor:
         raise MediaTooLargeError(name, f"{t.shape[0]} points, over the limit of {limits.max_points} (MediaLimits.max_points)")
     if not t.is_floating_point():
         t = t.to(torch.float32)
-    if not torch.isfinite(t).all():
-        bad = int((~torch.isfinite(t)).any(dim=1).sum())
+    bad = _bad_rows(t)
+    if bad:
         raise InvalidValuesError(name, f"{bad} of {t.shape[0]} points have NaN or infinite coordinates")
     return t.contiguous()
+
+
+def _bad_rows(t: torch.Tensor) -> int:
+    """Points with a NaN or infinite coordinate, counted by NumPy a block of rows at a time
+    (torch.isfinite makes a float copy besides its masks, 1.5x the cloud at once, and is slower)."""
+    n = 0
+    for rows in t.detach().split(1 << 20):
+        finite = np.isfinite((rows.float() if rows.dtype == torch.bfloat16 else rows).numpy())  # NumPy has no bfloat16
+        if not finite.all():  # the per-row count is 40x slower: only when needed
+            n += len(rows) - int(finite.all(axis=1).sum())
+    return n
 
 
 # ---------------------------------------------------------------- resampling and normalisation
@@ -202,63 +219,131 @@ def _parse_npz(source: Source, limits: MediaLimits):
         raise
 
 
+# Text formats (PLY ascii, PCD ascii, XYZ, OBJ, OFF) are read a block at a time through one handle
+# and converted by NumPy's C row parser, which pulls lines lazily and stops after a row count: the
+# declared count, or max_points + 1 where none is declared. Memory is one block plus the points,
+# whatever follows (splitting the whole file into Python strings first took up to 40x its size).
+# Declared counts, binary ones too, are checked against the bytes left before anything is read.
+
+_BLOCK = 1 << 20
+"""Bytes of text read at a time (1 MiB; split into lines it takes up to 15 MiB), and so the longest
+line accepted."""
+_MAX_HEADER = 1 << 20
+"""Bytes of a PLY, PCD or OFF header (a few hundred in practice)."""
+
+
+def _skip_bom(f: BinaryIO) -> None:
+    if f.read(3) != b"\xef\xbb\xbf":
+        f.seek(0)
+
+
+def _header_lines(f: BinaryIO) -> Iterator[list[str]]:
+    """Words of the header lines ('#' comments and blank lines dropped), read with readline so the
+    body stays unread; stops after 1 MiB."""
+    budget = _MAX_HEADER
+    while budget > 0 and (line := f.readline(budget)):
+        budget -= len(line)
+        words = line.split(b"#", 1)[0].decode("ascii", "replace").split()
+        if words:
+            yield words
+
+
+def _lines(f: BinaryIO, name: str, table: bytes | None = None) -> Iterator[str]:
+    """The text lines from the handle's position on (`table`: a bytes.translate table applied first)."""
+
+    def split(text: bytes) -> list[str]:
+        return (text.translate(table) if table else text).decode("utf-8", "replace").splitlines()
+
+    rest = b""
+    while block := f.read(_BLOCK):
+        block = rest + block
+        cut = block.rfind(b"\n") + 1 or block.rfind(b"\r") + 1  # \r alone: old Mac line ends
+        if not cut and len(block) > _BLOCK:
+            raise CorruptMediaError(name, f"a line longer than {_BLOCK} bytes: not a point cloud")
+        rest = block[cut:]
+        yield from split(block[:cut])
+    yield from split(rest)
+
+
+def _text_rows(lines: Iterator[str], cols, count: int, *, skip: int = 0, comments: str | None = None) -> np.ndarray:
+    """float32 [<= count, len(cols)] from the lines; `lines` is left just after the last row read.
+    Parsing straight to float32 rounds exactly as float() then a cast to float32 did."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "input contained no data": the callers say what is missing
+        return np.loadtxt(lines, dtype=np.float32, usecols=cols, max_rows=count, skiprows=skip,
+                          comments=comments, ndmin=2)
+
+
+def _check_count(count: int, need: int, left: int, declares: str, name: str, limits: MediaLimits) -> None:
+    """A declared count must fit in the bytes left (`need`: the fewest it can take) and the limit."""
+    if count < 0:
+        raise CorruptMediaError(name, f"{declares}: a negative count")
+    if need > left:
+        raise CorruptMediaError(name, f"{declares}, which take at least {need} bytes, but {left} bytes follow the header")
+    if count > limits.max_points:
+        raise MediaTooLargeError(name, f"{count} points, over the limit of {limits.max_points} (MediaLimits.max_points)")
+
+
+def _at_most(pts: np.ndarray, limits: MediaLimits, name: str) -> np.ndarray:
+    """Formats without a declared count are read up to max_points + 1 rows: one more is over the limit."""
+    if len(pts) > limits.max_points:
+        raise MediaTooLargeError(name, f"more than {limits.max_points} points, over the limit (MediaLimits.max_points)")
+    return pts
+
+
 _PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
               "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
               "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
 
 
 def _parse_ply(source: Source, limits: MediaLimits):
-    data = source.read_bytes()
-    end = data.find(b"end_header")
-    if end < 0:
-        raise CorruptMediaError(source.name, "PLY header without 'end_header'")
-    body = data.index(b"\n", end) + 1 if b"\n" in data[end:] else len(data)
-    header = data[:end].decode("ascii", "replace").splitlines()
     fmt, elements = None, []  # elements: [name, count, [(prop, type, list_types|None)]]
-    for line in header[1:]:
-        tok = line.split()
-        if not tok or tok[0] in ("comment", "obj_info"):
-            continue
-        if tok[0] == "format":
-            fmt = tok[1]
-        elif tok[0] == "element":
-            elements.append([tok[1], int(tok[2]), []])
-        elif tok[0] == "property" and elements:
-            if tok[1] == "list":
-                elements[-1][2].append((tok[4], None, (_ply_type(tok[2], source), _ply_type(tok[3], source))))
-            else:
-                elements[-1][2].append((tok[2], _ply_type(tok[1], source), None))
-    if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
-        raise CorruptMediaError(source.name, f"PLY format {fmt!r}")
-    names = [e[0] for e in elements]
-    if "vertex" not in names:
-        raise CorruptMediaError(source.name, "PLY without a 'vertex' element")
-    count = elements[names.index("vertex")][1]
-    if count > limits.max_points:
-        raise MediaTooLargeError(source.name, f"{count} points, over the limit of {limits.max_points} (MediaLimits.max_points)")
-    props = elements[names.index("vertex")][2]
-    cols = [p[0] for p in props]
-    if not {"x", "y", "z"} <= set(cols):
-        raise CorruptMediaError(source.name, f"PLY vertices without x, y, z (properties: {cols})")
-    if fmt == "ascii":
-        return _ply_ascii(data[body:], elements, names.index("vertex"), source.name)
-    endian = "<" if fmt == "binary_little_endian" else ">"
-    pos = body
-    for el_name, el_count, el_props in elements:
-        if el_name == "vertex":
-            if any(p[2] is not None for p in el_props):
-                raise UnsupportedFormatError(source.name, "PLY vertices with list properties")
-            dtype = np.dtype([(p[0], endian + p[1]) for p in el_props])
-            need = dtype.itemsize * el_count
-            if pos + need > len(data):
-                raise CorruptMediaError(
-                    source.name, f"the PLY header declares {el_count} vertices ({need} bytes) but only "
-                    f"{max(len(data) - pos, 0)} bytes follow"
-                )
-            v = np.frombuffer(data, dtype=dtype, count=el_count, offset=pos)
-            return np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float64 if dtype["x"].itemsize == 8 else np.float32)
-        pos = _skip_binary_element(data, pos, el_count, el_props, endian, source.name)
-    raise AssertionError("unreachable")
+    with source.open() as f:
+        for tok in _header_lines(f):
+            if tok[0] == "end_header":
+                break
+            if tok[0] == "format":
+                fmt = tok[1]
+            elif tok[0] == "element":
+                if int(tok[2]) < 0:
+                    raise CorruptMediaError(source.name, f"PLY header: 'element {tok[1]} {tok[2]}'")
+                elements.append([tok[1], int(tok[2]), []])
+            elif tok[0] == "property" and elements:
+                if tok[1] == "list":
+                    elements[-1][2].append((tok[4], None, (_ply_type(tok[2], source), _ply_type(tok[3], source))))
+                else:
+                    elements[-1][2].append((tok[2], _ply_type(tok[1], source), None))
+        else:
+            raise CorruptMediaError(source.name, "PLY header without 'end_header'")
+        if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
+            raise CorruptMediaError(source.name, f"PLY format {fmt!r}")
+        names = [e[0] for e in elements]
+        if "vertex" not in names:
+            raise CorruptMediaError(source.name, "PLY without a 'vertex' element")
+        vi = names.index("vertex")
+        count, props = elements[vi][1:]
+        cols = [p[0] for p in props]
+        if not {"x", "y", "z"} <= set(cols):
+            raise CorruptMediaError(source.name, f"PLY vertices without x, y, z (properties: {cols})")
+        binary = fmt != "ascii"
+        need = sum(n * _ply_min_size(p, binary) for _, n, p in elements[: vi + 1]) - (not binary)  # text: last newline optional
+        _check_count(count, need, source.size - f.tell(), f"the PLY header declares {count} vertices ('element vertex')",
+                     source.name, limits)
+        if not binary:
+            # One line per element instance; the elements before the vertices (rare) are skipped.
+            pts = _text_rows(_lines(f, source.name), [cols.index(c) for c in "xyz"], count,
+                             skip=sum(e[1] for e in elements[:vi]))
+            if len(pts) < count:
+                raise CorruptMediaError(source.name, f"the PLY header declares {count} vertices but the file holds {len(pts)}")
+            return pts
+        if any(p[2] is not None for p in props):
+            raise UnsupportedFormatError(source.name, "PLY vertices with list properties")
+        endian = "<" if fmt == "binary_little_endian" else ">"
+        dtype = np.dtype([(p[0], endian + p[1]) for p in props])
+        for _, n, el_props in elements[:vi]:
+            _skip_binary_element(f, n, el_props, endian, source.name)
+        return _binary_xyz(f, dtype, count, np.float64 if dtype["x"].itemsize == 8 else np.float32,
+                           f"the PLY header declares {count} vertices", source.name)
 
 
 def _ply_type(name: str, source: Source) -> str:
@@ -267,31 +352,55 @@ def _ply_type(name: str, source: Source) -> str:
     return _PLY_TYPES[name]
 
 
-def _skip_binary_element(data: bytes, pos: int, count: int, props, endian: str, name: str) -> int:
-    """Step over an element that precedes the vertices (rare: faces are normally written after)."""
+def _ply_min_size(props, binary: bool) -> int:
+    """The fewest bytes one element instance takes: binary, its scalars and list lengths (empty
+    lists); text, a digit and a separator per value."""
+    if not binary:
+        return 2 * len(props)
+    return sum(np.dtype(scalar or list_types[0]).itemsize for _, scalar, list_types in props)
+
+
+def _skip_binary_element(f: BinaryIO, count: int, props, endian: str, name: str) -> None:
+    """Step over an element that precedes the vertices (rare: faces are normally written after).
+    With list properties, one instance at a time through a block-sized window; the size check has
+    bounded `count` by the bytes left."""
+    if all(list_types is None for _, _, list_types in props):
+        f.seek(count * _ply_min_size(props, True), io.SEEK_CUR)
+        return
+    window, pos = b"", 0
     for _ in range(count):
         for _, scalar, list_types in props:
             if list_types is None:
                 pos += np.dtype(scalar).itemsize
-            else:
-                n = int(np.frombuffer(data, endian + list_types[0], 1, pos)[0])
-                pos += np.dtype(list_types[0]).itemsize + n * np.dtype(list_types[1]).itemsize
-            if pos > len(data):
-                raise CorruptMediaError(name, "the PLY file ends inside an element")
-    return pos
+                continue
+            length = struct.Struct(endian + np.dtype(list_types[0]).char)
+            if pos + length.size > len(window):
+                f.seek(pos - len(window), io.SEEK_CUR)
+                window, pos = f.read(_BLOCK), 0
+                if len(window) < length.size:
+                    raise CorruptMediaError(name, "the PLY file ends inside an element")
+            n = length.unpack_from(window, pos)[0]
+            if n < 0:
+                raise CorruptMediaError(name, f"a PLY list of length {n}")
+            pos += length.size + n * np.dtype(list_types[1]).itemsize
+    f.seek(pos - len(window), io.SEEK_CUR)
 
 
-def _ply_ascii(body: bytes, elements, vertex_index: int, name: str):
-    lines = body.decode("ascii", "replace").splitlines()
-    start = sum(e[1] for e in elements[:vertex_index])  # one line per element instance
-    count = elements[vertex_index][1]
-    cols = [p[0] for p in elements[vertex_index][2]]
-    rows = lines[start : start + count]
-    if len(rows) < count:
-        raise CorruptMediaError(name, f"the PLY header declares {count} vertices but the file holds {len(rows)}")
-    ix = [cols.index(c) for c in ("x", "y", "z")]
-    arr = np.array([[float(r.split()[i]) for i in ix] for r in rows], dtype=np.float64)
-    return arr.reshape(-1, 3).astype(np.float32)
+def _binary_xyz(f: BinaryIO, dtype: np.dtype, count: int, out_dtype, declares: str, name: str) -> np.ndarray:
+    """x, y, z of `count` records of `dtype`, read a block at a time straight into the output (the
+    records can be many times larger than x, y, z: normals, colours, features)."""
+    out = np.empty((count, 3), out_dtype)
+    step = max(1, _BLOCK // dtype.itemsize)
+    for i in range(0, count, step):
+        k = min(step, count - i)
+        data = f.read(k * dtype.itemsize)
+        if len(data) < k * dtype.itemsize:
+            raise CorruptMediaError(name, f"{declares} ({count * dtype.itemsize} bytes) but only "
+                                          f"{i * dtype.itemsize + len(data)} bytes follow")
+        v = np.frombuffer(data, dtype)
+        for j, c in enumerate("xyz"):
+            out[i : i + k, j] = v[c]
+    return out
 
 
 _PCD_TYPES = {("F", 4): "f4", ("F", 8): "f8", ("I", 1): "i1", ("I", 2): "i2", ("I", 4): "i4", ("I", 8): "i8",
@@ -299,90 +408,88 @@ _PCD_TYPES = {("F", 4): "f4", ("F", 8): "f8", ("I", 1): "i1", ("I", 2): "i2", ("
 
 
 def _parse_pcd(source: Source, limits: MediaLimits):
-    data = source.read_bytes()
-    header, pos = {}, 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        nl = len(data) if nl < 0 else nl
-        line = data[pos:nl].decode("ascii", "replace").strip()
-        pos = nl + 1
-        if not line or line.startswith("#"):
-            continue
-        key, *vals = line.split()
-        header[key.upper()] = vals
-        if key.upper() == "DATA":
-            break
-    try:
-        fields, sizes, types = header["FIELDS"], [int(s) for s in header["SIZE"]], header["TYPE"]
-        counts = [int(c) for c in header.get("COUNT", ["1"] * len(fields))]
-        n = int(header["POINTS"][0]) if "POINTS" in header else int(header["WIDTH"][0]) * int(header["HEIGHT"][0])
-        mode = header["DATA"][0].lower()
-    except (KeyError, IndexError, ValueError) as e:
-        raise CorruptMediaError(source.name, f"PCD header incomplete or invalid ({e})") from None
-    if not {"x", "y", "z"} <= set(fields):
-        raise CorruptMediaError(source.name, f"PCD without x, y, z fields (fields: {fields})")
-    if n > limits.max_points:
-        raise MediaTooLargeError(source.name, f"{n} points, over the limit of {limits.max_points} (MediaLimits.max_points)")
-    if mode == "ascii":
-        rows = [ln.split() for ln in data[pos:].decode("ascii", "replace").splitlines() if ln.strip()]
-        if len(rows) < n:
-            raise CorruptMediaError(source.name, f"the PCD header declares {n} points but the file holds {len(rows)}")
-        starts = np.cumsum([0] + counts)
-        ix = [int(starts[fields.index(c)]) for c in ("x", "y", "z")]
-        return np.array([[float(r[i]) for i in ix] for r in rows[:n]], dtype=np.float64).astype(np.float32)
-    if mode == "binary":
+    """PCD: the points follow the DATA line and nothing follows the points, so rows (ascii) or whole
+    points (binary) beyond POINTS are an error, as are fewer."""
+    with source.open() as f:
+        _skip_bom(f)
+        header = {}
+        for key, *vals in _header_lines(f):
+            header[key.upper()] = vals
+            if key.upper() == "DATA":
+                break
+        try:
+            fields, sizes, types = header["FIELDS"], [int(s) for s in header["SIZE"]], header["TYPE"]
+            counts = [int(c) for c in header.get("COUNT", ["1"] * len(fields))]
+            field = "POINTS" if "POINTS" in header else "WIDTH x HEIGHT"
+            n = int(header["POINTS"][0]) if "POINTS" in header else int(header["WIDTH"][0]) * int(header["HEIGHT"][0])
+            mode = header["DATA"][0].lower()
+        except (KeyError, IndexError, ValueError) as e:
+            raise CorruptMediaError(source.name, f"PCD header incomplete or invalid ({e})") from None
+        if not {"x", "y", "z"} <= set(fields):
+            raise CorruptMediaError(source.name, f"PCD without x, y, z fields (fields: {fields})")
+        left, declares = source.size - f.tell(), f"the PCD header declares {n} points ({field})"
+        if mode == "ascii":
+            _check_count(n, n * 2 * sum(counts) - 1, left, declares, source.name, limits)
+            starts = np.cumsum([0] + counts)
+            lines = _lines(f, source.name)
+            pts = _text_rows(lines, [int(starts[fields.index(c)]) for c in ("x", "y", "z")], n)
+            if len(pts) < n:
+                raise CorruptMediaError(source.name, f"the PCD header declares {n} points but the file holds {len(pts)}")
+            if any(map(str.strip, lines)):
+                raise CorruptMediaError(source.name, f"{declares} but more rows follow")
+            return pts
+        if mode != "binary":
+            raise UnsupportedFormatError(source.name, f"PCD 'DATA {mode}' is not supported (use ascii or binary)")
         try:
             dtype = np.dtype([(f, _PCD_TYPES[(t.upper(), s)], (c,)) if c > 1 else (f, _PCD_TYPES[(t.upper(), s)])
                               for f, s, t, c in zip(fields, sizes, types, counts)])
         except KeyError as e:
             raise CorruptMediaError(source.name, f"PCD field type {e}") from None
-        if pos + dtype.itemsize * n > len(data):
-            raise CorruptMediaError(source.name, f"the PCD header declares {n} points but the data is shorter")
-        v = np.frombuffer(data, dtype=dtype, count=n, offset=pos)
-        return np.stack([v["x"], v["y"], v["z"]], axis=1).astype(np.float32)
-    raise UnsupportedFormatError(source.name, f"PCD 'DATA {mode}' is not supported (use ascii or binary)")
+        _check_count(n, n * dtype.itemsize, left, declares, source.name, limits)
+        if left - n * dtype.itemsize >= dtype.itemsize:
+            raise CorruptMediaError(source.name, f"{declares} but the data holds {left // dtype.itemsize}")
+        return _binary_xyz(f, dtype, n, np.float32, declares, source.name)
 
 
-_SPLIT = re.compile(r"[\s,;]+")
-
-
-def _text_lines(source: Source) -> list[str]:
-    return source.read_bytes().decode("utf-8", "replace").lstrip("\ufeff").splitlines()
+_SEPARATORS = bytes.maketrans(b",;", b"  ")
+"""XYZ/TXT/CSV columns are separated by any run of whitespace, commas and semicolons."""
 
 
 def _parse_xyz(source: Source, limits: MediaLimits):
-    rows = [_SPLIT.split(ln.strip()) for ln in _text_lines(source) if ln.strip() and not ln.lstrip().startswith("#")]
-    if rows and not any(ch.isdigit() for ch in "".join(rows[0])):
-        rows = rows[1:]  # a column header such as "x y z" or "X,Y,Z,R,G,B"
-    if len(rows) > limits.max_points:
-        raise MediaTooLargeError(source.name, f"{len(rows)} points, over the limit of {limits.max_points}")
-    return np.array([[float(v) for v in r[:3]] for r in rows], dtype=np.float64).reshape(-1, 3).astype(np.float32)
+    with source.open() as f:
+        _skip_bom(f)
+        lines = _lines(f, source.name, _SEPARATORS)
+        first = next((ln for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), "")
+        head = [first] if any(ch.isdigit() for ch in first) else []  # else a column header such as "x y z"
+        pts = _text_rows(itertools.chain(head, lines), (0, 1, 2), limits.max_points + 1, comments="#")
+    return _at_most(pts, limits, source.name)
 
 
 def _parse_obj(source: Source, limits: MediaLimits):
-    rows = [ln.split()[1:4] for ln in _text_lines(source) if ln.startswith("v ")]
-    if len(rows) > limits.max_points:
-        raise MediaTooLargeError(source.name, f"{len(rows)} points, over the limit of {limits.max_points}")
-    return np.array([[float(v) for v in r] for r in rows], dtype=np.float64).reshape(-1, 3).astype(np.float32)
+    with source.open() as f:
+        _skip_bom(f)
+        lines = (ln for ln in _lines(f, source.name) if ln.startswith("v "))
+        pts = _text_rows(lines, (1, 2, 3), limits.max_points + 1, comments="#")
+    return _at_most(pts, limits, source.name)
 
 
 def _parse_off(source: Source, limits: MediaLimits):
-    tokens = []
-    for ln in _text_lines(source):
-        ln = ln.split("#", 1)[0].strip()
-        if ln:
-            tokens.append(ln.split())
-    head = tokens[0]
-    if not head[0].endswith("OFF"):
-        raise CorruptMediaError(source.name, "OFF file without an 'OFF' keyword")
-    counts_line, first = (head[1:], 1) if len(head) > 1 else (tokens[1], 2)
-    nv = int(counts_line[0])
-    if nv > limits.max_points:
-        raise MediaTooLargeError(source.name, f"{nv} points, over the limit of {limits.max_points}")
-    rows = tokens[first : first + nv]
-    if len(rows) < nv:
-        raise CorruptMediaError(source.name, f"the OFF header declares {nv} vertices but the file holds {len(rows)}")
-    return np.array([[float(v) for v in r[:3]] for r in rows], dtype=np.float64).reshape(-1, 3).astype(np.float32)
+    """OFF: the vertices, then the faces (never read: rows after the declared vertices are faces)."""
+    with source.open() as f:
+        _skip_bom(f)
+        header = _header_lines(f)
+        head = next(header, [""])
+        if not head[0].endswith("OFF"):
+            raise CorruptMediaError(source.name, "OFF file without an 'OFF' keyword")
+        counts = head[1:] or next(header, [])  # "OFF" alone on its line, or followed by the counts
+        if not counts:
+            raise CorruptMediaError(source.name, "OFF file without vertex and face counts")
+        nv = int(counts[0])
+        _check_count(nv, nv * 6 - 1, source.size - f.tell(), f"the OFF header declares {nv} vertices", source.name, limits)
+        pts = _text_rows(_lines(f, source.name), (0, 1, 2), nv, comments="#")
+    if len(pts) < nv:
+        raise CorruptMediaError(source.name, f"the OFF header declares {nv} vertices but the file holds {len(pts)}")
+    return pts
 
 
 _PARSERS = {"pt": _parse_torch, "npy": _parse_npy, "npz": _parse_npz, "ply": _parse_ply, "pcd": _parse_pcd,
