@@ -283,7 +283,8 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
         request = self.prepare(messages, stop, **kwargs)
         llm = self._llm
         with llm.card.lock:
-            decoder, neighbors = llm.start([request.prompt], request.feature, request.generation, request.visual_cache)
+            decoder, _, neighbors = llm.start([request.prompt], request.feature, request.generation,
+                                              request.visual_cache)
         steps = iter(decoder)
         deadline = time.monotonic() + self.timeout if self.timeout else None
         while True:

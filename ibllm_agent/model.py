@@ -257,9 +257,10 @@ class ImageBindLLM(nn.Module):
             return self.llama(tokens, cache, known[2], last_only=True)
 
     # ----- the one decode path --------------------------------------------------------------------------
-    def decoder(self, prompts: Sequence[str | Sequence[int]], visual_query: torch.Tensor,
-                generation: GenerationParams = DEFAULT_GENERATION) -> Decoder:
-        """A step-by-step `Decoder` for prompts (text, BOS added, or token ids) and visual queries [B or 1, 1, dim]."""
+    def join(self, decoder: Decoder, prompts: Sequence[str | Sequence[int]], visual_query: torch.Tensor,
+             generation: GenerationParams = DEFAULT_GENERATION) -> list[int]:
+        """Add prompts (text, BOS added, or token ids) with their visual queries [B or 1, 1, dim] to `decoder`;
+        returns their row ids. A seed gives the new rows their own generator."""
         ids = [self.tokenizer.encode(p, bos=True, eos=False) if isinstance(p, str) else list(p) for p in prompts]
         if visual_query.shape[0] == 1 and len(ids) > 1:
             visual_query = visual_query.expand(len(ids), -1, -1)
@@ -270,14 +271,22 @@ class ImageBindLLM(nn.Module):
             generator = torch.Generator(device=self.device).manual_seed(generation.seed)
         with torch.inference_mode():
             adapter = self.llama.adapter_values(self.adapter_queries(visual_query))
-        return Decoder(self.llama, self.tokenizer, ids, adapter, generation, generator)
+        return decoder.join(ids, adapter, generation, generator)
+
+    def decoder(self, prompts: Sequence[str | Sequence[int]], visual_query: torch.Tensor,
+                generation: GenerationParams = DEFAULT_GENERATION) -> Decoder:
+        """A fixed-batch `Decoder` for prompts and their visual queries."""
+        decoder = Decoder(self.llama, self.tokenizer)
+        self.join(decoder, prompts, visual_query, generation)
+        return decoder
 
     def start(self, prompts: Sequence[str | Sequence[int]], features: torch.Tensor | None = None,
-              generation: GenerationParams = DEFAULT_GENERATION,
-              visual_cache: VisualCacheParams | bool | None = None) -> tuple[Decoder, list[list[Neighbor]]]:
+              generation: GenerationParams = DEFAULT_GENERATION, visual_cache: VisualCacheParams | bool | None = None,
+              *, into: Decoder | None = None) -> tuple[Decoder, list[int], list[list[Neighbor]]]:
         """Everything before the first token: fused features [B, D] ([D] or one row is shared; None = text
-        only) -> visual queries (through the cache) -> a `Decoder` to iterate, and each row's neighbours.
-        Callers that share the model hold `model.card.lock` around this and around each decoding step."""
+        only) -> visual queries (through the cache) -> rows of a `Decoder` (a new fixed batch, or the running
+        batch `into`). Returns the decoder, the new rows' ids and each row's cache neighbours. Callers that
+        share the model hold `model.card.lock` around this and around each decoding step."""
         if isinstance(prompts, str):
             raise TypeError("prompts must be a list; use [prompt] for one")
         if features is None:
@@ -285,14 +294,16 @@ class ImageBindLLM(nn.Module):
         visual_query, neighbors = self.visual_query(features, visual_cache)
         if len(neighbors) == 1 and len(prompts) > 1:
             neighbors = neighbors * len(prompts)
-        return self.decoder(prompts, visual_query, generation), neighbors
+        decoder = into if into is not None else Decoder(self.llama, self.tokenizer)
+        rows = self.join(decoder, prompts, visual_query, generation)
+        return decoder, rows, neighbors
 
     def generate_batch(self, prompts: Sequence[str], features: torch.Tensor | None = None,
                        generation: GenerationParams | None = None,
                        visual_cache: VisualCacheParams | bool | None = None, **overrides) -> list[Generation]:
         """Answer each prompt (formatted text, BOS added) given its fused feature row of `features`.
         `**overrides` change fields of `generation` (e.g. `temperature=0, max_tokens=32`)."""
-        decoder, neighbors = self.start(prompts, features, _params(generation, overrides), visual_cache)
+        decoder, _, neighbors = self.start(prompts, features, _params(generation, overrides), visual_cache)
         return [Generation(text=text, token_ids=ids, prompt_tokens=len(prompt), finish_reason=finish, neighbors=n)
                 for (text, ids, finish), prompt, n in zip(decoder.run(), decoder.prompts, neighbors)]
 
@@ -300,7 +311,7 @@ class ImageBindLLM(nn.Module):
                visual_cache: VisualCacheParams | bool | None = None, **overrides) -> Iterator[str]:
         """Text deltas of the answer to one prompt; they concatenate to `generate_batch([prompt], ...)[0].text`
         (for greedy decoding, or the same seed)."""
-        decoder, _ = self.start([prompt], feature, _params(generation, overrides), visual_cache)
+        decoder, _, _ = self.start([prompt], feature, _params(generation, overrides), visual_cache)
         for deltas in decoder:
             if deltas[0]:
                 yield deltas[0]

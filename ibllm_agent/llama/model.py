@@ -271,6 +271,36 @@ class KVCache:
         self.values[layer][:, :, self.length:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
+    def select(self, rows: list[int]) -> None:
+        """Keep only `rows` (in that order), and drop the leading slots that are padding for all of them, so a
+        batch that rows keep joining and leaving does not grow without end."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.pad.device)
+        pad = self.pad[index]
+        trim = int(pad.min()) if len(rows) else 0
+        for buffers in (self.keys, self.values):
+            for i, old in enumerate(buffers):
+                buffers[i] = old[index, :, trim:].contiguous()  # (len(rows), H, capacity - trim, hd)
+        self.pad, self.length = pad - trim, self.length - trim
+
+    @classmethod
+    def concat(cls, a: KVCache, b: KVCache, room: int) -> KVCache:
+        """The rows of `a` then those of `b` in one cache, with `room` free slots after the longer one.
+
+        The shorter side is shifted right to end at the same slot, its padding growing by the shift: a row's
+        positions are slot - pad, so its (already rotated) keys keep their meaning. The new slots are zeros,
+        like padding slots a prefill writes (masked out, but they must not be NaN)."""
+        length = max(a.length, b.length)
+        capacity = length + room
+        keys, values = [], []
+        for layer in range(len(a.keys)):
+            for out, (xa, xb) in ((keys, (a.keys[layer], b.keys[layer])), (values, (a.values[layer], b.values[layer]))):
+                merged = xa.new_zeros(a.batch + b.batch, xa.shape[1], capacity, xa.shape[3])
+                merged[:a.batch, :, length - a.length:length] = xa[:, :, :a.length]
+                merged[a.batch:, :, length - b.length:length] = xb[:, :, :b.length]
+                out.append(merged)
+        pad = torch.cat([a.pad + (length - a.length), b.pad + (length - b.length)])
+        return cls(keys, values, pad, length)
+
 
 class _SlotWriter:
     """`KVCache.write` at a slot given as a device tensor, returning every slot (see decode_step)."""

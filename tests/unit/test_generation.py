@@ -140,3 +140,41 @@ def test_generation_params_keep_the_reference_defaults():
     p = GenerationParams()
     assert (p.max_tokens, p.temperature, p.top_p, p.seed, p.stop) == (256, 0.1, 0.75, None, ())
     assert p.updated(temperature=0, max_tokens=None) == GenerationParams(temperature=0.0)
+
+
+def test_rows_join_and_leave_a_running_batch_and_answer_as_alone(model):
+    """Continuous batching: rows of different lengths, settings and arrival times, one cancelled, in one
+    running batch give each the greedy tokens it gets alone; finished rows free their cache slots."""
+    questions = ["Describe the dog.", "What is this?", "a red car and a bell", "Tell me about the rain now, please."]
+    prompts = [model.tokenizer.encode(format_prompt(q), bos=True, eos=False) for q in questions]
+    g = torch.Generator().manual_seed(5)
+    features = torch.randn(4, model.feature_dim, generator=g)
+    budgets = [6, 14, 3, 9]
+    alone = [model.generate_batch([p], f, max_tokens=n, temperature=0.0)[0].token_ids
+             for p, f, n in zip(prompts, features, budgets)]
+    decoder = Decoder(model.llama, model.tokenizer, dynamic=True)
+    arrivals = {0: [0], 2: [1, 2], 5: [3]}  # step -> rows that join before it
+    step = 0
+    while step == 0 or not decoder.done or step <= max(arrivals):
+        for i in arrivals.get(step, []):
+            model.start([prompts[i]], features[i], GenerationParams(max_tokens=budgets[i], temperature=0.0),
+                        into=decoder)
+        if step == 4:
+            decoder.remove(1)  # a client that went away
+        decoder.step()
+        step += 1
+    got = [row.ids for row in decoder.rows.values()]
+    assert got[0] == alone[0] and got[2] == alone[2] and got[3] == alone[3]
+    assert decoder.rows[1].finish == "cancelled" and got[1] == alone[1][:len(got[1])]
+    assert decoder.active == [] and decoder._cache is None
+
+
+def test_a_long_running_batch_does_not_grow_its_cache_without_end(model):
+    decoder = Decoder(model.llama, model.tokenizer, dynamic=True)
+    prompt = model.tokenizer.encode(format_prompt("Describe the bell."), bos=True, eos=False)
+    lengths = []
+    for _ in range(30):  # a new short request every step, each answering 4 tokens
+        model.start([prompt], None, GenerationParams(max_tokens=4, temperature=0.0), into=decoder)
+        decoder.step()
+        lengths.append(decoder._cache.length if decoder._cache is not None else 0)
+    assert max(lengths) <= len(prompt) + 8, lengths  # leading padding slots are dropped as rows leave
