@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 
 from ibllm_agent.cache.base import CacheError, SearchResult, VisualCache, as_matrix, first_positions
+from ibllm_agent.cache.faiss_file import check_index_file
 
 logger = logging.getLogger(__name__)
 
@@ -126,19 +127,28 @@ class FaissCache(VisualCache):
         a file that is not a FAISS index, a wrong dimension or a metric other than inner product.
         """
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise CacheError(f"FAISS index {path} does not exist")
+        if not path.is_file():  # a folder, FIFO or device: never opened
+            raise CacheError(f"FAISS index {path} is not a regular file")
+        # FAISS crashes (SIGSEGV) on some truncated files instead of raising: check the layout first.
+        layout = check_index_file(path)
+        if dim is not None and layout.d != dim:
+            raise CacheError(f"{path} holds vectors of dimension {layout.d}, but the model expects {dim}")
+        if layout.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise CacheError(f"{path} uses FAISS metric {layout.metric_type}; the visual cache needs inner "
+                             "product (METRIC_INNER_PRODUCT, e.g. IndexFlatIP)")
         flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
         try:
             index = faiss.read_index(str(path), flags)
+            if isinstance(index, faiss.IndexIVF):
+                # Rebuilt from the lists rather than trusted from the file: reconstruct follows its
+                # entries into the lists unchecked, and this refuses ids outside 0..ntotal-1.
+                index.set_direct_map_type(faiss.DirectMap.NoMap)
+                index.make_direct_map()
         except RuntimeError as e:
             raise CacheError(f"{path} is not a readable FAISS index: {_faiss_reason(e)}") from None
         mapped = mmap and isinstance(index, faiss.IndexFlat)
-        if dim is not None and index.d != dim:
-            raise CacheError(f"{path} holds vectors of dimension {index.d}, but the model expects {dim}")
-        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise CacheError(f"{path} uses FAISS metric {index.metric_type}; the visual cache needs inner "
-                             "product (METRIC_INNER_PRODUCT, e.g. IndexFlatIP)")
         _configure(index, ef_search=ef_search, nprobe=nprobe)
         meta = _load_meta_db(sidecar_path(path), len_index=index.ntotal)
         logger.info("loaded %s: %d x %d (%s%s)", path, index.ntotal, index.d, type(index).__name__,
@@ -305,10 +315,8 @@ def _load_meta_db(path: Path, len_index: int) -> sqlite3.Connection:
 def _configure(index: faiss.Index, *, ef_search: int | None, nprobe: int | None) -> None:
     if isinstance(index, faiss.IndexHNSW) and ef_search is not None:
         index.hnsw.efSearch = ef_search
-    if isinstance(index, faiss.IndexIVF):
-        if nprobe is not None:
-            index.nprobe = nprobe
-        index.make_direct_map()  # idempotent; needed for reconstruct after loading
+    if isinstance(index, faiss.IndexIVF) and nprobe is not None:
+        index.nprobe = nprobe
 
 
 def _faiss_reason(e: RuntimeError) -> str:
