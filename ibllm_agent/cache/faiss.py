@@ -283,7 +283,11 @@ class FaissCache(VisualCache):
         for p in positions:
             item_id, meta = found.get(p, (str(p), "{}"))
             ids.append(item_id)
-            metas.append(json.loads(meta))
+            try:  # checked at load with SQLite's json_valid, whose idea of JSON can be wider than Python's
+                metas.append(json.loads(meta))
+            except ValueError:
+                raise CacheError(f"metadata sidecar {sidecar_path(self.path)}, pos {p}: the metadata is not "
+                                 "valid JSON") from None
         return ids, metas
 
 
@@ -294,15 +298,37 @@ def _new_meta_db() -> sqlite3.Connection:
     return db
 
 
+# The first row a sidecar must not hold: positions are the index's, ids text, metadata a JSON object.
+# (CASE: json_type raises on invalid JSON, and SQLite does not promise to short-circuit OR.)
+_BAD_ROW = """SELECT rowid, pos, id, metadata FROM items
+    WHERE typeof(pos) != 'integer' OR pos < 0 OR typeof(id) != 'text' OR typeof(metadata) != 'text'
+    OR CASE WHEN json_valid(metadata) THEN json_type(metadata) END IS NOT 'object' LIMIT 1"""
+
+
 def _load_meta_db(path: Path, len_index: int) -> sqlite3.Connection:
-    """An in-memory copy of the sidecar, so that adding without saving never touches the files."""
+    """An in-memory copy of the sidecar, so that adding without saving never touches the files.
+
+    Every row is checked here, so that a bad one is reported by file and row when the cache is
+    opened instead of as a traceback in the middle of a search.
+    """
     db = _new_meta_db()
     if not path.is_file():
         return db
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as src:
+        # A URI, for read-only mode; as_uri() escapes the '#', '?' and '%' a plain "file:" string would not.
+        src = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
             src.backup(db)
-        src.close()
+        finally:
+            src.close()
+        # SQLite stores any bytes as text: undecodable ones become U+FFFD instead of failing every lookup.
+        db.text_factory = lambda b: b.decode("utf-8", "replace")
+        columns = {row[1] for row in db.execute("PRAGMA table_info(items)")}
+        if not {"pos", "id", "metadata"} <= columns:
+            raise CacheError(f"metadata sidecar {path} has no items table with pos, id and metadata columns")
+        bad = db.execute(_BAD_ROW).fetchone()
+        if bad is not None:
+            raise CacheError(f"metadata sidecar {path}, row {bad[0]} (pos {bad[1]!r}): {_row_problem(*bad[1:])}")
         (max_pos,) = db.execute("SELECT MAX(pos) FROM items").fetchone()
     except sqlite3.DatabaseError as e:
         raise CacheError(f"metadata sidecar {path} is unreadable: {e}") from None
@@ -310,6 +336,21 @@ def _load_meta_db(path: Path, len_index: int) -> sqlite3.Connection:
         raise CacheError(f"metadata sidecar {path} describes position {max_pos}, but the index holds only "
                          f"{len_index} vectors: they do not belong together")
     return db
+
+
+def _row_problem(pos, item_id, metadata) -> str:
+    """Why a row selected by _BAD_ROW is bad, in words."""
+    if not isinstance(pos, int) or pos < 0:
+        return "the position is not a non-negative integer"
+    if not isinstance(item_id, str):
+        return f"the id {item_id!r} is not a text"
+    if not isinstance(metadata, str):
+        return f"the metadata {metadata!r} is not a text"
+    try:
+        json.loads(metadata)
+    except ValueError:
+        return f"the metadata {metadata[:80]!r} is not valid JSON"
+    return f"the metadata {metadata[:80]!r} is not a JSON object"
 
 
 def _configure(index: faiss.Index, *, ef_search: int | None, nprobe: int | None) -> None:
