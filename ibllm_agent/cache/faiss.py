@@ -123,8 +123,10 @@ class FaissCache(VisualCache):
 
         `dim` is the dimension the caller expects (ImageBind's 1024; None accepts any).
         `mmap=True` maps a flat index instead of reading it (the official 12 GB file is then served
-        from the page cache); such a cache is read-only. Raises `CacheError` for a missing file,
-        a file that is not a FAISS index, a wrong dimension or a metric other than inner product.
+        from the page cache); such a cache is read-only. Raises `CacheError` for a missing file, a
+        file that is not a complete FAISS index of a type the cache reads (flat, HNSW flat, IVF flat;
+        checked before FAISS reads it, see faiss_file.py), a wrong dimension, a metric other than
+        inner product, or a bad metadata sidecar.
         """
         path = Path(path)
         if not path.exists():
