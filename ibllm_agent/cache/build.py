@@ -10,7 +10,10 @@ finished by running the same command again, with nothing lost and nothing stored
 from __future__ import annotations
 
 import csv
+import errno
 import logging
+import os
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +44,8 @@ class MediaItem:
     """A modality hint ("audio" on an MP4 means its sound track); None = detect from the content."""
     extra: dict = field(default_factory=dict)
     """Other CSV columns, kept as metadata."""
+    problem: str | None = None
+    """Why the path is not a readable file (a dangling link, a FIFO, ...): a build reports it, never opens it."""
 
     def content_id(self) -> str:
         return file_sha256(self.path)
@@ -63,12 +68,13 @@ def list_media(source: str | Path) -> list[MediaItem]:
 
     A CSV needs a header with a `path` (or `uri`, `file`) column; `caption` (or `label`) and
     `modality` are used when present, other columns become metadata. Relative paths are taken
-    from the CSV's folder.
+    from the CSV's folder. A folder's links to folders are followed. What is not a readable
+    file (a symlink loop, a dangling link, a FIFO, socket or device, an unreadable folder) is
+    listed with its `problem`, so that a build reports it instead of skipping it silently.
     """
     source = Path(source)
     if source.is_dir():
-        return [MediaItem(p) for p in sorted(source.rglob("*"))
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(source).parts)]
+        return sorted(_walk(source), key=lambda item: item.path)
     if not source.is_file():
         raise CacheError(f"{source} is neither a folder nor a CSV file")
     with open(source, newline="", encoding="utf-8") as f:
@@ -84,11 +90,64 @@ def list_media(source: str | Path) -> list[MediaItem]:
             if not row.get(path_col):
                 continue
             path = Path(row.pop(path_col))
+            path = path if path.is_absolute() else source.parent / path
             caption = next((row.pop(c) for c in CAPTION_COLUMNS if row.get(c)), None)
             modality = row.pop("modality", "") or None
-            items.append(MediaItem(path if path.is_absolute() else source.parent / path, caption, modality,
-                                   {k: v for k, v in row.items() if v and k not in CAPTION_COLUMNS}))
+            extra = {k: v for k, v in row.items() if v and k not in CAPTION_COLUMNS}
+            items.append(MediaItem(path, caption, modality, extra, problem=_stat(path)[1]))
     return items
+
+
+def _walk(top: Path) -> list[MediaItem]:
+    """The non-hidden files below `top` and the entries that are not readable files, following links."""
+    items: list[MediaItem] = []
+    top_stat = top.stat()
+    walked = {(top_stat.st_dev, top_stat.st_ino)}  # two links to one folder list it once
+    stack = [(top, frozenset(walked))]  # a folder and the folders enclosing it (to tell a loop)
+    while stack:
+        folder, enclosing = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                paths = [Path(e.path) for e in entries if not e.name.startswith(".")]
+        except OSError as e:
+            items.append(MediaItem(folder, problem=f"unreadable folder: {e.strerror or e}"))
+            continue
+        for path in paths:
+            st, problem = _stat(path)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in enclosing:
+                    items.append(MediaItem(path, problem="symlink loop: a link to a folder that encloses it"))
+                elif key not in walked:
+                    walked.add(key)
+                    stack.append((path, enclosing | {key}))
+                continue
+            items.append(MediaItem(path, problem=problem))
+    return items
+
+
+FILE_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+              (stat.S_ISBLK, "a block device"))
+
+
+def _stat(path: Path) -> tuple[os.stat_result | None, str | None]:
+    """What `path` leads to (links followed) and why it cannot be an input, if so; never opens it.
+
+    Folders are left to the caller. Opening a FIFO blocks and reading a device may never end, so
+    anything but a regular file or a folder is a problem.
+    """
+    try:
+        st = path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None, "symlink loop"
+        if e.errno == errno.ENOENT and path.is_symlink():
+            return None, f"dangling symlink to {os.readlink(path)}"
+        return None, e.strerror or str(e)
+    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        return st, None
+    kind = next((name for test, name in FILE_KINDS if test(st.st_mode)), "an unknown kind of file")
+    return st, f"not a regular file but {kind}"
 
 
 def build_from_media(items: Sequence[MediaItem], cache: VisualCache,
@@ -98,7 +157,8 @@ def build_from_media(items: Sequence[MediaItem], cache: VisualCache,
     """Encode `items` with `encode(list[MediaInput]) -> (n, dim)` and add the new ones to `cache`.
 
     `encode` is typically `ImageBindLLM.encode`; `load` defaults to `ibllm_agent.media.load_media`.
-    Inputs that fail to load are reported, not fatal. Returns a `BuildReport`.
+    Inputs listed with a `problem` and inputs that fail to load are reported in `failed`, not fatal.
+    Returns a `BuildReport`.
     """
     if load is None:
         from ibllm_agent.media import load_media as load
@@ -108,6 +168,9 @@ def build_from_media(items: Sequence[MediaItem], cache: VisualCache,
     report = BuildReport(inputs=len(items))
     ids: dict[str, MediaItem] = {}
     for item in tqdm(items, desc="hashing", unit="file", disable=not progress):
+        if item.problem:
+            report.failed.append((str(item.path), item.problem))
+            continue
         try:
             ids.setdefault(item.content_id(), item)
         except OSError as e:

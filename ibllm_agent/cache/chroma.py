@@ -13,11 +13,13 @@ that is set above the collection's ef_search) and a re-rank.
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -88,7 +90,9 @@ def connect(path: str | Path | None = None, url: str | None = None, *, connect_t
 
     settings = Settings(anonymized_telemetry=False)
     if url is None:
-        return chromadb.PersistentClient(path=str(path or "./chroma"), settings=settings)
+        path = path or "./chroma"
+        with chroma_errors(f"Chroma folder {path}"):
+            return chromadb.PersistentClient(path=str(path), settings=settings)
     parsed = urlparse(url if "://" in url else f"http://{url}")
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise CacheError(f"Chroma server URL must look like http://host:port, got {url!r}")
@@ -107,6 +111,44 @@ def connect(path: str | Path | None = None, url: str | None = None, *, connect_t
     return client
 
 
+@contextmanager
+def chroma_errors(where: str):
+    """Chroma's own failures (a corrupt chroma.sqlite3, a server error) as a `CacheError` naming `where`."""
+    from chromadb.errors import ChromaError
+
+    try:
+        yield
+    except ChromaError as e:
+        raise CacheError(f"{where} failed: {type(e).__name__}: {_one_line(e)}") from None
+    except BaseException as e:
+        # Chroma's Rust core panics on some corrupt databases; pyo3 raises that as a BaseException
+        # subclass that cannot be imported by name.
+        if type(e).__name__ != "PanicException":
+            raise
+        raise CacheError(f"{where} is corrupt: {_one_line(e)}") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+def _reported(method):
+    """Run a ChromaCache method under `chroma_errors` for its client."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with chroma_errors(self.where):
+            return method(self, *args, **kwargs)
+    return run
+
+
+def _where(client) -> str:
+    """The folder or server of a Chroma client, for error messages."""
+    settings = client.get_settings()
+    if settings.is_persistent:
+        return f"Chroma folder {settings.persist_directory}"
+    return f"Chroma server {settings.chroma_server_host}:{settings.chroma_server_http_port}"
+
+
 class ChromaCache(VisualCache):
     """A `VisualCache` over one Chroma collection of ImageBind features.
 
@@ -120,11 +162,14 @@ class ChromaCache(VisualCache):
             raise CacheError(f"unknown search mode {search!r}; expected one of {SEARCH_MODES}")
         self.collection = collection
         self.client = client
+        self.where = _where(client)
         self.dim = dim
         self.search_mode = search
         self.exact_max = exact_max
         self.candidates = candidates
-        self.max_batch_size = min(max_batch_size or client.get_max_batch_size(), client.get_max_batch_size())
+        with chroma_errors(self.where):
+            limit = client.get_max_batch_size()
+        self.max_batch_size = min(max_batch_size or limit, limit)
         self.count_ttl = count_ttl
         self._lock = threading.Lock()
         self._snapshot: tuple[int, np.ndarray, list[str], list[dict]] | None = None
@@ -140,20 +185,22 @@ class ChromaCache(VisualCache):
         `create` is False, or the server is unreachable. `options` go to the constructor.
         """
         client = client or connect(path, url)
-        try:
-            collection = client.get_collection(name, embedding_function=None)
-        except Exception as e:  # Chroma raises NotFoundError (local) or a ValueError subclass (http)
-            if "does not exist" not in str(e) and type(e).__name__ != "NotFoundError":
-                raise CacheError(f"cannot open Chroma collection {name!r}: {e}") from None
-            if not create:
-                raise CacheError(f"Chroma collection {name!r} does not exist") from None
+        where = _where(client)
+        with chroma_errors(where):  # the other failures: a corrupt folder, a server error
             try:
-                collection = client.get_or_create_collection(
-                    name, configuration=(hnsw or ChromaHnsw()).configuration(), metadata={DIM_KEY: dim},
-                    embedding_function=None)
-            except Exception as e2:
-                raise CacheError(f"cannot create Chroma collection {name!r}: {e2}") from None
-            logger.info("created Chroma collection %r (dim %d, %s)", name, dim, hnsw or ChromaHnsw())
+                collection = client.get_collection(name, embedding_function=None)
+            except Exception as e:  # Chroma raises NotFoundError (local) or a ValueError subclass (http)
+                if "does not exist" not in str(e) and type(e).__name__ != "NotFoundError":
+                    raise CacheError(f"{where}: cannot open collection {name!r}: {_one_line(e)}") from None
+                if not create:
+                    raise CacheError(f"Chroma collection {name!r} does not exist") from None
+                try:
+                    collection = client.get_or_create_collection(
+                        name, configuration=(hnsw or ChromaHnsw()).configuration(), metadata={DIM_KEY: dim},
+                        embedding_function=None)
+                except Exception as e2:
+                    raise CacheError(f"{where}: cannot create collection {name!r}: {_one_line(e2)}") from None
+                logger.info("created Chroma collection %r (dim %d, %s)", name, dim, hnsw or ChromaHnsw())
         cache = cls(collection, client, dim=dim, **options)
         cache._check_collection()
         return cache
@@ -161,6 +208,7 @@ class ChromaCache(VisualCache):
     def __repr__(self) -> str:
         return f"ChromaCache({self.collection.name!r}, {len(self)} x {self.dim})"
 
+    @_reported
     def __len__(self) -> int:
         """The item count, re-read at most every `count_ttl` seconds and after each `add`.
 
@@ -177,6 +225,7 @@ class ChromaCache(VisualCache):
         hnsw = (self.collection.configuration or {}).get("hnsw") or {}
         return hnsw.get("space") or (self.collection.metadata or {}).get("hnsw:space", "l2")
 
+    @_reported
     def _check_collection(self) -> None:
         stored = (self.collection.metadata or {}).get(DIM_KEY)
         if stored is None:
@@ -191,6 +240,7 @@ class ChromaCache(VisualCache):
 
     # -- writing ------------------------------------------------------------------------------
 
+    @_reported
     def add(self, vectors: np.ndarray, *, ids: Sequence[str] | None = None,
             metadatas: Sequence[dict] | None = None, documents: Sequence[str] | None = None) -> int:
         """Add vectors (N, D) in batches of at most the client's max batch size; existing ids are skipped.
@@ -230,6 +280,7 @@ class ChromaCache(VisualCache):
 
     # -- reading ------------------------------------------------------------------------------
 
+    @_reported
     def search(self, queries: np.ndarray, k: int) -> SearchResult:
         """Top-k by inner product (exact for "exact" and small "auto" collections); k is clamped to the size."""
         q = self.check_query(queries, k)
@@ -304,13 +355,15 @@ class ChromaCache(VisualCache):
         batch_size = min(batch_size or self.max_batch_size, self.max_batch_size)
         offset = 0
         while True:
-            page = self.collection.get(limit=batch_size, offset=offset, include=["embeddings", "metadatas"])
+            with chroma_errors(self.where):
+                page = self.collection.get(limit=batch_size, offset=offset, include=["embeddings", "metadatas"])
             if not page["ids"]:
                 return
             vectors = np.asarray(page["embeddings"], dtype=np.float32).reshape(len(page["ids"]), self.dim)
             yield list(page["ids"]), vectors, [m or {} for m in page["metadatas"]]
             offset += len(page["ids"])
 
+    @_reported
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of `ids` are stored (looked up in batches)."""
         found: set[str] = set()
@@ -319,6 +372,7 @@ class ChromaCache(VisualCache):
             found.update(self.collection.get(ids=chunk, include=[])["ids"])
         return found
 
+    @_reported
     def stats(self) -> dict:
         """Count, dimension, space, HNSW settings and modality counts (modalities from the metadata)."""
         modalities: dict[str, int] = {}

@@ -22,6 +22,7 @@ import faiss
 import numpy as np
 
 from ibllm_agent.cache.base import CacheError, SearchResult, VisualCache, as_matrix, first_positions
+from ibllm_agent.cache.faiss_file import check_index_file
 
 logger = logging.getLogger(__name__)
 
@@ -122,23 +123,34 @@ class FaissCache(VisualCache):
 
         `dim` is the dimension the caller expects (ImageBind's 1024; None accepts any).
         `mmap=True` maps a flat index instead of reading it (the official 12 GB file is then served
-        from the page cache); such a cache is read-only. Raises `CacheError` for a missing file,
-        a file that is not a FAISS index, a wrong dimension or a metric other than inner product.
+        from the page cache); such a cache is read-only. Raises `CacheError` for a missing file, a
+        file that is not a complete FAISS index of a type the cache reads (flat, HNSW flat, IVF flat;
+        checked before FAISS reads it, see faiss_file.py), a wrong dimension, a metric other than
+        inner product, or a bad metadata sidecar.
         """
         path = Path(path)
-        if not path.is_file():
+        if not path.exists():
             raise CacheError(f"FAISS index {path} does not exist")
+        if not path.is_file():  # a folder, FIFO or device: never opened
+            raise CacheError(f"FAISS index {path} is not a regular file")
+        # FAISS crashes (SIGSEGV) on some truncated files instead of raising: check the layout first.
+        layout = check_index_file(path)
+        if dim is not None and layout.d != dim:
+            raise CacheError(f"{path} holds vectors of dimension {layout.d}, but the model expects {dim}")
+        if layout.metric_type != faiss.METRIC_INNER_PRODUCT:
+            raise CacheError(f"{path} uses FAISS metric {layout.metric_type}; the visual cache needs inner "
+                             "product (METRIC_INNER_PRODUCT, e.g. IndexFlatIP)")
         flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
         try:
             index = faiss.read_index(str(path), flags)
+            if isinstance(index, faiss.IndexIVF):
+                # Rebuilt from the lists rather than trusted from the file: reconstruct follows its
+                # entries into the lists unchecked, and this refuses ids outside 0..ntotal-1.
+                index.set_direct_map_type(faiss.DirectMap.NoMap)
+                index.make_direct_map()
         except RuntimeError as e:
             raise CacheError(f"{path} is not a readable FAISS index: {_faiss_reason(e)}") from None
         mapped = mmap and isinstance(index, faiss.IndexFlat)
-        if dim is not None and index.d != dim:
-            raise CacheError(f"{path} holds vectors of dimension {index.d}, but the model expects {dim}")
-        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
-            raise CacheError(f"{path} uses FAISS metric {index.metric_type}; the visual cache needs inner "
-                             "product (METRIC_INNER_PRODUCT, e.g. IndexFlatIP)")
         _configure(index, ef_search=ef_search, nprobe=nprobe)
         meta = _load_meta_db(sidecar_path(path), len_index=index.ntotal)
         logger.info("loaded %s: %d x %d (%s%s)", path, index.ntotal, index.d, type(index).__name__,
@@ -273,7 +285,11 @@ class FaissCache(VisualCache):
         for p in positions:
             item_id, meta = found.get(p, (str(p), "{}"))
             ids.append(item_id)
-            metas.append(json.loads(meta))
+            try:  # checked at load with SQLite's json_valid, whose idea of JSON can be wider than Python's
+                metas.append(json.loads(meta))
+            except ValueError:
+                raise CacheError(f"metadata sidecar {sidecar_path(self.path)}, pos {p}: the metadata is not "
+                                 "valid JSON") from None
         return ids, metas
 
 
@@ -284,15 +300,37 @@ def _new_meta_db() -> sqlite3.Connection:
     return db
 
 
+# The first row a sidecar must not hold: positions are the index's, ids text, metadata a JSON object.
+# (CASE: json_type raises on invalid JSON, and SQLite does not promise to short-circuit OR.)
+_BAD_ROW = """SELECT rowid, pos, id, metadata FROM items
+    WHERE typeof(pos) != 'integer' OR pos < 0 OR typeof(id) != 'text' OR typeof(metadata) != 'text'
+    OR CASE WHEN json_valid(metadata) THEN json_type(metadata) END IS NOT 'object' LIMIT 1"""
+
+
 def _load_meta_db(path: Path, len_index: int) -> sqlite3.Connection:
-    """An in-memory copy of the sidecar, so that adding without saving never touches the files."""
+    """An in-memory copy of the sidecar, so that adding without saving never touches the files.
+
+    Every row is checked here, so that a bad one is reported by file and row when the cache is
+    opened instead of as a traceback in the middle of a search.
+    """
     db = _new_meta_db()
     if not path.is_file():
         return db
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as src:
+        # A URI, for read-only mode; as_uri() escapes the '#', '?' and '%' a plain "file:" string would not.
+        src = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
             src.backup(db)
-        src.close()
+        finally:
+            src.close()
+        # SQLite stores any bytes as text: undecodable ones become U+FFFD instead of failing every lookup.
+        db.text_factory = lambda b: b.decode("utf-8", "replace")
+        columns = {row[1] for row in db.execute("PRAGMA table_info(items)")}
+        if not {"pos", "id", "metadata"} <= columns:
+            raise CacheError(f"metadata sidecar {path} has no items table with pos, id and metadata columns")
+        bad = db.execute(_BAD_ROW).fetchone()
+        if bad is not None:
+            raise CacheError(f"metadata sidecar {path}, row {bad[0]} (pos {bad[1]!r}): {_row_problem(*bad[1:])}")
         (max_pos,) = db.execute("SELECT MAX(pos) FROM items").fetchone()
     except sqlite3.DatabaseError as e:
         raise CacheError(f"metadata sidecar {path} is unreadable: {e}") from None
@@ -302,13 +340,26 @@ def _load_meta_db(path: Path, len_index: int) -> sqlite3.Connection:
     return db
 
 
+def _row_problem(pos, item_id, metadata) -> str:
+    """Why a row selected by _BAD_ROW is bad, in words."""
+    if not isinstance(pos, int) or pos < 0:
+        return "the position is not a non-negative integer"
+    if not isinstance(item_id, str):
+        return f"the id {item_id!r} is not a text"
+    if not isinstance(metadata, str):
+        return f"the metadata {metadata!r} is not a text"
+    try:
+        json.loads(metadata)
+    except ValueError:
+        return f"the metadata {metadata[:80]!r} is not valid JSON"
+    return f"the metadata {metadata[:80]!r} is not a JSON object"
+
+
 def _configure(index: faiss.Index, *, ef_search: int | None, nprobe: int | None) -> None:
     if isinstance(index, faiss.IndexHNSW) and ef_search is not None:
         index.hnsw.efSearch = ef_search
-    if isinstance(index, faiss.IndexIVF):
-        if nprobe is not None:
-            index.nprobe = nprobe
-        index.make_direct_map()  # idempotent; needed for reconstruct after loading
+    if isinstance(index, faiss.IndexIVF) and nprobe is not None:
+        index.nprobe = nprobe
 
 
 def _faiss_reason(e: RuntimeError) -> str:
