@@ -183,7 +183,7 @@ def _modality(block: dict, extras: dict) -> str | None:
         if modality is None or not modality.is_medium:
             raise ContentError(f"extras.modality must be one of {', '.join(modalities.MEDIA)}, got {forced!r}")
         return modality.name
-    mime = (block.get("mime_type") or "").lower().split(";")[0].strip()
+    mime = _mime(block)
     by_type = modalities.for_block_type(block["type"])
     if by_type is not None:
         if mime not in GENERIC_MIME_TYPES and not by_type.accepts_mime(mime):
@@ -195,6 +195,21 @@ def _modality(block: dict, extras: dict) -> str | None:
     if by_mime is None:
         raise UnsupportedContentError(f"MIME type {mime!r} is not a medium this model reads")
     return by_mime.name
+
+
+def _mime(block: dict) -> str:
+    mime = (block.get("mime_type") or "").lower().split(";")[0].strip()
+    if mime == "application/pdf" and block["type"] == modalities.FILE_BLOCK and not _starts_like_pdf(block):
+        # LangChain turns every OpenAI file part into a "PDF" (OpenAI takes only PDFs there), losing the
+        # part's own type: a "PDF" that is not one is told by its content
+        return ""
+    return mime
+
+
+def _starts_like_pdf(block: dict) -> bool:
+    data = block.get("base64")
+    return not isinstance(data, str) or base64.b64decode(data[:8] + "=" * (-len(data[:8]) % 4), validate=False) \
+        .startswith(b"%PDF")
 
 
 def _media_part(block: dict, policy: SourcePolicy, index: int) -> MediaPart:

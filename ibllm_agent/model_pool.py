@@ -46,7 +46,7 @@ def clear() -> None:
 class PooledModelFields(BaseModel):
     """Fields the LangChain classes share: which model to load (from the pool) and where media may come from."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=())
+    model_config = ConfigDict(arbitrary_types_allowed=True, protected_namespaces=(), extra="forbid")
 
     model: Any = "toy"
     """A model name ("toy", "7B"), a path to an adapter checkpoint, or an already-loaded `ImageBindLLM`."""

@@ -46,7 +46,7 @@ class MediaInput:
     """One loaded input, ready for ImageBind."""
 
     modality: str
-    """A name of the modality registry (`ibllm_agent.modalities`): "image", "video", "audio", "point", "text"."""
+    """A name of the modality registry (`ibllm_agent.modalities.NAMES`)."""
     tensor: torch.Tensor
     """Unbatched: image [3,224,224], video [15,3,2,224,224], audio [3,1,128,204], point [8192,3],
     text [77] int64."""

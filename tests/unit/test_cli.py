@@ -98,3 +98,18 @@ def test_unknown_options_are_refused_outside_ui(capsys):
     with pytest.raises(SystemExit):
         cli.main(["doctor", "--server.port", "8600"])
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_doctor_starts_clean_without_an_ffmpeg_on_path(tmp_path):
+    """pydub warns "Couldn't find ffmpeg" at import when none is on PATH; we hand it imageio-ffmpeg's, so the
+    first command a user runs must not open with that warning."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": str(tmp_path)}  # no ffmpeg anywhere on PATH
+    out = subprocess.run([sys.executable, "-m", "ibllm_agent.cli", "doctor"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Couldn't find ffmpeg" not in out.stderr and "Warning" not in out.stderr, out.stderr
+    assert "ffmpeg: " in out.stdout and "pydub " in out.stdout

@@ -119,3 +119,10 @@ def test_langchain_chroma_add_images_and_search_by_image(emb, media):
     store.add_images([str(media["image"]), str(media["image2"])], ids=["red", "blue"])
     (hit,) = store.similarity_search_by_image(str(media["image2"]), k=1)
     assert hit.id == "blue"
+
+
+def test_unknown_options_are_refused_not_ignored():
+    import pydantic
+
+    with pytest.raises(pydantic.ValidationError, match="Extra inputs are not permitted"):
+        ImageBindEmbeddings(model="tiny", normalise=False)  # a misspelling of `normalize`

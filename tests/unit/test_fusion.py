@@ -53,3 +53,53 @@ def test_batched_rows_fuse_per_row():
 def test_undefined_mixtures_are_refused(vectors, weights, message):
     with pytest.raises(FusionError, match=message):
         fuse(vectors, weights)
+
+
+def test_cli_chat_model_and_tools_fuse_a_subtraction_into_one_vector_and_one_answer(tmp_path, capsys):
+    """`ibllm ask --image a --audio b:-0.3`, a chat message with weights 1 and -0.3, and the arithmetic tool's
+    `image:a - 0.3*audio:b` are one mixture: the same feature and the same greedy answer."""
+    import base64
+
+    from langchain_core.messages import HumanMessage
+    from langchain_media import make_media
+
+    import ibllm_agent
+    from ibllm_agent import cli
+    from ibllm_agent.chat_models import ChatImageBindLLM
+    from ibllm_agent.generation import format_prompt
+    from ibllm_agent.media import load_media
+    from ibllm_agent.perception_tools import get_tools
+
+    files = make_media(tmp_path)
+    image, audio = files["image"], files["audio"]
+    llm = ibllm_agent.load("tiny")
+    question = "What is this?"
+
+    # the CLI: its fused feature, and the answer it prints
+    cli_feature = cli._feature(llm, [(load_media(image, "image"), 1.0), (load_media(audio, "audio"), -0.3)])
+    assert cli.main(["ask", "--model", "tiny", "--temperature", "0", "--max-tokens", "8", "--image", str(image),
+                     "--audio", f"{audio}:-0.3", question]) == 0
+    cli_answer = capsys.readouterr().out.strip()
+
+    # the chat model
+    chat = ChatImageBindLLM(model=llm, temperature=0, max_tokens=8)
+    message = HumanMessage(content=[question,
+                                    {"type": "image", "base64": base64.b64encode(image.read_bytes()).decode(),
+                                     "mime_type": "image/png"},
+                                    {"type": "audio", "base64": base64.b64encode(audio.read_bytes()).decode(),
+                                     "mime_type": "audio/wav", "extras": {"weight": -0.3}}])
+    chat_feature = chat.prepare([message]).feature
+    chat_answer = chat.invoke([message]).text
+
+    # the tools: arithmetic, then describe the stored result
+    tools = {t.name: t for t in get_tools(llm, roots=[tmp_path], max_tokens=8)}
+    call = {"name": "embedding_arithmetic", "args": {"expression": f"image:{image.name} - 0.3*audio:{audio.name}",
+                                                     "name": "mix"}, "id": "1", "type": "tool_call"}
+    tool_feature = torch.tensor(tools["embedding_arithmetic"].invoke(call).artifact)
+    tool_answer = tools["describe_embedding"].invoke({"handle": "mix", "question": question})
+
+    assert torch.equal(chat_feature, cli_feature)
+    torch.testing.assert_close(tool_feature, cli_feature, atol=1e-6, rtol=0)  # the tools' embeddings are unit first
+    expected = llm.generate_batch([format_prompt(question)], cli_feature, temperature=0.0, max_tokens=8)[0].text
+    assert cli_answer == chat_answer == expected
+    assert tool_answer.endswith(f"] {expected}")
