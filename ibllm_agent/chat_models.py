@@ -48,7 +48,7 @@ from pydantic import ConfigDict, field_validator
 from ibllm_agent import modalities
 from ibllm_agent.batching import batcher_for
 from ibllm_agent.content_blocks import MAX_TEXT_CHARS, EmbeddingPart, MediaPart, Question, parse_message
-from ibllm_agent.fusion import fuse
+from ibllm_agent.fusion import fuse, fusion_weights
 from ibllm_agent.model_pool import PooledModelFields
 from ibllm_agent.params import DEFAULT_GENERATION, GenerationParams, VisualCacheParams
 
@@ -233,16 +233,20 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
             if part.vector.numel() != dim:
                 raise ValueError(f"embedding {part.name!r} has {part.vector.numel()} values; this model's "
                                  f"ImageBind features have {dim}")
+        names = [p.name for p in media] + [p.name for p in embeddings]
+        weights = [p.weight for p in media] + [p.weight for p in embeddings]
+        fusion_weights(weights, names=names)  # refuse a weight of 0 or beyond float32 before any work
         if not media and len(embeddings) == 1:
-            return embeddings[0].vector, [embeddings[0].name]  # a lone embedding conditions the turn as is
+            # a lone embedding (e.g. an arithmetic result, already a fused feature) conditions the turn as it
+            # is: its norm is part of what it says; only the sign of its weight matters
+            only = embeddings[0]
+            return (only.vector if only.weight > 0 else -only.vector), [only.name]
         vectors = []
         if media:
             items = load_media_parts(media)
             with self._llm.card.lock:
                 vectors.append(self._llm.encode(items))
         vectors += [p.vector[None] for p in embeddings]
-        weights = [p.weight for p in media] + [p.weight for p in embeddings]
-        names = [p.name for p in media] + [p.name for p in embeddings]
         return fuse(torch.cat(vectors), weights, names=names), names
 
     # --- results ---------------------------------------------------------------------------------
