@@ -46,3 +46,40 @@ def test_embeddings_match_the_reference(imagebind, inputs, parity_expected, name
     assert got.shape == expected.shape
     err = (got - expected).abs().max().item()
     assert err <= 1e-4 * max(1.0, expected.abs().max().item()), f"{name}: max abs error {err}"
+
+
+# --- depth, thermal and IMU: the trunks the LLM demo never feeds (../shared/parity/README.md, expected_extra.pt)
+
+
+@pytest.fixture(scope="module")
+def expected_extra(shared_dir, parity_dir):
+    extra = torch.load(shared_dir / "parity" / "expected_extra.pt", map_location="cpu", weights_only=True)
+    assert extra["meta"]["fixtures_digest"] == json.loads((parity_dir / "fixtures.json").read_text())["digest"]
+    return extra
+
+
+@pytest.mark.parametrize("modality", ["depth", "thermal", "imu"])
+def test_sense_trunks_match_the_reference(imagebind, expected_extra, modality):
+    with torch.no_grad():
+        got = imagebind({modality: expected_extra["inputs"][modality]})[modality]
+    expected = expected_extra["image_bind"][modality]
+    assert got.shape == expected.shape == (2, 1024)
+    err = (got - expected).abs().max().item()
+    assert err <= 1e-4 * max(1.0, expected.abs().max().item()), f"{modality}: max abs error {err}"
+    # the reference's post-processing scales: depth x 5, thermal x 10, imu x 5
+    assert torch.allclose(got.norm(dim=-1), torch.full((2,), {"depth": 5.0, "thermal": 10.0, "imu": 5.0}[modality]))
+
+
+@pytest.mark.parametrize("modality", ["depth", "thermal", "imu"])
+def test_our_loaders_feed_the_reference_shapes(imagebind, expected_extra, modality, tmp_path):
+    """A real file of each sense, through its loader, is what the trunk takes (the shapes of expected_extra's
+    inputs), and the official-size trunk encodes it."""
+    from langchain_media import make_media
+
+    from ibllm_agent.media import load_media
+
+    item = load_media(make_media(tmp_path)[modality], modality)
+    assert item.tensor.shape == expected_extra["inputs"][modality].shape[1:]
+    with torch.no_grad():
+        out = imagebind({modality: item.batched()})[modality]
+    assert out.shape == (1, 1024) and torch.isfinite(out).all()
