@@ -3,13 +3,15 @@
     ibllm ask --audio rain.wav "What do you hear?"
     ibllm ask --image dog.jpg:0.5 --audio bark.wav:0.5 "Describe the scene."
     ibllm ask --image dog.jpg --audio rain.wav:-0.3 "Describe the scene."    (subtract: embedding arithmetic)
+    ibllm ask --depth room.png --imu walk.csv "What is this?"                (depth maps, thermal, IMU)
     ibllm ask --model 7B --llama-dir /data/llama --visual-cache --image photo.jpg "What is this?"
     ibllm chat --image dog.jpg
     ibllm download 7B --dest ~/.cache/ibllm_agent
     ibllm doctor
 
 Without --model the shipped toy world answers (a small model trained on synthetic media; it knows
-only that world). One flag per medium of the modality registry (--image, --video, --audio, --point);
+only that world). One flag per medium of the modality registry (--image, --video, --audio, --point,
+--depth, --thermal, --imu; a PNG given to --depth is read as a depth map);
 several are fused with their weights exactly as the chat model fuses them (`ibllm_agent.fusion`).
 The `cache` and `train` commands come from their own modules.
 """
@@ -104,7 +106,7 @@ def banner(model) -> str:
 
 
 def _media_inputs(args) -> list[tuple[object, float]]:
-    """Load every --image/--audio/--video/--point file; (MediaInput, weight) pairs."""
+    """Load every file of a medium's flag (--image, --depth, ...) as that medium; (MediaInput, weight) pairs."""
     specs = [(flag, *parse_media(s)) for flag in MEDIA_FLAGS for s in getattr(args, flag)]
     if not specs:
         return []

@@ -6,9 +6,10 @@ Accepted (read through `message.content_blocks`, which normalises older shapes t
 - a block of each medium of the modality registry (`ibllm_agent.modalities`): ``{"type": "image" |
   "audio" | "video", "base64": ..., "mime_type": ...}`` or ``"url": path | file://... | data:... |
   http(s)://...`` (URLs only when the policy allows them), and ``{"type": "file", ..., "mime_type": ...}``
-  for point clouds (``model/ply``, ``model/obj``, ...) or any medium; ``extras={"modality": "point"}``
-  names the modality outright; a file block without a MIME type (or ``application/octet-stream``) is
-  recognised from its content;
+  for point clouds (``model/ply``, ``model/obj``, ...), IMU recordings (``text/csv``) or any medium;
+  ``extras={"modality": "point"}`` names the modality outright, and so does a MIME type one registry entry
+  lists exactly (``image/x-depth``, ``image/x-thermal`` in an image block); a file block without a MIME type
+  (or ``application/octet-stream``) is recognised from its content (a PNG is then a picture);
 - the older OpenAI ``{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}``;
 - ``{"type": "imagebind_embedding", "embedding": [...1024 floats], "weight": w}`` (arrives as a
   ``non_standard`` block): a pre-computed ImageBind embedding, e.g. an arithmetic tool's result;
@@ -184,7 +185,7 @@ def _modality(block: dict, extras: dict) -> str | None:
             raise ContentError(f"extras.modality must be one of {', '.join(modalities.MEDIA)}, got {forced!r}")
         return modality.name
     mime = _mime(block)
-    by_type = modalities.for_block_type(block["type"])
+    by_type = modalities.for_block_type(block["type"], mime)
     if by_type is not None:
         if mime not in GENERIC_MIME_TYPES and not by_type.accepts_mime(mime):
             raise UnsupportedContentError(f"an {block['type']} block with MIME type {mime!r}")

@@ -2,7 +2,7 @@
 
     >>> from ibllm_agent import modalities
     >>> modalities.MEDIA                          # what a user attaches
-    ('image', 'video', 'audio', 'point')
+    ('image', 'video', 'audio', 'point', 'depth', 'thermal', 'imu')
     >>> modalities.get("audio").branch            # the ImageBind trunk that encodes it
     'audio'
 
@@ -14,6 +14,13 @@ Adding a modality: an entry here, a loader in `ibllm_agent/media/`, and for the 
 
 Text is a modality too (ImageBind's text encoder: `text:"..."` in expressions, `embed_query`), but
 not a medium: in a chat a text block is the question, so text has no block type or CLI flag.
+
+Routing. A content block names its modality by `extras={"modality": ...}`, else by a MIME type one entry
+lists exactly (`image/x-depth` in an image or file block is a depth map), else by its block type's first
+entry (an image block is a picture), else (a file block without a telling MIME type) by its content. Depth
+maps and thermal images arrive as image files, so they ride in image blocks; content alone never makes a
+PNG a depth map (a 16-bit grey PNG is a valid picture too): the caller says so. An IMU recording rides in a
+file block (`text/csv`, or detected by its header).
 """
 
 from __future__ import annotations
@@ -55,7 +62,8 @@ class Modality:
     icon: str = ""
     """Material symbol for the app (renders without an emoji font)."""
     preview: str | None = None
-    """How the app shows one back: "image", "audio", "video" or "points"."""
+    """How the app shows one back: "image", "audio", "video", "points", "disparity" (false colour, near
+    bright), "thermogram" (false colour, hot bright) or "traces" (one line per channel)."""
 
     @property
     def is_medium(self) -> bool:
@@ -98,6 +106,18 @@ REGISTRY: dict[str, Modality] = {m.name: m for m in (
              suffixes=("ply", "obj", "off", "xyz", "pcd", "npy", "npz", "pt"),
              aliases=("points", "point_cloud", "pointcloud", "3d", "shape"), question="What is this 3D shape?",
              embed_method="embed_point_cloud", icon=":material/view_in_ar:", preview="points"),
+    Modality("depth", "depth", "Depth", "a depth map", _MEDIA + "depth:load_depth", block_type="image",
+             mime_types=("image/x-depth",), suffixes=("png", "tif", "tiff", "npy", "npz", "jpg", "jpeg"),
+             aliases=("disparity", "depth_map"), question="What is this?", embed_method="embed_depth",
+             icon=":material/layers:", preview="disparity"),
+    Modality("thermal", "thermal", "Thermal", "a thermal image", _MEDIA + "thermal:load_thermal", block_type="image",
+             mime_types=("image/x-thermal",), suffixes=("png", "tif", "tiff", "jpg", "jpeg", "bmp", "npy", "npz"),
+             aliases=("infrared", "ir", "thermogram", "heat"), question="What is this?", embed_method="embed_thermal",
+             icon=":material/thermostat:", preview="thermogram"),
+    Modality("imu", "imu", "IMU", "an IMU recording", _MEDIA + "imu:load_imu", block_type=FILE_BLOCK,
+             mime_types=("text/csv", "application/csv", "text/x-imu+csv"), suffixes=("csv", "npy", "npz"),
+             aliases=("motion", "inertial", "accelerometer", "gyroscope"), question="What is this?",
+             embed_method="embed_imu", icon=":material/vibration:", preview="traces"),
     Modality("text", "text", "Text", "a text", _MEDIA + "text:load_text_file", mime_types=("text/plain",),
              suffixes=("txt",), question="What does this text describe?"),
 )}
@@ -131,15 +151,24 @@ def canonical(name: str | None) -> str | None:
 
 
 def for_mime(mime: str | None, *, media_only: bool = True) -> Modality | None:
-    """The modality whose MIME types include `mime`, or None."""
-    return next((m for m in REGISTRY.values() if (m.is_medium or not media_only) and m.accepts_mime(mime)), None)
+    """The modality whose MIME types include `mime` (one that lists it exactly before a family like
+    "image/*"), or None."""
+    candidates = [m for m in REGISTRY.values() if (m.is_medium or not media_only) and m.accepts_mime(mime)]
+    return next((m for m in candidates if _exact_mime(m, mime)), candidates[0] if candidates else None)
 
 
-def for_block_type(block_type: str) -> Modality | None:
-    """The modality a content block type names by itself ("image", "audio", "video"); "file" names none."""
+def for_block_type(block_type: str, mime: str | None = None) -> Modality | None:
+    """The modality a content block type names ("image", "audio", "video"; "file" names none): the entry of
+    that block type that lists `mime` exactly (an image block of type image/x-depth is a depth map), else
+    the first entry of that block type."""
     if block_type == FILE_BLOCK:
         return None
-    return next((m for m in REGISTRY.values() if m.block_type == block_type), None)
+    of_type = [m for m in REGISTRY.values() if m.block_type == block_type]
+    return next((m for m in of_type if _exact_mime(m, mime)), of_type[0] if of_type else None)
+
+
+def _exact_mime(modality: Modality, mime: str | None) -> bool:
+    return (mime or "").lower().split(";")[0].strip() in modality.mime_types
 
 
 def block_types() -> tuple[str, ...]:

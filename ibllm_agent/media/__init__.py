@@ -1,4 +1,5 @@
-"""Load a photo, a sound, a clip, a 3D scan or a text into the tensor ImageBind expects.
+"""Load a photo, a sound, a clip, a 3D scan, a depth map, a thermal image, an IMU recording or a text into
+the tensor ImageBind expects.
 
     >>> from ibllm_agent.media import load_media
     >>> item = load_media("dog.jpg")            # a path, bytes or a binary file object
@@ -6,7 +7,10 @@
     >>> item.batched().shape                    # torch.Size([1, 3, 224, 224])
 
 The format is detected from the content; the modality follows from it unless you pass one
-(``modality="audio"`` on an MP4 loads its audio track, ``modality="video"`` on a GIF its frames).
+(``modality="audio"`` on an MP4 loads its audio track, ``modality="video"`` on a GIF its frames,
+``modality="depth"`` or ``"thermal"`` reads a one-channel PNG, TIFF or array as that sense: content alone
+keeps pictures pictures, see `detect`). Loader options pass through (``load_media("scan.png", "depth",
+units_per_metre=5000)``).
 Every failure is a `MediaError` subclass that names the input and the problem.
 """
 
@@ -30,6 +34,7 @@ from .errors import (
     MediaTooLongError,
     UnsafeMediaError,
     UnsupportedFormatError,
+    WrongChannelsError,
     typed_errors,
 )
 from .limits import DEFAULT_LIMITS, MediaLimits
@@ -38,7 +43,7 @@ from .source import Source, SourceLike
 __all__ = [
     "MIME_TO_MODALITY", "MediaInput", "MediaLimits", "Format", "load_media", "load_audio_track",
     "load_text", "detect_format", "MediaError", "UnsupportedFormatError", "CorruptMediaError", "EmptyMediaError",
-    "MediaTooLargeError", "MediaTooLongError", "InvalidValuesError", "UnsafeMediaError",
+    "MediaTooLargeError", "MediaTooLongError", "InvalidValuesError", "UnsafeMediaError", "WrongChannelsError",
 ]
 
 @dataclass(frozen=True)
@@ -49,7 +54,7 @@ class MediaInput:
     """A name of the modality registry (`ibllm_agent.modalities.NAMES`)."""
     tensor: torch.Tensor
     """Unbatched: image [3,224,224], video [15,3,2,224,224], audio [3,1,128,204], point [8192,3],
-    text [77] int64."""
+    depth [1,224,224], thermal [1,224,224], imu [6,2000], text [77] int64."""
     name: str
     """The file name, or the name given for bytes / file objects."""
     sha256: str

@@ -2,6 +2,13 @@
 
 The file name is only a hint: a PNG named ``.jpg`` is read as the PNG it is, while plain text
 named ``.wav`` is refused, because the name claims a binary format that the content is not.
+
+Each format has one default modality; `can_load_as` says which others may read it when the caller
+names one. Content alone never makes a picture a depth map or a thermal image: a 16-bit grey PNG is a
+valid picture too (and a radiometric frame, and a disparity map), so PNG, TIFF, JPEG, ... stay images
+unless the caller says otherwise (``modality="depth"``, a content block's ``extras.modality`` or its
+``image/x-depth`` MIME type, the CLI's ``--depth``). A CSV whose header names accelerometer and gyroscope
+axes is an IMU recording by its content.
 """
 
 from __future__ import annotations
@@ -58,10 +65,12 @@ PCD = _F("pcd", "point", "model/x-pcd")
 OFF = _F("off", "point", "model/x-off")
 OBJ = _F("obj", "point", "model/obj")
 XYZ = _F("xyz", "point", "model/x-xyz")
+IMU_CSV = _F("csv", "imu", "text/csv")
+"""A table whose header names the accelerometer and gyroscope axes (`IMU_AXIS`)."""
 TEXT = _F("text", "text", "text/plain")
 
 ALL_FORMATS = (JPEG, PNG, GIF, WEBP, BMP, TIFF, AVIF, WAV, FLAC, OGG, MP3, AAC, AIFF, M4A, MP4, MOV, WEBM, MKV, AVI,
-               OGV, TORCH, NPY, NPZ, PLY, PCD, OFF, OBJ, XYZ, TEXT)
+               OGV, TORCH, NPY, NPZ, PLY, PCD, OFF, OBJ, XYZ, IMU_CSV, TEXT)
 MIME_TO_MODALITY = {f.mime: f.modality for f in ALL_FORMATS}
 """For callers that route by MIME type (LangChain content blocks)."""
 
@@ -75,17 +84,63 @@ _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf|infinity)"
 _NUMERIC_ROW = re.compile(rf"^\s*(?:{_NUMBER})(?:[\s,;]+(?:{_NUMBER})){{2,}}[\s,;]*$", re.IGNORECASE)
 
 
-_CONTAINERS_WITH_AUDIO = {"mp4", "mov", "webm", "mkv", "avi", "ogv", "m4a"}
-_TEXTUAL = {"text", "xyz", "obj", "off", "pcd", "ply"}
+_ONE_CHANNEL_MAPS = frozenset({"png", "tiff", "jpeg", "bmp", "webp", "npy", "npz"})
+"""Pictures and arrays that may hold a depth map or a thermal image (one channel)."""
+_ALSO_LOADS_AS: dict[str, frozenset[str]] = {
+    "audio": frozenset({"mp4", "mov", "webm", "mkv", "avi", "ogv", "m4a"}),  # a container's sound track
+    "video": frozenset({"gif"}),
+    "text": frozenset({"text", "xyz", "obj", "off", "pcd", "ply", "csv"}),  # a textual file as its text
+    "depth": _ONE_CHANNEL_MAPS,
+    "thermal": _ONE_CHANNEL_MAPS,
+    # numeric tables without an IMU header and arrays: the loader reads arrays of shape (6, T) or (T, 6)
+    # and tells a headerless table what it lacks
+    "imu": frozenset({"npy", "npz", "xyz", "text"}),
+}
+"""Modality -> the format kinds that may be read as it besides those whose default it is."""
 
 
 def can_load_as(fmt: Format, modality: str) -> bool:
-    """Whether content of format `fmt` can be loaded as `modality` (besides its own modality:
-    the audio track of a video container, a GIF as video, a textual file as text)."""
-    return (fmt.modality == modality
-            or (modality == "audio" and fmt.kind in _CONTAINERS_WITH_AUDIO)
-            or (modality == "video" and fmt.kind == "gif")
-            or (modality == "text" and fmt.kind in _TEXTUAL))
+    """Whether content of format `fmt` can be loaded as `modality` (besides its own modality: the audio
+    track of a video container, a GIF as video, a textual file as text, a one-channel picture or array as a
+    depth map or a thermal image, an array as an IMU recording)."""
+    return fmt.modality == modality or fmt.kind in _ALSO_LOADS_AS.get(modality, ())
+
+
+def loadable_as(fmt: Format, modalities: tuple[str, ...]) -> tuple[str, ...]:
+    """The names in `modalities` that content of format `fmt` can be loaded as, its own modality first."""
+    return tuple(sorted((m for m in modalities if can_load_as(fmt, m)), key=lambda m: m != fmt.modality))
+
+
+# ---------------------------------------------------------------- IMU table headers
+
+IMU_AXIS = re.compile(
+    r"^(?P<sensor>acc(?:elerometer|el|l)?|a|gyr(?:oscope|o)?|g|w|omega)[\s_.\-]*(?P<axis>[xyz])(?P<rest>\b.*|_.*|)$")
+"""A column name of an accelerometer (acc, accel, accl, accelerometer, a) or gyroscope (gyro, gyr, gyroscope,
+g, w, omega) axis, lower-cased: `accl_x` (Ego4D), `acc_x (g)`, `ax`, `Gyro X [deg/s]`, `gz_dps`; `rest`
+holds a unit, if any."""
+
+
+def imu_columns(names: list[str]) -> dict[str, tuple[int, str]]:
+    """{"acc_x": (column, unit text), ..., "gyr_z": ...} for the axis columns of a header (first match wins)."""
+    found: dict[str, tuple[int, str]] = {}
+    for i, name in enumerate(names):
+        m = IMU_AXIS.match(name.strip().strip('"\'').lower())
+        if m:
+            sensor = "acc" if m["sensor"].startswith("a") else "gyr"
+            found.setdefault(f"{sensor}_{m['axis']}", (i, m["rest"].strip(" _-.()[]")))
+    return found
+
+
+def split_header(line: str) -> tuple[list[str], str | None]:
+    """The fields of a table's header line and its delimiter (None: runs of whitespace)."""
+    for delimiter in (",", ";", "\t"):
+        if delimiter in line:
+            return [f.strip() for f in line.split(delimiter)], delimiter
+    return line.split(), None
+
+
+def _is_imu_header(line: str) -> bool:
+    return len(imu_columns(split_header(line)[0])) == 6
 
 
 def detect(head: bytes, name: str, suffix: str) -> Format:
@@ -187,6 +242,8 @@ def _detect_text(h: bytes) -> Format | None:
         return PCD
     if first.split()[:1] and first.split()[0] in ("OFF", "COFF", "NOFF", "CNOFF", "STOFF", "4OFF"):
         return OFF
+    if first and _is_imu_header(first):
+        return IMU_CSV
     if content and sum(ln.startswith("v ") for ln in content) >= max(1, len(content) // 4):
         return OBJ
     rows = content[1:] if content and not any(ch.isdigit() for ch in content[0]) else content  # a "x y z" header

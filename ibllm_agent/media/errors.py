@@ -27,6 +27,11 @@ class UnsupportedFormatError(MediaError):
     """The content is not a format we read, or not the format the caller asked for."""
 
 
+class WrongChannelsError(UnsupportedFormatError):
+    """The content has other channels than the modality needs: a colour picture given as a depth map or a
+    thermal image, an IMU table without gyroscope axes, an array of the wrong shape."""
+
+
 class CorruptMediaError(MediaError):
     """The format was recognised but the content cannot be decoded (truncated, inconsistent)."""
 

@@ -8,7 +8,9 @@ what makes this bit-exact; a torch bicubic resize is 0.015 off.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -40,34 +42,41 @@ def open_rgb(source: Source, limits: MediaLimits, *, exif_transpose: bool = True
     Upstream ignores EXIF orientation; for images without an orientation tag the two agree.
     An alpha channel is dropped without compositing, as upstream does.
     """
-    try:
-        with warnings.catch_warnings():
-            # We enforce our own pixel limit below, before any pixel is decoded.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with source.open() as fp, Image.open(fp) as img:
-                w, h = img.size
-                pil_format = img.format
-                _check_size(source.name, w, h, limits)
-                img.seek(0)
-                img.load()
-                orientation = img.getexif().get(0x0112, 1) if exif_transpose else 1
-                if exif_transpose and orientation != 1:
-                    img = ImageOps.exif_transpose(img)
-                mode = img.mode
-                rgb = _to_rgb(img)
-    except MediaError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise MediaTooLargeError(source.name, f"image too large to decode safely ({e})") from None
-    except UnidentifiedImageError:
-        raise CorruptMediaError(source.name, "Pillow cannot read this image (damaged or truncated)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise CorruptMediaError(source.name, f"cannot decode the image: {e}") from None
+    with pillow_errors(source.name), source.open() as fp, Image.open(fp) as img:
+        w, h = img.size
+        pil_format = img.format
+        check_image_size(source.name, w, h, limits)
+        img.seek(0)
+        img.load()
+        orientation = img.getexif().get(0x0112, 1) if exif_transpose else 1
+        if exif_transpose and orientation != 1:
+            img = ImageOps.exif_transpose(img)
+        mode = img.mode
+        rgb = _to_rgb(img)
     meta = {"size_wh": [w, h], "mode": mode, "exif_orientation": orientation, "format": pil_format}
     return rgb, meta
 
 
-def _check_size(name: str, w: int, h: int, limits: MediaLimits) -> None:
+@contextlib.contextmanager
+def pillow_errors(name: str) -> Iterator[None]:
+    """Decoding with Pillow: its failures become typed errors naming `name` (ours pass through), and its
+    decompression-bomb warning is silenced: our own pixel limit (`check_image_size`) is checked on the
+    header's size, before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    except MediaError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise MediaTooLargeError(name, f"image too large to decode safely ({e})") from None
+    except UnidentifiedImageError:
+        raise CorruptMediaError(name, "Pillow cannot read this image (damaged or truncated)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise CorruptMediaError(name, f"cannot decode the image: {e}") from None
+
+
+def check_image_size(name: str, w: int, h: int, limits: MediaLimits) -> None:
     if w * h > limits.max_image_pixels:
         raise MediaTooLargeError(
             name, f"{w}×{h} = {w * h} pixels, over the limit of {limits.max_image_pixels} (MediaLimits.max_image_pixels)"

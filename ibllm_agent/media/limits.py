@@ -26,6 +26,10 @@ class MediaLimits:
     """Frames decoded from one video (every frame is decoded to find the timestamps)."""
     max_points: int = 20_000_000
     """Points in one cloud before resampling."""
+    max_imu_samples: int = 10_000_000
+    """Rows of one IMU recording (a day at 100 Hz) before resampling."""
+    max_imu_seconds: float = 86_400.0
+    """Duration of one IMU recording (only a 5 s window is used, but the whole file is parsed)."""
     max_text_chars: int = 100_000
     """Characters of one text input (the tokenizer keeps 77 tokens anyway)."""
 

@@ -1,5 +1,6 @@
 """Pictures and video frames: each concept drawn procedurally with PIL, its look varied by the sample's
-random parameters, moving with time for videos.
+random parameters, moving with time for videos. `draw_concept` draws the same geometry with other
+values per part (distances, temperatures) for the depth maps and thermal images.
 
 `image_params` draws a sample's parameters (position, size, colours, background, noise) from its
 random stream; `render_frame(name, params, t)` paints the frame at time t (seconds; 0 for a picture).
@@ -31,11 +32,18 @@ def _shade(c: tuple[int, int, int], d: int) -> tuple[int, int, int]:
     return tuple(int(np.clip(v + d, 0, 255)) for v in c)
 
 
-class _Pen:
-    """Drawing in unit coordinates around the object's (moving) centre, scaled by the sample's size."""
+Paint = Callable[[tuple[int, int, int], int], float]
+"""A part's value on another kind of canvas: (its colour in the picture, its index in drawing order) -> the
+value to fill it with (a distance for depth maps, a temperature for thermal images)."""
 
-    def __init__(self, d: ImageDraw.ImageDraw, cx: float, cy: float, s: float):
+
+class _Pen:
+    """Drawing in unit coordinates around the object's (moving) centre, scaled by the sample's size.
+    With `paint`, each part is filled with `paint(colour, part index)` instead of its colour."""
+
+    def __init__(self, d: ImageDraw.ImageDraw, cx: float, cy: float, s: float, paint: Paint | None = None):
         self.d, self.cx, self.cy, self.k = d, cx * IMAGE_SIZE, cy * IMAGE_SIZE, s * IMAGE_SIZE
+        self.paint, self.part = paint, 0
 
     def xy(self, x: float, y: float) -> tuple[float, float]:
         return (self.cx + x * self.k, self.cy + y * self.k)
@@ -44,17 +52,23 @@ class _Pen:
         (a, b), (c, e) = self.xy(x0, y0), self.xy(x1, y1)
         return [min(a, c), min(b, e), max(a, c), max(b, e)]
 
+    def _fill(self, colour):
+        if self.paint is None or colour is None:
+            return colour
+        self.part += 1
+        return self.paint(colour, self.part - 1)
+
     def ellipse(self, x, y, rx, ry, fill, outline=None):
-        self.d.ellipse(self.box(x - rx, y - ry, x + rx, y + ry), fill=fill, outline=outline)
+        self.d.ellipse(self.box(x - rx, y - ry, x + rx, y + ry), fill=self._fill(fill), outline=self._fill(outline))
 
     def rect(self, x0, y0, x1, y1, fill, outline=None):
-        self.d.rectangle(self.box(x0, y0, x1, y1), fill=fill, outline=outline)
+        self.d.rectangle(self.box(x0, y0, x1, y1), fill=self._fill(fill), outline=self._fill(outline))
 
     def poly(self, pts, fill):
-        self.d.polygon([self.xy(x, y) for x, y in pts], fill=fill)
+        self.d.polygon([self.xy(x, y) for x, y in pts], fill=self._fill(fill))
 
     def line(self, pts, fill, width=1.0):
-        self.d.line([self.xy(x, y) for x, y in pts], fill=fill, width=max(1, int(width * self.k / 40)))
+        self.d.line([self.xy(x, y) for x, y in pts], fill=self._fill(fill), width=max(1, int(width * self.k / 40)))
 
 
 def _draw_rain(pen: _Pen, p: Params, t: float) -> None:
@@ -256,14 +270,21 @@ def _position(name: str, p: Params, t: float) -> tuple[float, float]:
     return (x, y)
 
 
+def draw_concept(canvas: Image.Image, name: str, p: Params, t: float, paint: Paint | None = None) -> None:
+    """Draw concept `name` (sample parameters `p`, time `t`) on `canvas`, in its colours or, on a canvas
+    of another mode ("I", "F"), in the values `paint` gives its parts: depth maps and thermal images share
+    the pictures' geometry."""
+    cx, cy = _position(name, p, t)
+    _DRAW[name](_Pen(ImageDraw.Draw(canvas), cx, cy, p["s"] * 0.9, paint), p, t)
+
+
 def render_frame(name: str, p: Params, t: float) -> Image.Image:
     """One RGB frame of concept `name` with sample parameters `p` at time `t`."""
     bg1, bg2 = p.get("bg", (p["bg1"], p["bg2"]))
     ramp = np.linspace(0, 1, IMAGE_SIZE)[:, None, None]
     base = (1 - ramp) * np.array(bg1) + ramp * np.array(bg2)  # (H, 1, 3) vertical gradient
     canvas = Image.fromarray(np.broadcast_to(base, (IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.uint8))
-    cx, cy = _position(name, p, t)
-    _DRAW[name](_Pen(ImageDraw.Draw(canvas), cx, cy, p["s"] * 0.9), p, t)
+    draw_concept(canvas, name, p, t)
     noise_rng = np.random.default_rng([p["noise_seed"], int(round(t * 1000))])
     pixels = np.asarray(canvas.filter(ImageFilter.GaussianBlur(0.6)), dtype=np.float32)
     pixels = pixels + noise_rng.normal(0, p["noise"], pixels.shape)

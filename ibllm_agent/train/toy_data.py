@@ -24,7 +24,8 @@ class Split:
     modality: str
     samples: list[Sample]
     values: torch.Tensor
-    """image [N,3,224,224], audio [N,3,1,128,204], video [N,15,3,2,224,224], point [N,8192,3], text [N,77]."""
+    """image [N,3,224,224], audio [N,3,1,128,204], video [N,15,3,2,224,224], point [N,8192,3], depth and
+    thermal [N,1,224,224], imu [N,6,2000], text [N,77]."""
     labels: torch.Tensor
     """[N] int64 index into CONCEPT_NAMES."""
 

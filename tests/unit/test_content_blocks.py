@@ -144,3 +144,25 @@ def test_unsupported_blocks_are_refused_or_skipped_and_listed(block, reason):
     question = parse_message(message, SourcePolicy(), on_unsupported="skip")
     assert question.text == "What is this?" and question.parts == []
     assert [i["index"] for i in question.ignored] == [1] and reason in question.ignored[0]["reason"]
+
+
+def test_depth_thermal_and_imu_routing(policy, tmp_path):
+    """A PNG is a picture unless the block says otherwise (its exact MIME type, extras.modality); an IMU CSV
+    is one by its MIME type or, in a generic file block, by its header."""
+    b64 = base64.b64encode(PNG).decode()
+    csv = base64.b64encode(b"t,ax,ay,az,gx,gy,gz\n0,0,0,9.8,0,0,0\n0.01,0,0,9.8,0,0,0\n").decode()
+    msg = HumanMessage(content=[
+        "?",
+        {"type": "image", "base64": b64, "mime_type": "image/png"},
+        {"type": "image", "base64": b64, "mime_type": "image/x-depth"},
+        {"type": "image", "base64": b64, "mime_type": "image/x-thermal; radiometric=true"},
+        {"type": "image", "base64": b64, "mime_type": "image/png", "extras": {"modality": "infrared"}},
+        {"type": "file", "base64": b64, "mime_type": "image/x-depth"},
+        {"type": "file", "base64": b64},
+        {"type": "file", "base64": csv, "mime_type": "text/csv"},
+        {"type": "file", "base64": csv},
+    ])
+    parts = parse_message(msg, policy).parts
+    assert [p.modality for p in parts] == ["image", "depth", "thermal", "thermal", "depth", "image", "imu", "imu"]
+    with pytest.raises(UnsupportedContentError, match="an image block with MIME type 'text/csv'"):
+        parse_message(HumanMessage(content=[{"type": "image", "base64": b64, "mime_type": "text/csv"}]), policy)

@@ -41,7 +41,8 @@ def test_detect_by_content_not_name(head, kind):
 
 def test_mime_map_covers_modalities():
     assert MIME_TO_MODALITY["image/jpeg"] == "image" and MIME_TO_MODALITY["model/x-ply"] == "point"
-    assert set(MIME_TO_MODALITY.values()) == {"image", "video", "audio", "point", "text"}
+    assert set(MIME_TO_MODALITY.values()) == {"image", "video", "audio", "point", "imu", "text"}
+    assert MIME_TO_MODALITY["text/csv"] == "imu"  # a table naming accelerometer and gyroscope axes
 
 
 def _png() -> bytes:

@@ -23,6 +23,7 @@ from ibllm_agent.media import (
     MediaTooLongError,
     UnsafeMediaError,
     UnsupportedFormatError,
+    WrongChannelsError,
     load_media,
 )
 
@@ -144,6 +145,76 @@ def test_inconsistent_wav_headers(tmp_path):
     nan_float[32:34] = struct.pack("<H", 4)
     nan_float[44:52] = np.array([np.nan, 1.0], "<f4").tobytes()
     _try(bytes(nan_float), InvalidValuesError, name="nan.wav")
+
+
+def _png(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _npy(arr) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=True)
+    return buf.getvalue()
+
+
+IMU_HEADER = "t,ax,ay,az,gx,gy,gz\n"
+
+
+def _imu_csv(rows: str, header: str = IMU_HEADER) -> bytes:
+    return (header + rows).encode()
+
+
+def test_generated_depth_and_thermal(tmp_path):
+    colour = np.zeros((32, 32, 3), np.uint8)
+    colour[..., 0] = 200  # a false-colour rendering: channels differ
+    for modality in ("depth", "thermal"):
+        _try(_png(colour), WrongChannelsError, modality=modality, name="turbo.png")
+        _try(_npy(np.zeros((3, 32, 32), np.float32)), WrongChannelsError, modality=modality, name="rgb.npy")
+        _try(_npy(np.zeros((4, 4, 4, 4), np.float32)), WrongChannelsError, modality=modality, name="4d.npy")
+        _try(_npy(np.array([["a"]], dtype=object)), UnsafeMediaError, modality=modality, name="object.npy")
+        _try(_npy(np.full((8, 8), np.nan, np.float32)), InvalidValuesError, modality=modality, name="nan.npy")
+        _try(_npy(np.full((2, 2), 1.0, np.float32)), EmptyMediaError, modality=modality, name="tiny.npy")
+        _try(_png(np.zeros((64, 64), np.uint16)), MediaTooLargeError, modality=modality, name="big.png",
+             limits=MediaLimits(max_image_pixels=1000))
+        _try((CORPUS / "bomb_20000x20000.png").read_bytes(), MediaTooLargeError, modality=modality, name="bomb.png")
+        _try((CORPUS / "truncated.jpg").read_bytes(), CorruptMediaError, modality=modality, name="cut.jpg")
+        _try(_wav(np.zeros(1600)), UnsupportedFormatError, modality=modality, name="sound.wav")
+    _try(_npy(-np.ones((8, 8), np.float32)), InvalidValuesError, modality="depth", name="negative.npy")
+    _try(_png(np.zeros((8, 8), np.uint16)), InvalidValuesError, modality="depth", name="all_holes.png")
+    _try(_npy(np.full((8, 8), 70000, np.int32)), InvalidValuesError, modality="thermal", name="int32.npy")
+
+
+def test_generated_imu(tmp_path):
+    ok = "".join(f"{i / 100},0,0,9.8,0,0,0\n" for i in range(10))
+    _try(_imu_csv(ok, "t,ax,ay,az\n"), WrongChannelsError, modality="imu", name="accel_only.csv")
+    _try(_imu_csv(ok, "t,x,y,z,u,v,w\n"), WrongChannelsError, modality="imu", name="no_axes.csv")
+    _try(_imu_csv(ok, "t,ax_furlong,ay,az,gx,gy,gz\n"), WrongChannelsError, modality="imu", name="unit.csv")
+    _try(_imu_csv(ok, "t,ax_g,ay_mg,az,gx,gy,gz\n"), WrongChannelsError, name="mixed_units.csv")
+    _try(_imu_csv(ok.replace("9.8", "nan", 1)), InvalidValuesError, name="nan.csv")
+    _try(_imu_csv(ok.replace("9.8", "", 1)), InvalidValuesError, name="empty_field.csv")
+    _try(_imu_csv(ok.replace("9.8", "inf", 1)), InvalidValuesError, name="inf.csv")
+    _try(_imu_csv(ok.replace("9.8", "heavy", 1)), CorruptMediaError, name="garbage.csv")
+    _try(_imu_csv(ok + "1,2\n"), CorruptMediaError, name="short_row.csv")
+    _try(_imu_csv("0,0,0,9.8,0,0,0\n"), EmptyMediaError, name="one_row.csv")
+    _try(_imu_csv(""), EmptyMediaError, name="header_only.csv")
+    _try(_imu_csv("".join(f"0,0,0,9.8,0,0,{i}\n" for i in range(5))), EmptyMediaError, name="same_time.csv")
+    _try(_imu_csv("".join(f"{i * 1e9},0,0,9.8,0,0,0\n" for i in range(5)), "time_s,ax,ay,az,gx,gy,gz\n"),
+         InvalidValuesError, name="absurd_rate.csv")
+    _try(_imu_csv(ok), MediaTooLargeError, name="rows.csv", limits=MediaLimits(max_imu_samples=5))
+    _try(_imu_csv(ok), MediaTooLongError, name="long.csv", limits=MediaLimits(max_imu_seconds=0.05))
+    _try(_imu_csv(ok, "time_fortnights,ax,ay,az,gx,gy,gz\n"), WrongChannelsError, name="time_unit.csv")
+    _try(_npy(np.zeros((3, 100), np.float32)), WrongChannelsError, modality="imu", name="three.npy")
+    _try(_npy(np.zeros((7, 9), np.float32)), WrongChannelsError, modality="imu", name="seven.npy")
+    _try(_npy(np.full((6, 10), np.nan, np.float32)), InvalidValuesError, modality="imu", name="nan.npy")
+    _try(_npy(np.zeros((6, 100), np.complex64)), WrongChannelsError, modality="imu", name="complex.npy")
+    _try(_npy(np.zeros((6, 100), np.float32)), MediaTooLargeError, modality="imu", name="many.npy",
+         limits=MediaLimits(max_imu_samples=50))
+    _try(b"x,y,z\n1,2,3\n4,5,6\n", WrongChannelsError, modality="imu", name="cloud.xyz")
+    _try(_png(np.zeros((8, 8), np.uint8)), UnsupportedFormatError, modality="imu", name="picture.png")
 
 
 def test_process_stays_healthy_and_leaves_nothing_behind(media_dir):

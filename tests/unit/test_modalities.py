@@ -28,7 +28,7 @@ MEDIA = set(modalities.MEDIA)
 @pytest.fixture(scope="module")
 def media(tmp_path_factory):
     files = make_media(tmp_path_factory.mktemp("media"))
-    return {"image": files["image"], "audio": files["audio"], "video": files["video"], "point": files["point"]}
+    return {name: files[name] for name in MEDIA if name in files}
 
 
 def test_the_registry_is_consistent():
@@ -49,7 +49,27 @@ def test_the_registry_matches_the_test_media(media):
     assert set(media) == MEDIA  # a new medium needs a test file here (tests/langchain_media.py)
 
 
+def test_every_medium_loads_its_test_file_through_its_loader(media):
+    from ibllm_agent.media import load_media
+
+    for name, path in media.items():
+        item = load_media(path, name)
+        assert item.modality == name and item.tensor.isfinite().all(), name
+
+
+def test_a_mime_type_named_exactly_beats_its_family():
+    assert modalities.for_mime("image/png").name == "image"
+    for m in modalities.REGISTRY.values():
+        for mime in m.mime_types:
+            if not mime.endswith("/*"):
+                assert modalities.for_mime(mime, media_only=False) is m, mime
+                if m.block_type not in (None, modalities.FILE_BLOCK):
+                    assert modalities.for_block_type(m.block_type, mime) is m, mime
+
+
 def test_content_blocks_accept_exactly_the_media(media):
+    from ibllm_agent.media import detect_format
+
     for name, path in media.items():
         m = modalities.get(name)
         data = base64.b64encode(path.read_bytes()).decode()
@@ -57,9 +77,11 @@ def test_content_blocks_accept_exactly_the_media(media):
         by_type = {"type": m.block_type, "base64": data, "mime_type": mime}
         by_extras = {"type": "file", "base64": data, "mime_type": "application/octet-stream",
                      "extras": {"modality": name}}
+        by_mime = {"type": "file", "base64": data, "mime_type": mime}
         by_content = {"type": "file", "base64": data}
-        question = parse_message(HumanMessage(content=["?", by_type, by_extras, by_content]), SourcePolicy())
-        assert [p.modality for p in question.parts] == [name] * 3, name
+        question = parse_message(HumanMessage(content=["?", by_type, by_extras, by_mime, by_content]), SourcePolicy())
+        # content alone says what the format is by default: a depth map's PNG is a picture unless a block says
+        assert [p.modality for p in question.parts] == [name] * 3 + [detect_format(path).modality], name
     for other in set(modalities.NAMES) - MEDIA | {"smell", "depthmap"}:
         block = {"type": "file", "base64": data, "extras": {"modality": other}}
         with pytest.raises(ValueError, match="extras.modality must be one of"):
@@ -107,11 +129,14 @@ def test_cli_has_one_flag_per_medium():
 def test_cache_build_and_loaders_follow_the_registry():
     from ibllm_agent.cache.build import DEFAULT_MODALITIES
     from ibllm_agent.media import MIME_TO_MODALITY
-    from ibllm_agent.media.detect import ALL_FORMATS
+    from ibllm_agent.media.detect import ALL_FORMATS, can_load_as
 
     assert set(DEFAULT_MODALITIES) == MEDIA
-    assert {f.modality for f in ALL_FORMATS} == set(modalities.NAMES)
-    assert set(MIME_TO_MODALITY.values()) == set(modalities.NAMES)
+    # every format's default is a registry modality, and every modality is read from some format (depth
+    # maps and thermal images from pictures and arrays that are pictures and points by default)
+    assert {f.modality for f in ALL_FORMATS} <= set(modalities.NAMES)
+    assert {m for m in modalities.NAMES if any(can_load_as(f, m) for f in ALL_FORMATS)} == set(modalities.NAMES)
+    assert set(MIME_TO_MODALITY.values()) <= set(modalities.NAMES)
 
 
 def test_the_model_routes_every_modality_to_an_imagebind_branch():

@@ -101,6 +101,26 @@ def test_describe_media_routes_every_modality(tools, path, modality):
     assert msg.status == "success" and msg.content.startswith(f"[{path}] ")
 
 
+@pytest.mark.parametrize("path, modality", [("room_depth.png", "depth"), ("face_thermal.tif", "thermal"),
+                                            ("swing.csv", None), ("swing.csv", "imu")])
+def test_describe_media_reads_depth_thermal_and_imu(tools, path, modality):
+    msg = call(tools["describe_media"], path=path, modality=modality)
+    assert msg.status == "success" and msg.content.startswith(f"[{path}] ")
+
+
+def test_senses_are_embedded_by_their_own_trunks(tools, emb, media):
+    depth = call(tools["embed_media"], path="room_depth.png", modality="depth")
+    assert depth.status == "success" and depth.content.startswith("emb_1: embedding of depth room_depth.png")
+    assert depth.artifact == pytest.approx(emb.embed_depth([str(media["depth"])])[0], abs=1e-6)
+    picture = call(tools["embed_media"], path="room_depth.png")  # by its content alone a PNG is a picture
+    assert picture.artifact == pytest.approx(emb.embed_image([str(media["depth"])])[0], abs=1e-6)
+    assert picture.artifact != pytest.approx(depth.artifact, abs=1e-3)
+    msg = call(tools["embedding_arithmetic"], expression="depth:room_depth.png + thermal:face_thermal.tif - imu:swing.csv")
+    vectors = torch.tensor([emb.embed_depth([str(media["depth"])])[0], emb.embed_thermal([str(media["thermal"])])[0],
+                            emb.embed_imu([str(media["imu"])])[0]])
+    assert msg.status == "success" and msg.artifact == pytest.approx(fuse(vectors, [1, 1, -1]).tolist(), abs=1e-5)
+
+
 def test_retrieve_from_cache(tools):
     msg = call(tools["retrieve_from_cache"], query="image:blue_square.png", k=2)
     assert msg.status == "success"

@@ -65,8 +65,9 @@ def test_files_round_trip_through_the_media_loaders(tmp_path):
 
     w = toy.ToyWorld(0)
     expected = {"image": (3, 224, 224), "audio": (3, 1, 128, 204), "video": (15, 3, 2, 224, 224),
-                "point": (8192, 3), "text": (77,)}
+                "point": (8192, 3), "text": (77,), "depth": (1, 224, 224), "thermal": (1, 224, 224), "imu": (6, 2000)}
     cases = [("image", 0), ("audio", 0), ("audio", 3), ("video", 0), ("point", 0), ("point", 1), ("text", 0)]
+    cases += [(m, i) for m in ("depth", "thermal", "imu") for i in range(4)]
     suffixes = set()
     for modality, index in cases:
         sample = w.write("rain", modality, index, tmp_path)
@@ -75,7 +76,24 @@ def test_files_round_trip_through_the_media_loaders(tmp_path):
         tensor = load_sample(sample)
         assert tuple(tensor.shape) == expected[modality], (modality, index)
         assert tensor.isfinite().all() if tensor.is_floating_point() else True
-    assert suffixes == {"png", "wav", "mp3", "mp4", "ply"}
+    assert suffixes == {"png", "wav", "mp3", "mp4", "ply", "npy", "tif", "jpg", "csv"}
+
+
+def test_depth_thermal_and_imu_share_the_worlds_geometry_and_motion():
+    w = toy.ToyWorld(0)
+    depth = w.depth("clock", 2)
+    assert depth.shape == (toy.IMAGE_SIZE, toy.IMAGE_SIZE) and depth.dtype == np.float32 and (depth >= 0).all()
+    centre = depth[toy.IMAGE_SIZE // 2 - 5:toy.IMAGE_SIZE // 2 + 5, toy.IMAGE_SIZE // 2 - 5:toy.IMAGE_SIZE // 2 + 5]
+    assert np.median(centre) < np.median(depth[:8]) - 0.5  # the thing stands in front of the background
+    fire, ocean = w.thermal("fire", 0), w.thermal("ocean", 0)
+    assert fire.max() > 273.15 + 100 and ocean.min() < 273.15 + 16  # fire is hot, the sea cold
+    assert abs(w.thermal("phone", 1).max() - 273.15 - 40) < 5  # its screen is warm
+    t, readings, rate = w.motion("ball", 0)
+    assert readings.shape == (len(t), 6) and rate in (200, 400) and 5.0 <= t[-1] <= 6.5
+    assert (np.linalg.norm(readings[:, :3], axis=1) < 1.0).any()  # the ball in free fall reads ~0
+    t, readings, rate = w.motion("clock", 3)
+    assert rate == 400 and np.allclose(np.diff(t), 1 / 400)  # every fourth trace is an array at 400 Hz
+    assert np.array_equal(w.motion("bee", 1)[1], toy.ToyWorld(0).motion("bee", 1)[1])
 
 
 def test_instruction_data_and_corpus():
