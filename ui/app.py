@@ -1,4 +1,5 @@
-"""ImageBind-LLM chat: ask about images, sounds, clips and 3D point clouds, mix them, see the cache.
+"""ImageBind-LLM chat: ask about images, sounds, clips, 3D point clouds, depth maps, thermal images and IMU
+recordings (every medium of the modality registry), mix them, see the cache.
 
 Run with `ibllm ui` or `streamlit run ui/app.py [-- --config ibllm-ui.toml]`.
 The page, top to bottom: sidebar settings, the shared model, the chat input (pinned to the bottom),
@@ -97,10 +98,21 @@ def ask(text: str, attached: list[Attachment], errors: list[str], *, had_files: 
     st.session_state.pending = question if question and not (errors and not attached) else None
 
 
+def read_input_as(key: str) -> None:
+    """An input read again as the medium chosen under it (a PNG picture as a depth map or a thermal image)."""
+    modality = st.session_state.get(f"as_{key}")
+    for i, att in enumerate(st.session_state.inputs):
+        if att.key == key and modality and att.modality != modality:
+            try:
+                st.session_state.inputs[i] = att.read_as(modality)
+            except AttachmentError as exc:
+                st.session_state.history.append(Turn("assistant", "", error=str(exc)))
+
+
 def try_example(modality: str) -> None:
     name, data = backend.toy_example(modality, seed=time.time_ns() % 2**31)
     try:
-        ask("", [read_upload(name, data)], [], had_files=True)
+        ask("", [read_upload(name, data, modality=modality)], [], had_files=True)
     except AttachmentError as exc:
         ask("", [], [str(exc)], had_files=True)
 
@@ -111,7 +123,7 @@ def sidebar_model() -> None:
     """Title, new chat, and which model to load (a form: nothing reloads while paths are typed)."""
     with st.sidebar:
         st.markdown("## :material/hearing: ImageBind-LLM")
-        st.caption("Ask about pictures, sounds, clips and 3D shapes.")
+        st.caption(f"Ask about {modalities.describe()}.")
         st.button("New chat", icon=":material/add_comment:", on_click=new_chat, width="stretch", key="new_chat")
         with st.expander("Model", icon=":material/memory:"), st.form("model", border=False):
             spec = st.session_state.spec
@@ -171,6 +183,11 @@ def inputs_panel(*, expanded: bool) -> None:
         for i, att in enumerate(inputs):
             with cols[i % 3], st.container(border=True):
                 views.attachment(att, key=f"input_{att.key}", caption=f"{MODALITY_ICONS[att.modality]} {att.name}")
+                options = att.alternatives
+                if len(options) > 1:  # the content may be read as several media: the user says which
+                    st.selectbox("Read as", options, index=options.index(att.modality) if att.modality in options
+                                 else 0, key=f"as_{att.key}", format_func=lambda m: modalities.get(m).noun,
+                                 on_change=read_input_as, args=(att.key,))
                 # no 0: a weightless input would silently drop out of the mix (remove it with the x instead)
                 st.slider("Weight", 0.05, 2.0, att.weight, 0.05, key=f"weight_{att.key}")
                 left, right = st.columns([3, 1], vertical_alignment="center")
@@ -181,13 +198,14 @@ def inputs_panel(*, expanded: bool) -> None:
         st.file_uploader("Add files to the mix", type=ALL_FILE_TYPES, accept_multiple_files=True,
                          key=f"upload_{st.session_state.uploads}", on_change=on_panel_upload,
                          max_upload_size=MAX_UPLOAD_MB,
-                         help="Images, sounds, clips, point clouds. Files attached in the chat box replace "
-                              "the inputs; files added here join them.")
+                         help=f"{modalities.describe()}. A picture can be read as a depth map or a thermal "
+                              "image under it. Files attached in the chat box replace the inputs; files added "
+                              "here join them.")
 
 
 def welcome(model) -> None:
     """The empty chat: what to do, and toy examples one click away."""
-    st.markdown("#### Attach a picture, a sound, a clip or a 3D point cloud with **+** below, then ask about it.")
+    st.markdown(f"#### Attach {modalities.describe()} with **+** below, then ask about it.")
     st.caption("Several inputs are mixed into one query: weigh or subtract them under *Inputs* "
                "(the paper's embedding arithmetic). Follow-up questions keep the inputs.")
     if model.card.is_toy:
@@ -269,7 +287,7 @@ generation, visual_cache, history_messages = sidebar_settings(config, model)
 view = st.segmented_control("View", list(VIEWS), format_func=VIEWS.get, default="chat", key="view",
                             label_visibility="collapsed") or "chat"
 if view == "chat":
-    value = st.chat_input("Ask about your inputs, or attach images, sounds, clips, point clouds…",
+    value = st.chat_input(f"Ask about your inputs, or attach {modalities.describe()}…",
                           accept_file="multiple", file_type=ALL_FILE_TYPES, max_upload_size=MAX_UPLOAD_MB,
                           key="chat")
     if value:

@@ -12,11 +12,12 @@ import base64
 import logging
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ibllm_agent import modalities
-from ibllm_agent.media import MediaError, MediaInput, load_media
+from ibllm_agent.media import MediaError, MediaInput, detect_format, load_media
+from ibllm_agent.media.detect import loadable_as
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,8 @@ MAX_UPLOAD_MB = 50
 FILE_TYPES: dict[str, tuple[str, ...]] = {m: modalities.get(m).suffixes for m in modalities.MEDIA}
 """Extensions offered in the file pickers, by medium (the content decides the modality, not the name)."""
 
-ALL_FILE_TYPES = [ext for exts in FILE_TYPES.values() for ext in exts]
+ALL_FILE_TYPES = list(dict.fromkeys(ext for exts in FILE_TYPES.values() for ext in exts))
+"""Each once (a PNG may be a picture, a depth map or a thermal image)."""
 
 MODALITY_ICONS = {m: modalities.get(m).icon for m in modalities.MEDIA}
 """Streamlit's bundled Material Symbols (they render without an emoji font, e.g. in headless Chromium)."""
@@ -77,6 +79,20 @@ class Attachment:
         """The same as Streamlit markdown, with the modality's icon."""
         return f"{MODALITY_ICONS[self.modality]} {self.plain_label}"
 
+    @property
+    def alternatives(self) -> tuple[str, ...]:
+        """The media this file can be read as, the one its content says first: a PNG is a picture, a depth
+        map or a thermal image; an MP4 a clip or a sound."""
+        try:
+            return loadable_as(detect_format(self.data, name=self.name), modalities.MEDIA)
+        except MediaError:
+            return (self.modality,)
+
+    def read_as(self, modality: str) -> Attachment:
+        """The same file read as `modality` (weight and sign kept); AttachmentError if it cannot be."""
+        return replace(read_upload(self.name, self.data, modality=modality), weight=self.weight,
+                       subtract=self.subtract)
+
     def content_block(self) -> dict:
         """A LangChain v1 content block (base64) carrying the file, its name and its signed weight."""
         extras = {"filename": self.name, "weight": self.signed_weight, "modality": self.modality}
@@ -84,15 +100,16 @@ class Attachment:
                 "mime_type": self.mime, "extras": extras}
 
 
-def read_upload(name: str, data: bytes, *, max_mb: float = MAX_UPLOAD_MB) -> Attachment:
-    """Decode an uploaded file into an `Attachment`, or raise `AttachmentError` with a friendly message."""
+def read_upload(name: str, data: bytes, *, max_mb: float = MAX_UPLOAD_MB, modality: str | None = None) -> Attachment:
+    """Decode an uploaded file into an `Attachment` (as `modality`, or as what its content is), or raise
+    `AttachmentError` with a friendly message."""
     size_mb = len(data) / 2**20
     if size_mb > max_mb:
         raise AttachmentError(f"**{name}** is {size_mb:.1f} MB; files up to {max_mb:g} MB are accepted.")
     if not data:
         raise AttachmentError(f"**{name}** is empty.")
     try:
-        media = load_media(data, name=name)
+        media = load_media(data, modality, name=name)
     except MediaError as exc:
         raise AttachmentError(f"**{name}** cannot be used: {exc.problem}") from exc
     if media.modality not in modalities.MEDIA:

@@ -21,6 +21,37 @@ AVATARS = {"user": ":material/person:", "assistant": ":material/hearing:"}
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 
 
+def false_colour(values: np.ndarray, colormap: str) -> np.ndarray:
+    """A one-channel map (H, W) as an RGB uint8 picture: scaled between its 1st and 99th percentile, through
+    a matplotlib colormap."""
+    from matplotlib import colormaps
+
+    v = np.asarray(values, dtype=np.float64)
+    low, high = np.percentile(v, [1, 99])
+    scaled = ((v - low) / (high - low)).clip(0, 1) if high > low else np.zeros_like(v)
+    return (colormaps[colormap](scaled)[..., :3] * 255).round().astype(np.uint8)
+
+
+IMU_AXES = ("x", "y", "z")
+
+
+def imu_figure(signal: np.ndarray, *, rate: float = 400.0, height: int = 260) -> go.Figure:
+    """An IMU window (6, T) as six lines: the accelerometer (m/s²) above, the gyroscope (rad/s) below."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08)
+    t = np.arange(signal.shape[1]) / rate
+    colours = ("#d62728", "#2ca02c", "#1f77b4")
+    for row, (sensor, unit) in enumerate((("acc", "m/s²"), ("gyro", "rad/s"))):
+        for axis, colour in enumerate(colours):
+            fig.add_trace(go.Scatter(x=t, y=signal[3 * row + axis], mode="lines", line={"width": 1, "color": colour},
+                                     name=f"{sensor} {IMU_AXES[axis]}", hoverinfo="skip"), row=row + 1, col=1)
+        fig.update_yaxes(title_text=unit, row=row + 1, col=1)
+    fig.update_xaxes(title_text="s", row=2, col=1)
+    fig.update_layout(height=height, margin={"l": 0, "r": 0, "t": 0, "b": 0}, legend={"orientation": "h"})
+    return fig
+
+
 def point_cloud_figure(points: np.ndarray, *, max_points: int = 3000, height: int = 300) -> go.Figure:
     """A rotatable 3D scatter of a point cloud (N, 3), coloured by height, evenly subsampled for speed."""
     pts = np.asarray(points, dtype=np.float32)
@@ -46,12 +77,18 @@ PREVIEWS = {
     "video": lambda att, key, width: st.video(_playable(att.data, Path(att.name).suffix or ".mp4"), format="video/mp4"),
     "points": lambda att, key, width: st.plotly_chart(point_cloud_figure(att.media.tensor.numpy()), key=key,
                                                       config={"displaylogo": False}),
+    # depth and thermal maps as the model sees them (224 px, normalised), in false colour: near / hot bright
+    "disparity": lambda att, key, width: st.image(false_colour(att.media.tensor[0].numpy(), "turbo"), width=width),
+    "thermogram": lambda att, key, width: st.image(false_colour(att.media.tensor[0].numpy(), "inferno"), width=width),
+    "traces": lambda att, key, width: st.plotly_chart(imu_figure(att.media.tensor.numpy()), key=key,
+                                                      config={"displaylogo": False}),
 }
 """How each preview kind of the modality registry is shown back."""
 
 
 def attachment(att: Attachment, *, key: str, width: int = 220, caption: str | None = None) -> None:
-    """Show a file back as its modality's preview: a thumbnail, a player, or a 3D view."""
+    """Show a file back as its modality's preview: a thumbnail, a player, a 3D view, a false-colour map or
+    the IMU's six lines."""
     PREVIEWS[modalities.get(att.modality).preview](att, key, width)
     st.caption(caption or att.label)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ibllm_agent import modalities
 from ibllm_agent.pretrained import TOY_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +24,7 @@ def toy_files(tmp_path_factory) -> dict[str, Path]:
 
     folder = tmp_path_factory.mktemp("toy-media")
     world = ToyWorld(TOY_SEED)
-    return {m: Path(world.write("dog", m, 0, folder).path) for m in ("image", "audio", "video", "point")}
+    return {m: Path(world.write("dog", m, 0, folder).path) for m in modalities.MEDIA}
 
 
 @pytest.fixture

@@ -145,6 +145,31 @@ def test_uploads_become_attachments_with_weighted_content_blocks(toy_files):
     assert cloud.content_block()["type"] == "file" and cloud.content_block()["extras"]["modality"] == "point"
 
 
+def test_a_picture_can_be_read_as_a_depth_map_or_a_thermal_image(toy_files):
+    from ui.attachments import read_upload
+
+    att = read_upload("room.png", toy_files["depth"].read_bytes())
+    assert att.modality == "image" and att.alternatives == ("image", "depth", "thermal")
+    att.weight = 0.5
+    depth = att.read_as("depth")
+    assert (depth.modality, depth.weight, tuple(depth.media.tensor.shape)) == ("depth", 0.5, (1, 224, 224))
+    block = depth.content_block()
+    assert block["type"] == "image" and block["extras"]["modality"] == "depth"
+    assert depth.label == ":material/layers: room.png ×0.5"
+    imu = read_upload("walk.csv", toy_files["imu"].read_bytes())
+    assert imu.modality == "imu" and imu.alternatives == ("imu",) and imu.content_block()["type"] == "file"
+
+
+def test_previews_of_the_senses():
+    from ui.views import false_colour, imu_figure
+
+    rgb = false_colour(np.linspace(0, 1, 224 * 224).reshape(224, 224), "turbo")
+    assert rgb.shape == (224, 224, 3) and rgb.dtype == np.uint8 and not (rgb[0, 0] == rgb[-1, -1]).all()
+    assert false_colour(np.zeros((8, 8)), "inferno").shape == (8, 8, 3)
+    fig = imu_figure(np.zeros((6, 2000)))
+    assert len(fig.data) == 6 and [t.name for t in fig.data][:3] == ["acc x", "acc y", "acc z"]
+
+
 @pytest.mark.parametrize("name, data, message", [
     ("broken.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "cannot be used"),
     ("empty.wav", b"", "is empty"),
