@@ -158,6 +158,18 @@ def random_rotation(grouped: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v @ q.T for k, v in grouped.items()}
 
 
+def random_heading(imu: Tensor, max_shift: int = 100) -> Tensor:
+    """An IMU window [6, T] (accelerometer x, y, z, gyroscope x, y, z) as a sensor turned by a uniformly random
+    heading about its z axis would have recorded it (both sensors' x, y rotate together), shifted in time by
+    up to `max_shift` samples (circularly): the toy mounts its sensors at any heading."""
+    angle = float(torch.rand(())) * 2 * torch.pi
+    c, s = torch.cos(torch.tensor(angle)), torch.sin(torch.tensor(angle))
+    out = imu.clone()
+    for x in (0, 3):
+        out[x], out[x + 1] = c * imu[x] - s * imu[x + 1], s * imu[x] + c * imu[x + 1]
+    return out.roll(int(torch.randint(-max_shift, max_shift + 1, ())), dims=-1)
+
+
 @torch.no_grad()
 def embed_all(image_bind: nn.Module, modality: str, values, batch_size: int = 64) -> Tensor:
     """Normalised embeddings [N, D] of all `values` in eval mode; [N, S, ...] clip lists are averaged

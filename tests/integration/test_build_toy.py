@@ -25,8 +25,8 @@ def test_quick_build_writes_a_loadable_toy(tmp_path):
     for key in ("adapter", "imagebind", "knn_index"):
         assert (out / meta[key]).is_file()
     assert (out / "imagebind_config.json").is_file()
-    assert sorted(p.name for p in examples.iterdir()) == ["bell.wav", "bird.png", "car.mp4", "dog.png", "drum.ply",
-                                                          "rain.wav"]
+    assert sorted(p.name for p in examples.iterdir()) == ["ball.csv", "bell.wav", "bird.png", "car.mp4", "cat_depth.png",
+                                                          "dog.png", "drum.ply", "fire_thermal.png", "rain.wav"]
     from ibllm_agent.factory import build_from_files
     from ibllm_agent.generation import format_prompt
     from ibllm_agent.pretrained import toy_files
@@ -40,3 +40,12 @@ def test_quick_build_writes_a_loadable_toy(tmp_path):
     assert first == {"modality": "image", "concept": "rain", "caption": "a photo of rain.", "seed": 0, "index": 0}
     answer = model.generate_batch([format_prompt("What is this?")], None, max_tokens=4, temperature=0.0)[0]
     assert answer.finish_reason in ("stop", "length")
+    # every ImageBind trunk the registry routes to is there, the senses bound after the LLM included
+    from ibllm_agent import modalities
+    from ibllm_agent.media import load_media
+
+    assert {modalities.get(m).branch for m in modalities.NAMES} <= set(model.image_bind.modalities)
+    for name, modality in (("cat_depth.png", "depth"), ("fire_thermal.png", "thermal"), ("ball.csv", "imu")):
+        assert model.encode([load_media(examples / name, modality)]).shape == (1, 1024)
+    config = json.loads((out / "imagebind_config.json").read_text())["kwargs"]
+    assert {"depth_num_heads", "thermal_num_heads", "imu_num_heads"} <= set(config)

@@ -234,6 +234,23 @@ def test_binding_stages_reduce_their_losses(tmp_path, tiny_media):
     assert torch.allclose(rotated["centres"], regrouped["centres"], atol=1e-5)
 
 
+def test_random_heading_turns_both_sensors_together_and_keeps_vertical():
+    from ibllm_agent.train.bind_encoders import random_heading
+
+    imu = torch.randn(6, 2000)
+    torch.manual_seed(3)
+    turned = random_heading(imu, max_shift=0)
+    # a rotation about z: z untouched, horizontal norms kept, the same angle for accelerometer and gyroscope
+    assert torch.equal(turned[2], imu[2]) and torch.equal(turned[5], imu[5])
+    for x in (0, 3):
+        torch.testing.assert_close(turned[x:x + 2].norm(dim=0), imu[x:x + 2].norm(dim=0))
+    angle = [torch.atan2(turned[x + 1, 0], turned[x, 0]) - torch.atan2(imu[x + 1, 0], imu[x, 0]) for x in (0, 3)]
+    assert torch.isclose(torch.remainder(angle[0] - angle[1], 2 * torch.pi), torch.tensor(0.0), atol=1e-4) or \
+        torch.isclose(torch.remainder(angle[0] - angle[1], 2 * torch.pi), torch.tensor(2 * torch.pi), atol=1e-4)
+    shifted = random_heading(imu, max_shift=50)
+    assert shifted.shape == imu.shape
+
+
 def test_atomic_path_leaves_a_memory_mapped_reader_the_old_file(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save({"w": torch.ones(1000)}, path)
