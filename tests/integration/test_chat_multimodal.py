@@ -102,3 +102,39 @@ def test_eight_parallel_conversations_equal_one_by_one(chat, files):
     with ThreadPoolExecutor(8) as pool:
         parallel = list(pool.map(lambda c: chat.invoke(c).content, conversations))
     assert parallel == one_by_one
+
+
+@pytest.fixture(scope="module")
+def sense_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("toy-senses")
+    world = ToyWorld(HELD_OUT)
+    return {"depth": (Path(world.write("cat", "depth", 0, folder).path), "cat"),
+            "thermal": (Path(world.write("fire", "thermal", 0, folder).path), "fire"),
+            "imu": (Path(world.write("ball", "imu", 0, folder).path), "ball")}
+
+
+def sense_block_shapes(files) -> list[tuple[str, dict]]:
+    depth, thermal, imu = (files[k][0] for k in ("depth", "thermal", "imu"))
+    return [
+        ("depth", {"type": "image", "url": depth.as_uri(), "mime_type": "image/x-depth"}),
+        ("depth", {"type": "image", "base64": b64(depth), "mime_type": "image/png", "extras": {"modality": "depth"}}),
+        ("depth", {"type": "file", "url": str(depth), "mime_type": "image/x-depth"}),
+        ("thermal", {"type": "image", "base64": b64(thermal), "mime_type": "image/x-thermal"}),
+        ("thermal", {"type": "file", "url": str(thermal), "extras": {"modality": "thermal"}}),
+        ("imu", {"type": "file", "base64": b64(imu), "mime_type": "text/csv"}),
+        ("imu", {"type": "file", "url": str(imu)}),  # a CSV naming accelerometer and gyroscope axes
+    ]
+
+
+def test_depth_thermal_and_imu_blocks(chat, sense_files):
+    """The LLM never saw these senses; the toy answers about them through the shared space (tools/eval_toy.py)."""
+    question = "What is this?"
+    for modality, block in sense_block_shapes(sense_files):
+        path, concept = sense_files[modality]
+        answer = chat.invoke([HumanMessage(content=[{"type": "text", "text": question}, block])])
+        assert answer.content == direct(chat, question, path, modality), (modality, block)
+        assert find_concepts(answer.content)[:1] == [concept], (modality, block, answer.content)
+    # without a word from the block, a depth map's PNG is a picture (and answered as one)
+    path, _ = sense_files["depth"]
+    as_picture = chat.invoke([HumanMessage(content=[question, {"type": "image", "url": str(path)}])])
+    assert as_picture.content == direct(chat, question, path, "image")

@@ -12,7 +12,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "ui" / "app.py")
-MIME = {"image": "image/png", "audio": "audio/wav", "video": "video/mp4", "point": "application/octet-stream"}
+MIME = {"image": "image/png", "audio": "audio/wav", "video": "video/mp4", "point": "application/octet-stream",
+        "imu": "text/csv"}
+FIRST_FOUR = ("image", "audio", "video", "point")
 
 
 @pytest.fixture
@@ -26,7 +28,8 @@ def app(app_config) -> AppTest:
 def attach(at: AppTest, *paths: Path, text: str = "") -> AppTest:
     chat = at.chat_input[0]
     for path in paths:
-        modality = {".png": "image", ".wav": "audio", ".mp3": "audio", ".mp4": "video", ".ply": "point"}[path.suffix]
+        modality = {".png": "image", ".wav": "audio", ".mp3": "audio", ".mp4": "video", ".ply": "point",
+                    ".csv": "imu"}[path.suffix]
         chat.upload(path.name, path.read_bytes(), MIME[modality])
     return chat.set_value(text).run()
 
@@ -53,7 +56,7 @@ def test_a_text_question_gets_a_streamed_answer(app):
 
 
 def test_attachments_are_shown_back_and_condition_the_answer(app, toy_files):
-    attach(app, *toy_files.values(), text="What is this?")
+    attach(app, *(toy_files[m] for m in FIRST_FOUR), text="What is this?")
     assert not app.exception and not app.error
     user, answer = history(app)
     assert [a.modality for a in user.attachments] == ["image", "audio", "video", "point"]
@@ -146,6 +149,33 @@ def test_upload_panel_adds_inputs_to_the_mix(app, toy_files):
     app.file_uploader[0].upload(toy_files["point"].name, toy_files["point"].read_bytes(), MIME["point"]).run()
     assert [a.modality for a in app.session_state.inputs] == ["image", "point"]
     assert app.file_uploader[0].value in (None, [])  # emptied after each upload
+
+
+def test_depth_thermal_and_imu_are_read_as_chosen_shown_back_and_answered(app, toy_files, app_config):
+    for modality in ("depth", "thermal", "imu"):
+        path = toy_files[modality]
+        app.file_uploader[0].upload(path.name, path.read_bytes(), MIME.get(modality, "image/png")).run()
+    inputs = app.session_state.inputs
+    # by their content the two PNGs are pictures, the CSV an IMU recording; the user says what the PNGs are
+    assert [a.modality for a in inputs] == ["image", "image", "imu"]
+    for att, modality in zip(inputs[:2], ("depth", "thermal")):
+        app.selectbox(key=f"as_{att.key}").set_value(modality).run()
+    assert not app.exception and not app.error
+    assert [a.modality for a in app.session_state.inputs] == ["depth", "thermal", "imu"]
+    assert len(app.image) >= 2 and app.get("plotly_chart")  # two false-colour maps and the IMU's six lines
+    app.chat_input[0].set_value("What is this?").run()
+    answer = history(app)[-1]
+    assert answer.role == "assistant" and answer.text and answer.error is None
+    assert ":material/vibration: dog_imu_0000.csv" in answer.mixture
+
+
+@pytest.mark.usefixtures("needs_toy")
+@pytest.mark.parametrize("modality", ["depth", "thermal", "imu"])
+def test_try_a_sense_attaches_a_toy_sample_read_as_that_sense(app, modality):
+    app.button(key=f"example_{modality}").click().run()
+    user, answer = history(app)
+    (item,) = user.attachments
+    assert item.modality == modality and user.text == "What is this?" and answer.text
 
 
 def test_embedding_explorer_shows_similarities_and_zero_shot_labels(app, toy_files, app_config):
