@@ -47,7 +47,7 @@ def code(source: str) -> tuple[str, str]:
 def quickstart():
     return _notebook("quickstart", [
         md(f"""
-# Quickstart: ask ImageBind-LLM about a picture, a sound, a clip and a 3D shape
+# Quickstart: ask ImageBind-LLM about a picture, a sound, a clip, a 3D shape, a depth map, a thermal image and an IMU trace
 
 ImageBind-LLM ([arXiv 2309.03905](https://arxiv.org/abs/2309.03905)) tunes LLaMA on **images only**, through
 ImageBind's joint embedding space; because sounds, videos and point clouds live in the same space, the same
@@ -140,6 +140,39 @@ for kind, path in files.items():
         block = {"type": "file", "url": str(path), "extras": {"modality": "point"}}
     reply = chat.invoke([HumanMessage([{"type": "text", "text": questions[kind]}, block])])
     print(f"{kind:5}  {questions[kind]:28} -> {reply.text}")
+"""),
+        md("""
+## ImageBind's other senses: a depth map, a thermal image, an IMU trace
+
+ImageBind also has trunks for depth, thermal and IMU data, in the same space; the LLM never saw any of them.
+A depth map or a thermal image is an image file (here a 16-bit PNG of millimetres, a radiometric 16-bit PNG),
+so the block says which it is (`mime_type="image/x-depth"`, or `extras={"modality": "thermal"}`): by its
+content alone a PNG is a picture. A CSV whose header names accelerometer and gyroscope axes is an IMU
+recording by its content. The plots show what the trunks take: Omnivore's normalised disparity, the thermal
+frame stretched to [0, 1], and 5 s of accelerometer and gyroscope at 400 Hz.
+"""),
+        code("""
+senses = {"depth": world.write("cat", "depth", 0, media).path,
+          "thermal": world.write("fire", "thermal", 0, media).path,
+          "imu": world.write("ball", "imu", 0, media).path}
+fig, axes = plt.subplots(1, 3, figsize=(11, 3))
+axes[0].imshow(load_media(senses["depth"], "depth").tensor[0], cmap="turbo")
+axes[0].set_title("depth map (a cat): near is red")
+axes[1].imshow(load_media(senses["thermal"], "thermal").tensor[0], cmap="inferno")
+axes[1].set_title("thermal image (a fire)")
+imu = load_media(senses["imu"]).tensor  # [6, 2000]
+axes[2].plot(imu[:3].T.numpy(), lw=0.6)
+axes[2].set_title("IMU (a ball): accelerometer, m/s²")
+for ax in axes[:2]:
+    ax.set_axis_off()
+plt.show()
+
+blocks = {"depth": {"type": "image", "url": str(senses["depth"]), "mime_type": "image/x-depth"},
+          "thermal": {"type": "image", "url": str(senses["thermal"]), "extras": {"modality": "thermal"}},
+          "imu": {"type": "file", "url": str(senses["imu"])}}
+for kind, block in blocks.items():
+    reply = chat.invoke([HumanMessage([{"type": "text", "text": "What is this?"}, block])])
+    print(f"{kind:7}  What is this?  -> {reply.text}")
 """),
         md("Answers stream token by token, and the metadata says which cache items the answer leaned on:"),
         code("""
