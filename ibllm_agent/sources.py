@@ -74,8 +74,9 @@ class SourcePolicy:
 
     def __post_init__(self):
         if not isinstance(self.allow_private_networks, bool):
+            allowed = self.allow_private_networks
             try:
-                networks = tuple(ipaddress.ip_network(n) for n in self.allow_private_networks)
+                networks = tuple(ipaddress.ip_network(n) for n in ([allowed] if isinstance(allowed, str) else allowed))
             except (TypeError, ValueError) as exc:
                 raise SourceError(f"allow_private_networks: {exc}") from None
             object.__setattr__(self, "allow_private_networks", networks)
@@ -184,15 +185,11 @@ class SourcePolicy:
 
     def _open_error(self, exc: OSError, text: str, part: str | None = None, folder_fd: int | None = None):
         """A readable SourceError for a failed open (of `part` inside `folder_fd` on a confined walk)."""
-        if exc.errno in (errno.ELOOP, errno.ENOTDIR) and part is not None:
-            try:
-                is_link = stat.S_ISLNK(os.stat(part, dir_fd=folder_fd, follow_symlinks=False).st_mode)
-            except OSError:
-                is_link = False
-            if is_link:
-                return SourceError(f"{text!r}: {part!r} is a symbolic link; links are not followed inside the "
-                                   f"media folders, as one can lead outside the allowed media folders "
-                                   f"({self.describe()})")
+        # O_NOFOLLOW on a link: ELOOP (Linux, macOS), or ENOTDIR when a folder was asked for on some systems
+        if part is not None and (exc.errno == errno.ELOOP or (exc.errno == errno.ENOTDIR and _is_link(part, folder_fd))):
+            return SourceError(f"{text!r}: {part!r} is a symbolic link; links are not followed inside the "
+                               f"media folders, as one can lead outside the allowed media folders "
+                               f"({self.describe()})")
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             return SourceError(f"file not found: {text!r}")
         if exc.errno == errno.ENXIO:  # a socket or a device without a driver
@@ -232,11 +229,12 @@ class SourcePolicy:
                 port = target.port
             except ValueError:
                 raise SourceError(f"{current!r} has an invalid port") from None
-            https = target.scheme == "https"
-            connection = (http.client.HTTPSConnection if https else http.client.HTTPConnection)(target.hostname, port)
+            tls = ssl.create_default_context() if target.scheme == "https" else None
+            connection = (http.client.HTTPSConnection(target.hostname, port, context=tls) if tls
+                          else http.client.HTTPConnection(target.hostname, port))
             sock = None
             try:
-                sock = self._connect(target.hostname, connection.port, https, current, deadline)
+                sock = self._connect(target.hostname, connection.port, tls, current, deadline)
                 connection.sock = _DeadlineSocket(sock, deadline)
                 connection.request("GET", urllib.parse.urlunsplit(("", "", target.path or "/", target.query, "")))
                 response = connection.getresponse()
@@ -259,21 +257,23 @@ class SourcePolicy:
                     sock.close()
         raise SourceError(f"{url}: more than {MAX_REDIRECTS} redirects")
 
-    def _connect(self, host: str, port: int, https: bool, url: str, deadline: _Deadline) -> socket.socket:
-        """A socket connected to one of the host's allowed addresses (TLS for https). Each address is
-        checked before connecting and the connection is made to that very address, so a name that
-        resolves elsewhere a moment later (DNS rebinding) changes nothing."""
+    def _connect(self, host: str, port: int, tls: ssl.SSLContext | None, url: str,
+                 deadline: _Deadline) -> socket.socket:
+        """A socket connected to one of the host's allowed addresses (TLS when given a context). Each
+        address is checked before connecting and the connection is made to that very address, so a name
+        that resolves elsewhere a moment later (DNS rebinding) changes nothing."""
         refused, error = [], None
         for family, kind, proto, _, address in _lookup(host, port, url, deadline):
             if not self._reachable(address[0]):
                 refused.append(address[0])
                 continue
+            timeout = deadline.left()
             sock = socket.socket(family, kind, proto)
             try:
-                sock.settimeout(deadline.left())
+                sock.settimeout(timeout)
                 sock.connect(address)
-                if https:  # the timeout bounds the whole handshake
-                    sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+                if tls is not None:  # the timeout bounds the whole handshake
+                    sock = tls.wrap_socket(sock, server_hostname=host)
                 return sock
             except TimeoutError:
                 sock.close()
@@ -294,6 +294,13 @@ class SourcePolicy:
             return True
         allowed = self.allow_private_networks
         return allowed is True or (allowed is not False and any(ip in network for network in allowed))
+
+
+def _is_link(name: str, folder_fd: int | None) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 class _Deadline:

@@ -11,7 +11,10 @@ the next hop is refused.
 from __future__ import annotations
 
 import http.server
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 
@@ -139,6 +142,34 @@ def test_a_slow_server_cannot_stretch_the_deadline(serve, path):
     elapsed = refused_within(2.5, serve() + path, policy(url_timeout=1.5), r"longer than the limit of 1.5 s")
     assert elapsed >= 1.4
     print(f"\n{path}: refused after {elapsed:.2f} s (url_timeout 1.5 s)")
+
+
+def test_a_silent_tls_server_cannot_stretch_the_deadline():
+    """https: a server that accepts the connection and never answers the TLS handshake."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}/x"
+        refused_within(2.5, url, policy(url_timeout=1.5), r"longer than the limit of 1.5 s")
+    finally:
+        listener.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_an_untrusted_certificate_is_refused(tmp_path):
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+                    "-days", "1", "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
+                   check=True, capture_output=True)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        with pytest.raises(SourceError, match="certificate verify failed"):
+            policy(url_timeout=5).read(f"https://127.0.0.1:{server.server_address[1]}/ok")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_a_plain_fetch_works(serve):
