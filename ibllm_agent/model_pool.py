@@ -74,6 +74,9 @@ class PooledModelFields(BaseModel):
     """Fetch http(s) media URLs."""
     max_media_bytes: int = DEFAULT_MAX_BYTES
     """Largest media file or inline data accepted."""
+    media_policy: SourcePolicy | None = None
+    """A ready `SourcePolicy` (to set refuse_hard_links, allow_private_networks or url_timeout); it replaces
+    media_roots, allow_urls and max_media_bytes, which are set from it."""
 
     _llm: Any = PrivateAttr(default=None)
     _policy: SourcePolicy = PrivateAttr(default=None)
@@ -87,8 +90,13 @@ class PooledModelFields(BaseModel):
                                  device=self.device, dtype=self.dtype, max_seq_len=self.max_seq_len)
         if self.model_name is None:
             self.model_name = self._llm.card.name or str(self.model)
-        self._policy = SourcePolicy(roots=tuple(self.media_roots) if self.media_roots is not None else None,
-                                    allow_urls=self.allow_urls, max_bytes=self.max_media_bytes)
+        if self.media_policy is not None:  # the fields say what the policy does
+            roots = self.media_policy.roots
+            self.media_roots = [str(r) for r in roots] if roots is not None else None
+            self.allow_urls, self.max_media_bytes = self.media_policy.allow_urls, self.media_policy.max_bytes
+        self._policy = self.media_policy or SourcePolicy(
+            roots=tuple(self.media_roots) if self.media_roots is not None else None,
+            allow_urls=self.allow_urls, max_bytes=self.max_media_bytes)
         return self
 
     @property
