@@ -20,8 +20,8 @@ from .settings import ModelSpec
 log = logging.getLogger(__name__)
 
 OFFICIAL_WEIGHTS_HINT = (
-    "For the official ImageBind-LLM 7B weights, give their paths under **Model** in the sidebar, or start "
-    "the app with a config file: `IBLLM_UI_CONFIG=ibllm-ui.toml ibllm ui` (README: *Streamlit app and notebooks*)."
+    "For the official ImageBind-LLM 7B weights, start the app with a config file that names them: "
+    "`ibllm ui --config ibllm-ui.toml` (README: *Streamlit app and notebooks*)."
 )
 
 
