@@ -59,6 +59,7 @@ from ibllm_agent import modalities
 from ibllm_agent.batching import batcher_for
 from ibllm_agent.content_blocks import MAX_TEXT_CHARS, EmbeddingPart, MediaPart, Question, parse_message
 from ibllm_agent.fusion import fuse, fusion_weights
+from ibllm_agent.grammar import engine_available
 from ibllm_agent.model_pool import PooledModelFields
 from ibllm_agent.params import DEFAULT_GENERATION, GenerationParams, VisualCacheParams
 from ibllm_agent.structured import (
@@ -162,8 +163,9 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
         """What this model honestly does (read by `create_agent` and other LangChain helpers)."""
         profile = {"name": self.model_name or str(self.model), "open_weights": True, "text_inputs": True,
                    "image_inputs": True, "image_url_inputs": self.allow_urls, "audio_inputs": True,
-                   "video_inputs": True, "pdf_inputs": False, "text_outputs": True, "tool_calling": True,
-                   "tool_choice": True, "structured_output": True}
+                   "video_inputs": True, "pdf_inputs": False, "text_outputs": True}
+        # grammar-constrained: possible when the engine (the `structured` extra) is installed
+        profile["tool_calling"] = profile["tool_choice"] = profile["structured_output"] = engine_available()
         if self._llm is not None:
             profile["max_input_tokens"] = profile["max_output_tokens"] = int(self._llm.max_seq_len)
         return profile
@@ -189,8 +191,8 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
         question = asked.text.strip() or (self.default_question if with_media else "")
         if not question:
             raise ValueError("the last human message has neither text nor media")
-        system = "\n\n".join([plan.context()] if plan is not None and plan.context() else []
-                               + [m.text for m in messages if isinstance(m, SystemMessage) and m.text])
+        context = [plan.context()] if plan is not None and plan.context() else []
+        system = "\n\n".join(context + [m.text for m in messages if isinstance(m, SystemMessage) and m.text])
         call_names = {c["id"]: c["name"] for m in messages if isinstance(m, AIMessage) for c in m.tool_calls}
         history = [_transcript_line(m, call_names) for i, m in enumerate(messages)
                    if i != last_human and not isinstance(m, SystemMessage)]
@@ -302,7 +304,7 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
 
     def with_structured_output(self, schema: Any = None, *, method: Literal["json_schema", "json_mode",
                                                                             "function_calling"] = "json_schema",
-                               include_raw: bool = False, **kwargs: Any) -> Runnable:
+                               include_raw: bool = False, strict: bool | None = None, **kwargs: Any) -> Runnable:
         """Answers as `schema` (a pydantic class -> instances; a TypedDict or JSON Schema dict -> dicts).
 
         - "json_schema": the prompt shows the shape and the grammar holds the answer to the schema;
@@ -312,7 +314,8 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
 
         `include_raw=True` returns {"raw": AIMessage, "parsed": ..., "parsing_error": ...}: an answer cut at
         max_tokens (finish_reason "length") has parsed None and the error; without it, that raises
-        `OutputParserException`."""
+        `OutputParserException`. Answers are always held to the schema, so `strict` (OpenAI's switch for
+        that) is accepted and changes nothing."""
         from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
         from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
         from langchain_core.utils.pydantic import is_basemodel_subclass

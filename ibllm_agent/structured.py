@@ -64,7 +64,7 @@ class ToolSpec:
 
 def tool_specs(tools: Sequence[Any]) -> tuple[ToolSpec, ...]:
     """LangChain tools, pydantic classes, functions, TypedDicts or OpenAI tool dicts -> `ToolSpec`s, checked:
-    names unique and plain, each with an object schema for its arguments."""
+    names plain and unique (a tool given twice counts once), each with an object schema for its arguments."""
     from langchain_core.utils.function_calling import convert_to_openai_tool
 
     if isinstance(tools, (str, dict)) or not isinstance(tools, Sequence):
@@ -92,11 +92,28 @@ def tool_specs(tools: Sequence[Any]) -> tuple[ToolSpec, ...]:
         if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
             raise StructuredRequestError(f"tool {name!r}: its argument schema must be a JSON Schema object",
                                          f"tools[{i}]")
-        if any(s.name == name for s in specs):
-            raise StructuredRequestError(f"two tools are named {name!r}", "tools")
-        specs.append(ToolSpec(name, " ".join(str(function.get("description") or "").split()),
-                              {"type": "object", "properties": {}, **parameters}))
+        spec = ToolSpec(name, " ".join(str(function.get("description") or "").split()),
+                        {"type": "object", "properties": {}, **parameters})
+        same = next((s for s in specs if s.name == name), None)
+        if same is not None and _essence(same.parameters) != _essence(spec.parameters):
+            raise StructuredRequestError(f"two different tools are named {name!r}", "tools")
+        if same is None:  # the same tool given twice (e.g. a pydantic class and its schema) is listed once
+            specs.append(spec)
     return tuple(specs)
+
+
+_ANNOTATIONS = ("title", "description", "examples", "$comment")
+_SCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties", "dependentSchemas")
+
+
+def _essence(schema: Any) -> Any:
+    """A schema without its annotations (two schemas that accept the same values may differ in titles)."""
+    if isinstance(schema, list):
+        return [_essence(v) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    return {k: ({name: _essence(v) for name, v in value.items()} if k in _SCHEMA_MAPS and isinstance(value, dict)
+                else _essence(value)) for k, value in schema.items() if k not in _ANNOTATIONS}
 
 
 ToolMode = Literal["auto", "required", "none"]
