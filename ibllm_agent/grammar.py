@@ -25,10 +25,12 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["JSON_LAYOUT", "Constraint", "ConstraintError", "Matcher", "engine_available"]
 
@@ -250,6 +252,8 @@ class Matcher:
     def allowed(self, width: int) -> torch.Tensor:
         """(width,) bool: the tokens the grammar allows next (EOS only where it is complete); columns past
         the tokenizer's vocabulary (a model may have more logits) are never allowed."""
+        import torch  # not at import: the toy's training data uses this package's formats without torch
+
         bits = np.unpackbits(np.frombuffer(self._m.compute_bitmask(), dtype=np.uint8), bitorder="little",
                              count=min(width, self.vocab))
         mask = torch.zeros(width, dtype=torch.bool)

@@ -14,22 +14,6 @@ class TestChatImageBindLLMUnit(ChatSuite, ChatModelUnitTests):
     def chat_model_params(self):
         return {"model": MODEL}
 
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
 
 class TestImageBindEmbeddingsUnit(EmbeddingsSuite, EmbeddingsUnitTests):
     pass
