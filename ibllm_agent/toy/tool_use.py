@@ -49,7 +49,8 @@ _ONE_INT = ("What is {tool}({v})?", "Use {tool} on {v}.", "Call {tool} with {arg
             "Give me {tool} of {v} with the tool.", "I need {tool}({v}).", "Please call {tool} on {v}.",
             "What does {tool} return for {v}?", "Apply {tool} to {v}.", "{tool} {v}, please.")
 _ONE_STR = ("Use {tool} for {v}.", "What does {tool} say about {v}?", "Call {tool} with {arg} {v}.",
-            "Look up {v} with {tool}.", "Run {tool} on {v}.", "Please use {tool} for {v}.", "I need {tool} for {v}.")
+            "Look up {v} with {tool}.", "Run {tool} on {v}.", "Please use {tool} for {v}.", "I need {tool} for {v}.",
+            "What is in {v}? Ask {tool}.")
 _TWO = ("What is {tool}({v1}, {v2})?", "Use {tool} with {a1} {v1} and {a2} {v2}.",
         "Call {tool} on {v1} and {v2}.", "Run {tool} for {v1} and {v2}, please.")
 _NONE = ("Use {tool}.", "Please run {tool}.", "Call {tool} now.", "What does {tool} give?", "I need {tool}().")
@@ -76,7 +77,9 @@ def _tool(rng: random.Random, taken: set[str]) -> tuple[ToolSpec, list[tuple[str
         args = []
     what = " and ".join(a for a, _ in args) or "nothing"
     description = rng.choice((f"{verb.capitalize()} the {noun}.", f"{verb.capitalize()} the {noun} of a {what}.",
-                              f"Returns the {noun} for the given {what}.", ""))
+                              f"Returns the {noun} for the given {what}.", "",
+                              f"{verb.capitalize()} the {noun} of a {what} and answer a question about it. Files: "
+                              f"files under media. (Toy world model: it knows only a few synthetic concepts.)"))
     parameters = {"type": "object", "properties": {a: {"type": t} for a, t in args}, "required": [a for a, _ in args]}
     return ToolSpec(name, description, parameters), args
 
@@ -84,6 +87,10 @@ def _tool(rng: random.Random, taken: set[str]) -> tuple[ToolSpec, list[tuple[str
 def _value(rng: random.Random, kind: str):
     if kind == "integer":
         return rng.choice((rng.randint(0, 9), rng.randint(10, 99), rng.randint(100, 999), -rng.randint(1, 50)))
+    if rng.random() < 0.25:  # a file name as the toy world writes them (the perception tools take paths)
+        c, medium = rng.choice(CONCEPTS).name, rng.choice(("image", "audio", "video", "point"))
+        suffix = {"image": "png", "audio": "wav", "video": "mp4", "point": "ply"}[medium]
+        return f"{c}_{medium}_{rng.randint(0, 9999):04d}.{suffix}"
     return rng.choice(_WORDS)
 
 
