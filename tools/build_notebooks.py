@@ -358,9 +358,9 @@ for update in graph.stream(request, stream_mode="updates"):
 ## An agent with `create_agent`
 
 `create_perception_agent(llm)` wraps `langchain.agents.create_agent` over the tools for any tool-calling chat
-model. ImageBind-LLM itself cannot call tools, so here a scripted model plays the planner: it embeds the
-picture and the sound, mixes them, and asks for a description of the mixture, exactly as a real model would
-through tool calls.
+model. A multi-step plan is beyond the toy (it drives a single call: see the last section), so here a scripted
+model plays the planner: it embeds the picture and the sound, mixes them, and asks for a description of the
+mixture, exactly as a real model would through tool calls.
 """),
         code("""
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
