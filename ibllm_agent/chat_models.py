@@ -208,7 +208,8 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
             return None
         response_format = bound.get("response_format") or {}
         kind = response_format.get("type", "text")
-        schema = response_format.get("schema")
+        # ours ({"type", "schema"}) or OpenAI's ({"type": "json_schema", "json_schema": {"schema": ...}})
+        schema = response_format.get("schema") or (response_format.get("json_schema") or {}).get("schema")
         plan = OutputPlan.make(bound.get("tools") or (), bound.get("tool_choice"), answer_schema=schema,
                                json_answer=kind in ("json_schema", "json_object"),
                                describe_schema=kind == "json_schema")

@@ -31,7 +31,7 @@ from typing import Any, Literal
 from ibllm_agent.grammar import Constraint, ConstraintError, json_in_lark, lark_literal
 
 __all__ = ["TOOL_CALL_TAG", "OutputPlan", "ParsedOutput", "StructuredOutputParser", "StructuredRequestError",
-           "ToolCallStream", "ToolSpec", "from_openai", "render_tool_call", "render_tool_result", "schema_outline", "to_openai",
+           "ToolCallStream", "ToolSpec", "from_openai", "openai_delta", "render_tool_call", "render_tool_result", "schema_outline", "to_openai",
            "tool_specs"]
 
 TOOL_CALL_TAG = "<tool_call>"
@@ -518,9 +518,16 @@ def _generation(chunk):
 
 def from_openai(response_format: dict | None = None, tools: list | None = None,
                 tool_choice: Any = None) -> OutputPlan:
-    """An OpenAI chat request's `response_format`, `tools` and `tool_choice` -> an `OutputPlan` (its
-    `constraint()` goes into `GenerationParams`, its `context()` into the prompt). Raises
-    `StructuredRequestError` (with `.param`) for what cannot be used: answer it with HTTP 400."""
+    """An OpenAI chat request's `response_format`, `tools` and `tool_choice` -> an `OutputPlan`. Raises
+    `StructuredRequestError` (with `.param`) for what cannot be used: answer it with HTTP 400.
+
+        plan = from_openai(body.get("response_format"), body.get("tools"), body.get("tool_choice"))
+        # the prompt: plan.context() first in the template's Input (ChatImageBindLLM.prepare does this when
+        # given tools=, tool_choice=, response_format=); the decoding: replace(generation, constraint=plan.constraint())
+        message, finish_reason = to_openai(plan, text, finish_reason)             # a whole answer
+        split = ToolCallStream(plan)                                               # or streamed:
+        deltas = [openai_delta(e) for e in split.feed(delta)]  # ..., then split.feed("", final=True)
+    """
     answer_schema, json_answer, describe = None, False, True
     if response_format is not None:
         if not isinstance(response_format, dict) or "type" not in response_format:
@@ -561,3 +568,16 @@ def to_openai(plan: OutputPlan, text: str, finish_reason: str) -> tuple[dict[str
                  for c in parsed.tool_calls]
         return {"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls"
     return {"role": "assistant", "content": text}, finish_reason
+
+
+def openai_delta(event: tuple[str, Any]) -> dict[str, Any]:
+    """A `ToolCallStream` event -> the `delta` of an OpenAI streaming chunk (`content`, or `tool_calls` with the
+    call's id, type and name in its first piece and the arguments' JSON text in pieces)."""
+    kind, value = event
+    if kind == "text":
+        return {"content": value}
+    function = {"arguments": value["args"]} if value["name"] is None else {"name": value["name"], "arguments": ""}
+    call = {"index": value["index"], "function": function}
+    if value["id"] is not None:
+        call.update(id=value["id"], type="function")
+    return {"tool_calls": [call]}

@@ -22,6 +22,7 @@ from ibllm_agent.structured import (
     ToolCallStream,
     call_schema,
     from_openai,
+    openai_delta,
     schema_outline,
     to_openai,
     tool_specs,
@@ -166,6 +167,20 @@ def test_openai_requests_map_to_a_plan_and_results_to_openai_messages():
     assert json_mode.constraint() is not None and json_mode.context() == ""
     assert to_openai(schema_plan, '{"name": "do', "length") == ({"role": "assistant", "content": '{"name": "do'}, "length")
     assert from_openai(None, [{"type": "function", "function": {"name": "ring"}}]).tools[0].parameters["type"] == "object"
+
+
+def test_a_streamed_call_becomes_openai_deltas():
+    plan = from_openai(None, [{"type": "function", "function": {"name": "ring", "parameters": {
+        "type": "object", "properties": {"n": {"type": "integer"}}}}}])
+    split, deltas = ToolCallStream(plan), []
+    text = TOOL_CALL_TAG + '{"name": "ring", "arguments": {"n": 12}}'
+    for i in range(0, len(text), 4):
+        deltas += [openai_delta(e) for e in split.feed(text[i:i + 4])]
+    deltas += [openai_delta(e) for e in split.feed("", final=True)]
+    first = deltas[0]["tool_calls"][0]
+    assert first["id"].startswith("call_") and first["type"] == "function" and first["function"]["name"] == "ring"
+    assert "".join(d["tool_calls"][0]["function"]["arguments"] for d in deltas) == '{"n": 12}'
+    assert [openai_delta(e) for e in ToolCallStream(plan).feed("Hi", final=True)] == [{"content": "Hi"}]
 
 
 @pytest.mark.parametrize("kwargs, param", [
