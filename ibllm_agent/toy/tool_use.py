@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import random
 
+from ibllm_agent import modalities
 from ibllm_agent.structured import (
     ToolSpec,
     render_tool_call,
@@ -27,6 +28,7 @@ from ibllm_agent.structured import (
     tools_context,
 )
 from ibllm_agent.toy.concepts import CONCEPTS, Concept, text_instructions, visual_instructions
+from ibllm_agent.toy.world import STREAM_ID
 
 __all__ = ["HELD_OUT", "json_answer_instructions", "tool_use_instructions", "visual_json_instructions"]
 
@@ -88,9 +90,8 @@ def _value(rng: random.Random, kind: str):
     if kind == "integer":
         return rng.choice((rng.randint(0, 9), rng.randint(10, 99), rng.randint(100, 999), -rng.randint(1, 50)))
     if rng.random() < 0.25:  # a file name as the toy world writes them (the perception tools take paths)
-        c, medium = rng.choice(CONCEPTS).name, rng.choice(("image", "audio", "video", "point"))
-        suffix = {"image": "png", "audio": "wav", "video": "mp4", "point": "ply"}[medium]
-        return f"{c}_{medium}_{rng.randint(0, 9999):04d}.{suffix}"
+        medium = rng.choice([m for m in STREAM_ID if m != "text"])
+        return f"{rng.choice(CONCEPTS).name}_{medium}_{rng.randint(0, 9999):04d}.{modalities.get(medium).suffixes[0]}"
     return rng.choice(_WORDS)
 
 
