@@ -167,3 +167,17 @@ def test_the_engine_serves_constrained_and_free_requests_in_one_running_batch(to
     alone = [toy.generate_batch([r.prompt], None, r.generation)[0] for r in reqs]
     assert finals == [(g.text, g.finish_reason) for g in alone]
     assert set(json.loads(finals[1][0])) == {"name", "legs"} and re.fullmatch("[a-z]{3}", finals[2][0])
+
+
+def test_the_mask_cost_benchmark_runs(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("outlines_core")
+    path = Path(__file__).resolve().parents[2] / "tools" / "bench_grammar.py"
+    spec = importlib.util.spec_from_file_location("bench_grammar", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--paths", "1", "--steps", "4", "--json", str(tmp_path / "out.json")]) == 0
+    rows = json.loads((tmp_path / "out.json").read_text())
+    assert {r["engine"] for r in rows} == {"llguidance", "outlines-core"} and all(r["tokens"] > 0 for r in rows)
