@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ibllm_agent import toy  # noqa: E402
+from ibllm_agent.structured import TOOL_CALL_TAG  # noqa: E402
 from ibllm_agent.train.engine import TrainConfig, atomic_path  # noqa: E402
 
 logger = logging.getLogger("build_toy_model")
@@ -218,6 +219,12 @@ def bind_encoders(data: dict, recipe: Recipe, work: Path, seed: int):
 MAX_WORDS = 256
 """Tokens per training sample (prompt + answer) of the LM and the finetuning: a tool-use transcript with its
 tool list and history takes up to ~210 in the rebuilt 700-piece vocabulary (160 cut 4 % of them)."""
+TOKENIZER_SYMBOLS = (TOOL_CALL_TAG, "Response:")
+"""Pieces the toy's tokenizer keeps whole. The Alpaca template appends the answer right after "### Response:";
+BPE trained on the joined text merges across that boundary (":<", ':{"'), while at inference the prompt ends at
+":" and the answer starts a new piece, so the first answer token of a tool call or a JSON answer was one the
+model never saw there (a build with the tool-use data but without these symbols never started a call by itself:
+0 of 40 prompts with tool_choice auto). The tag whole also makes a call's start one token."""
 TOOL_SAMPLES = 1600
 """Tool-use transcripts (calls, text answers with tools listed, result reports) in the instruction data."""
 JSON_SAMPLES = 300
@@ -261,7 +268,8 @@ def language_model(recipe: Recipe, work: Path, seed: int) -> tuple[Path, dict]:
         logger.info("reusing %s", llama_dir)
         return llama_dir, params
     lines = toy_text(seed)
-    tok_path = train_tokenizer(lines, llama_dir / "tokenizer.model", vocab_size=recipe.vocab)
+    tok_path = train_tokenizer(lines, llama_dir / "tokenizer.model", vocab_size=recipe.vocab,
+                               user_defined_symbols=TOKENIZER_SYMBOLS)
     tokenizer = Tokenizer(tok_path)
     llama, _ = pretrain_language_model(lines, tokenizer, params,
                                        _cfg(work, "lm", seed, steps=recipe.lm_steps, batch_size=32, lr=3e-3,
