@@ -20,6 +20,15 @@ context window is short. The current question is never truncated.
 
 Media stay with the conversation: when the current turn has none, the latest earlier human turn
 that had some conditions the answer (so "and what colour is it?" still sees the picture).
+
+Structured output and tools (`ibllm_agent.structured`, grammar-constrained decoding):
+
+    chat.with_structured_output(Animal).invoke([...describe this sound...])   # -> Animal(...), always valid
+    chat.bind_tools([get_weather], tool_choice="any").invoke("Weather in Oslo?").tool_calls
+
+Bound tools are listed in the prompt's context; the answer is text or one call whose name is a bound tool
+and whose arguments validate under its schema (the grammar allows nothing else). Earlier calls and tool
+results in the history go into the prompt as the model writes and reads them.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -43,19 +52,30 @@ from langchain_core.messages import (
 )
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from pydantic import ConfigDict, field_validator
 
 from ibllm_agent import modalities
 from ibllm_agent.batching import batcher_for
 from ibllm_agent.content_blocks import MAX_TEXT_CHARS, EmbeddingPart, MediaPart, Question, parse_message
 from ibllm_agent.fusion import fuse, fusion_weights
+from ibllm_agent.grammar import engine_available
 from ibllm_agent.model_pool import PooledModelFields
 from ibllm_agent.params import DEFAULT_GENERATION, GenerationParams, VisualCacheParams
+from ibllm_agent.structured import (
+    OutputPlan,
+    StructuredOutputParser,
+    ToolCallStream,
+    render_tool_call,
+    render_tool_result,
+)
 
 _GENERATION_OVERRIDES = ("temperature", "top_p", "max_tokens", "seed")
 _CALL_OVERRIDES = (*_GENERATION_OVERRIDES, "visual_cache")
-_CALL_IGNORED = ("stream",)
-"""Call keywords LangChain itself passes to pick the streaming path; they say nothing about the answer."""
+_CALL_IGNORED = ("stream", "ls_structured_output_format")
+"""Call keywords LangChain itself passes (to pick the streaming path, to trace); they say nothing about the answer."""
+_PLAN_KEYS = ("tools", "tool_choice", "response_format")
+"""Call keywords `bind_tools` and `with_structured_output` bind: they make the request's `OutputPlan`."""
 
 
 class ContextWindowWarning(UserWarning):
@@ -74,13 +94,14 @@ class PreparedRequest:
     media: list[str]  # display names of the media that conditioned the answer
     dropped_messages: int
     ignored_blocks: list[dict]  # blocks skipped under on_unsupported="skip"
+    plan: OutputPlan | None = None  # tools / answer schema; its constraint is in `generation`
 
 
 class ChatImageBindLLM(BaseChatModel, PooledModelFields):
     """ImageBind-LLM chat model: text plus images, audio, video, point clouds and embeddings in, text out.
 
-    Not a tool-calling model: `bind_tools` is not implemented, so agents that need tool calls
-    should use another chat model and reach ImageBind-LLM through `ibllm_agent.perception_tools`.
+    Tool calling (`bind_tools`) and structured output (`with_structured_output`) are grammar-constrained:
+    the form is guaranteed, the values are the model's (the toy is trained on a small tool-use skill).
     Which model to load and where media may come from: see `PooledModelFields`.
     """
 
@@ -142,8 +163,9 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
         """What this model honestly does (read by `create_agent` and other LangChain helpers)."""
         profile = {"name": self.model_name or str(self.model), "open_weights": True, "text_inputs": True,
                    "image_inputs": True, "image_url_inputs": self.allow_urls, "audio_inputs": True,
-                   "video_inputs": True, "pdf_inputs": False, "text_outputs": True, "tool_calling": False,
-                   "tool_choice": False, "structured_output": False}
+                   "video_inputs": True, "pdf_inputs": False, "text_outputs": True}
+        # grammar-constrained: possible when the engine (the `structured` extra) is installed
+        profile["tool_calling"] = profile["tool_choice"] = profile["structured_output"] = engine_available()
         if self._llm is not None:
             profile["max_input_tokens"] = profile["max_output_tokens"] = int(self._llm.max_seq_len)
         return profile
@@ -157,7 +179,10 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
     def prepare(self, messages: Sequence[BaseMessage], stop: list[str] | None = None,
                 **kwargs: Any) -> PreparedRequest:
         """Format the conversation, load and fuse its media; raises ValueError on unusable input."""
+        plan = self._plan({k: kwargs.pop(k) for k in _PLAN_KEYS if k in kwargs})
         generation, visual_cache = self._params(stop, kwargs)
+        if plan is not None:
+            generation = replace(generation, constraint=plan.constraint())
         last_human = max((i for i, m in enumerate(messages) if isinstance(m, HumanMessage)), default=None)
         if last_human is None:
             raise ValueError("the conversation needs at least one human message")
@@ -166,13 +191,29 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
         question = asked.text.strip() or (self.default_question if with_media else "")
         if not question:
             raise ValueError("the last human message has neither text nor media")
-        system = "\n\n".join(m.text for m in messages if isinstance(m, SystemMessage) and m.text)
-        history = [_transcript_line(m) for i, m in enumerate(messages)
+        context = [plan.context()] if plan is not None and plan.context() else []
+        system = "\n\n".join(context + [m.text for m in messages if isinstance(m, SystemMessage) and m.text])
+        call_names = {c["id"]: c["name"] for m in messages if isinstance(m, AIMessage) for c in m.tool_calls}
+        history = [_transcript_line(m, call_names) for i, m in enumerate(messages)
                    if i != last_human and not isinstance(m, SystemMessage)]
         prompt, prompt_tokens, dropped = self._fit(question, system, [h for h in history if h], generation)
         feature, names = self._feature(with_media) if with_media else (None, [])
         return PreparedRequest(prompt, feature, prompt_tokens, generation, visual_cache, names, dropped,
-                               asked.ignored)
+                               asked.ignored, plan)
+
+    @staticmethod
+    def _plan(bound: dict[str, Any]) -> OutputPlan | None:
+        """The request's tools and answer format (bound by `bind_tools` / `with_structured_output`)."""
+        if not bound:
+            return None
+        response_format = bound.get("response_format") or {}
+        kind = response_format.get("type", "text")
+        # ours ({"type", "schema"}) or OpenAI's ({"type": "json_schema", "json_schema": {"schema": ...}})
+        schema = response_format.get("schema") or (response_format.get("json_schema") or {}).get("schema")
+        plan = OutputPlan.make(bound.get("tools") or (), bound.get("tool_choice"), answer_schema=schema,
+                               json_answer=kind in ("json_schema", "json_object"),
+                               describe_schema=kind == "json_schema")
+        return plan if plan.active else None
 
     def _parse(self, message: BaseMessage) -> Question:
         return parse_message(message, self._policy, on_unsupported=self.on_unsupported,
@@ -251,6 +292,78 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
 
     # --- results ---------------------------------------------------------------------------------
 
+    # --- tools and structured output ------------------------------------------------------------------
+
+    def bind_tools(self, tools: Sequence[Any], *, tool_choice: Any = None, **kwargs: Any) -> Runnable:
+        """Bind tools (LangChain tools, functions, pydantic classes, TypedDicts or OpenAI tool dicts).
+        `tool_choice`: None/"auto" (text or one call), "any"/"required" (a call), a tool's name (that tool),
+        "none" (no call). Checked here: a bad tool or choice raises `StructuredRequestError` (a ValueError)."""
+        plan = OutputPlan.make(tools, tool_choice)
+        formatted = [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                       "parameters": t.parameters}} for t in plan.tools]
+        return self.bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
+    def with_structured_output(self, schema: Any = None, *, method: Literal["json_schema", "json_mode",
+                                                                            "function_calling"] = "json_schema",
+                               include_raw: bool = False, strict: bool | None = None, **kwargs: Any) -> Runnable:
+        """Answers as `schema` (a pydantic class -> instances; a TypedDict or JSON Schema dict -> dicts).
+
+        - "json_schema": the prompt shows the shape and the grammar holds the answer to the schema;
+        - "json_mode": the answer is JSON (the prompt is left as written); with a schema, the grammar also
+          holds it to the schema, else it is any JSON object;
+        - "function_calling": the schema is bound as a tool that must be called.
+
+        `include_raw=True` returns {"raw": AIMessage, "parsed": ..., "parsing_error": ...}: an answer cut at
+        max_tokens (finish_reason "length") has parsed None and the error; without it, that raises
+        `OutputParserException`. Answers are always held to the schema, so `strict` (OpenAI's switch for
+        that) is accepted and changes nothing."""
+        from langchain_core.output_parsers.openai_tools import JsonOutputKeyToolsParser, PydanticToolsParser
+        from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+        from langchain_core.utils.pydantic import is_basemodel_subclass
+
+        if kwargs:
+            raise ValueError(f"with_structured_output: unknown arguments {sorted(kwargs)}")
+        if schema is None and method != "json_mode":
+            raise ValueError(f"with_structured_output(method={method!r}) needs a schema")
+        pydantic_class = schema if isinstance(schema, type) and is_basemodel_subclass(schema) else None
+        try:
+            json_schema = None if schema is None else convert_to_json_schema(schema)
+        except Exception as e:  # noqa: BLE001 - LangChain raises several kinds for what it cannot convert
+            raise ValueError(f"with_structured_output: cannot read the schema ({e})") from e
+        trace = {"ls_structured_output_format": {"kwargs": {"method": method}, "schema": json_schema}}
+        if method == "function_calling":
+            name = convert_to_openai_tool(schema)["function"]["name"]
+            llm = self.bind_tools([schema], tool_choice=name, **trace)
+            parser = (PydanticToolsParser(tools=[schema], first_tool_only=True) if pydantic_class else
+                      JsonOutputKeyToolsParser(key_name=name, first_tool_only=True))
+        elif method in ("json_schema", "json_mode"):
+            kind = "json_schema" if method == "json_schema" else "json_object"
+            plan = OutputPlan.make(answer_schema=json_schema, json_answer=True, describe_schema=kind == "json_schema")
+            llm = self.bind(response_format={"type": kind, "schema": json_schema}, **trace)
+            parser = StructuredOutputParser(plan=plan, pydantic_object=pydantic_class)
+        else:
+            raise ValueError(f"with_structured_output: method must be json_schema, json_mode or function_calling, "
+                             f"got {method!r}")
+        if not include_raw:
+            return llm | parser
+        parsed = RunnablePassthrough.assign(parsed=(lambda x: x["raw"]) | parser, parsing_error=lambda _: None)
+        failed = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=llm) | parsed.with_fallbacks([failed], exception_key="parsing_error")
+
+    def _message(self, request: PreparedRequest, text: str, finish_reason: str, error: str,
+                 neighbors: list, output_tokens: int) -> AIMessage:
+        metadata = self._metadata(request, finish_reason, neighbors)
+        if error:
+            metadata["error"] = error
+        fields: dict[str, Any] = {"content": text}
+        if request.plan is not None:
+            parsed = request.plan.parse(text, finish_reason)
+            fields = {"content": parsed.content if (parsed.tool_calls or parsed.invalid_tool_calls) else text,
+                      "tool_calls": parsed.tool_calls, "invalid_tool_calls": parsed.invalid_tool_calls}
+            if parsed.error:
+                metadata["parsing_error"] = parsed.error
+        return AIMessage(**fields, usage_metadata=self._usage(request, output_tokens), response_metadata=metadata)
+
     def _metadata(self, request: PreparedRequest, finish_reason: str, neighbors: list) -> dict[str, Any]:
         metadata = {
             "model_name": self.model_name,
@@ -276,10 +389,8 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
         future = batcher_for(self._llm, self.max_batch_size).submit(request.prompt, request.feature, request.generation,
                                                                     request.visual_cache)
         generation = future.result(timeout=self.timeout)
-        message = AIMessage(content=generation.text,
-                            usage_metadata=self._usage(request, len(generation.token_ids)),
-                            response_metadata=self._metadata(request, generation.finish_reason,
-                                                             generation.neighbors))
+        message = self._message(request, generation.text, generation.finish_reason, generation.error,
+                                generation.neighbors, len(generation.token_ids))
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
@@ -290,6 +401,7 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
             decoder, _, neighbors = llm.start([request.prompt], request.feature, request.generation,
                                               request.visual_cache)
         steps = iter(decoder)
+        split = ToolCallStream(request.plan) if request.plan is not None else None
         deadline = time.monotonic() + self.timeout if self.timeout else None
         while True:
             if deadline is not None and time.monotonic() > deadline:
@@ -298,17 +410,35 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
                 deltas = next(steps, None)
             if deltas is None:
                 break
-            if not deltas[0]:
-                continue
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=deltas[0]))
-            if run_manager:
-                run_manager.on_llm_new_token(deltas[0], chunk=chunk)
-            yield chunk
-        _, token_ids, finish_reason = decoder.results()[0]
+            if deltas[0]:
+                yield from self._chunks(deltas[0], split, run_manager)
+        row = next(iter(decoder.rows.values()))
+        if split is not None:
+            yield from self._chunks("", split, run_manager, final=True)
+        metadata = self._metadata(request, row.finish or "length", neighbors[0])
+        if row.error:
+            metadata["error"] = row.error
+        if request.plan is not None:
+            parsed = request.plan.parse(row.text, row.finish or "length")
+            if parsed.error:
+                metadata["parsing_error"] = parsed.error
         # usage and model name on exactly one chunk: chunks are summed, and the sum must count them once
         yield ChatGenerationChunk(message=AIMessageChunk(
-            content="", chunk_position="last", usage_metadata=self._usage(request, len(token_ids)),
-            response_metadata=self._metadata(request, finish_reason, neighbors[0])))
+            content="", chunk_position="last", usage_metadata=self._usage(request, len(row.ids)),
+            response_metadata=metadata))
+
+    @staticmethod
+    def _chunks(delta: str, split: ToolCallStream | None, run_manager, final: bool = False
+                ) -> Iterator[ChatGenerationChunk]:
+        """Text deltas as content chunks; with tools bound, a call's pieces as tool_call_chunks."""
+        events = [("text", delta)] if split is None else list(split.feed(delta, final=final))
+        for kind, value in events:
+            message = (AIMessageChunk(content=value) if kind == "text" else
+                       AIMessageChunk(content="", tool_call_chunks=[value]))
+            chunk = ChatGenerationChunk(message=message)
+            if run_manager:
+                run_manager.on_llm_new_token(value if kind == "text" else "", chunk=chunk)
+            yield chunk
 
 
 def load_media_parts(parts: Sequence[MediaPart]) -> list:
@@ -318,12 +448,16 @@ def load_media_parts(parts: Sequence[MediaPart]) -> list:
     return [load_media(p.source, p.modality, name=p.name) for p in parts]
 
 
-def _transcript_line(message: BaseMessage) -> str:
-    """One earlier message as a line of the prompt's context; media are named, not inlined."""
+def _transcript_line(message: BaseMessage, call_names: dict[str, str] | None = None) -> str:
+    """One earlier message as a line of the prompt's context; media are named, not inlined; an answer's tool
+    calls as the model writes them, a tool's result named by its tool."""
     media = [b.get("type") for b in message.content_blocks if b.get("type") in modalities.block_types()]
     text = message.text.strip()
     if media:
         text = " ".join(f"[{kind}]" for kind in media) + (" " + text if text else "")
+    if isinstance(message, AIMessage) and message.tool_calls:
+        calls = " ".join(render_tool_call(c["name"], c["args"]) for c in message.tool_calls)
+        text = f"{text} {calls}".strip()
     if not text:
         return ""
     if isinstance(message, HumanMessage):
@@ -331,5 +465,5 @@ def _transcript_line(message: BaseMessage) -> str:
     if isinstance(message, AIMessage):
         return f"Assistant: {text}"
     if isinstance(message, ToolMessage):
-        return f"Tool result: {text}"
+        return render_tool_result(message.name or (call_names or {}).get(message.tool_call_id), text)
     return f"{message.type.capitalize()}: {text}"

@@ -17,6 +17,7 @@ from ibllm_agent.content_blocks import ContentError, embedding_block
 from ibllm_agent.factory import load
 from ibllm_agent.fusion import FusionError, fuse
 from ibllm_agent.generation import format_prompt
+from ibllm_agent.grammar import engine_available
 from ibllm_agent.params import ParamsError, VisualCacheParams
 
 
@@ -249,6 +250,6 @@ def test_cache_settings_per_call_and_neighbours_in_metadata():
 
 def test_profile_is_honest(chat):
     profile = chat.profile
-    assert profile["tool_calling"] is False and profile["structured_output"] is False
+    assert profile["tool_calling"] is profile["structured_output"] is engine_available()  # grammar-constrained
     assert profile["image_inputs"] and profile["audio_inputs"] and profile["video_inputs"]
     assert profile["max_input_tokens"] == chat.llm.max_seq_len
