@@ -367,7 +367,7 @@ async def _stream(server: Server, ticket, cid: str, extras: dict, include_usage:
     try:
         yield protocol.sse(protocol.chunk(cid, name, {"role": "assistant", "content": ""}))
         async for event in server.events(ticket, started):
-            extras["cache_neighbors"] += protocol.neighbors_json(event.neighbors)
+            extras["cache_neighbors"] += [n.to_dict() for n in event.neighbors]
             if event.delta:
                 yield protocol.sse(protocol.chunk(cid, name, {"content": event.delta}))
             if event.done:
@@ -393,7 +393,7 @@ async def _complete(server: Server, request: Request, ticket, cid: str, extras: 
     parts, final = [], None
     try:
         async for event in server.events(ticket, started):
-            extras["cache_neighbors"] += protocol.neighbors_json(event.neighbors)
+            extras["cache_neighbors"] += [n.to_dict() for n in event.neighbors]
             parts.append(event.delta)
             final = event if event.done else None
     finally:

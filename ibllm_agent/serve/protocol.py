@@ -402,10 +402,6 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def neighbors_json(neighbors) -> list[dict]:
-    return [{"id": n.id, "score": n.score, "weight": n.weight, "metadata": dict(n.metadata)} for n in neighbors]
-
-
 def completion(cid: str, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int,
                extras: dict) -> dict:
     """A `chat.completion` object; `extras` (media, cache neighbours) ride under "ibllm"."""
