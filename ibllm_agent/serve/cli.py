@@ -13,6 +13,7 @@ the rest and exits 0.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import ipaddress
 import logging
 import os
@@ -79,10 +80,19 @@ def cmd_serve(args) -> int:
         failed.append(exc)
         server.should_exit = True
 
+    class GracefulServer(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            # stop accepting, then let the engine finish or cancel what runs within the deadline, so that
+            # every answer ends (complete, or with a "cancelled" error) before uvicorn closes connections
+            for listener in self.servers:
+                listener.close()
+            await asyncio.to_thread(app.state.server.close)
+            await super().shutdown(sockets)
+
     options = load_options(args)
     app = create_app(options.pop("name"), settings=settings, on_load_error=stop_on_load_error, **options)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, timeout_graceful_shutdown=
-                                           args.shutdown_timeout, log_level="info" if args.verbose else "warning"))
+    server = GracefulServer(uvicorn.Config(app, host=args.host, port=args.port, log_level="info" if args.verbose
+                                           else "warning", timeout_graceful_shutdown=args.shutdown_timeout))
     # uvicorn re-raises the signal that stopped it once it is done; a handler of ours makes a graceful
     # SIGTERM end the process with status 0 instead of being killed by it
     signal.signal(signal.SIGTERM, lambda *_: logger.info("stopped by SIGTERM"))
