@@ -121,7 +121,7 @@ class PooledModelFields(BaseModel):
                              "answers (set them on `ibllm serve`)")
         if not isinstance(self.model, str):
             raise ValueError("with base_url, model is the name the server serves (a string), not a loaded model")
-        key = self.api_key.get_secret_value() if self.api_key else os.environ.get("IBLLM_API_KEY")
+        key = self.api_key.get_secret_value() if self.api_key else None
         self._remote = RemoteClient(self.base_url, api_key=key, timeout=getattr(self, "timeout", None),
                                     max_retries=2 if self.max_retries is None else self.max_retries)
         if self.model_name is None:

@@ -18,6 +18,7 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,6 +31,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from ibllm_agent import modalities
 from ibllm_agent.content_blocks import EmbeddingPart, MediaPart, OnUnsupported, Question, parse_message
 from ibllm_agent.params import GenerationParams, VisualCacheParams
+from ibllm_agent.serve.settings import API_KEY_ENV
 from ibllm_agent.sources import SourcePolicy
 
 RETRY_STATUSES = (429, 503)
@@ -75,11 +77,12 @@ def _checked(response: httpx.Response, read=None) -> httpx.Response:
 
 class RemoteClient:
     """HTTP to one server's `/v1` (sync and async), with retries and OpenAI error objects turned into
-    `RemoteError`s."""
+    `RemoteError`s. `api_key` defaults to $IBLLM_API_KEY."""
 
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float | None = None,
                  max_retries: int = 2):
         self.base_url = base_url.rstrip("/")
+        api_key = api_key or os.environ.get(API_KEY_ENV)
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.timeout = httpx.Timeout(timeout, connect=CONNECT_TIMEOUT_S)
         self.max_retries = max_retries

@@ -15,7 +15,6 @@ import streamlit as st
 import torch
 
 from ibllm_agent import modalities
-from ibllm_agent.media import load_text
 from ibllm_agent.params import GenerationParams, VisualCacheParams
 from ui import backend, views
 from ui.attachments import (
@@ -115,6 +114,9 @@ def sidebar_model() -> None:
         st.button("New chat", icon=":material/add_comment:", on_click=new_chat, width="stretch", key="new_chat")
         with st.expander("Model", icon=":material/memory:"), st.form("model", border=False):
             spec = st.session_state.spec
+            server = st.text_input("Server URL", spec.server_url or "", key="server_url",
+                                   help="The /v1 URL of an `ibllm serve` (e.g. http://gpu-host:8000/v1): it answers, "
+                                        "and the fields below are left to it. Empty: load the model here.")
             name = st.text_input("Model", spec.name, key="model_name",
                                  help='"toy", or the path of an adapter checkpoint such as 7B.pth')
             llama_dir = st.text_input("LLaMA folder", spec.llama_dir or "", key="llama_dir",
@@ -131,7 +133,7 @@ def sidebar_model() -> None:
                 st.session_state.spec = ModelSpec(
                     name=name.strip() or "toy", llama_dir=llama_dir.strip() or None,
                     imagebind_ckpt=imagebind.strip() or None, visual_cache_index=knn.strip() or None, device=device,
-                    dtype=None if dtype == "auto" else dtype)
+                    dtype=None if dtype == "auto" else dtype, server_url=server.strip() or None)
 
 
 def sidebar_settings(config: AppConfig, model) -> tuple[GenerationParams, VisualCacheParams, int]:
@@ -229,11 +231,10 @@ def explorer(model, concepts: list[str]) -> None:
         return
     known = st.session_state.embeddings
     with st.spinner("Embedding…"):
-        missing = [a.media for a in inputs if a.media.sha256 not in known]
+        missing = [a for a in inputs if a.media.sha256 not in known]
         if missing:
-            known.update({m.sha256: e for m, e in zip(missing, backend.embed(model, missing))})
-        texts = [load_text(p, name=p) for p in prompts]
-        text_emb = backend.embed(model, texts) if texts else torch.zeros(0, model.feature_dim)
+            known.update({a.media.sha256: e for a, e in zip(missing, backend.embed_media(model, missing))})
+        text_emb = backend.embed_texts(model, prompts) if prompts else torch.zeros(0, model.feature_dim)
     vectors = [known[a.media.sha256] for a in inputs]
     items, item_emb = with_mixture([a.plain_label for a in inputs],
                                    torch.stack(vectors) if vectors else torch.zeros(0, model.feature_dim),
@@ -261,8 +262,11 @@ sidebar_model()
 try:
     model = shared_model(st.session_state.spec)
 except Exception as exc:  # noqa: BLE001 - a bad path or checkpoint must not take the app down
-    st.error(f"Could not load **{st.session_state.spec.name}**: {exc}", icon=":material/error:")
-    st.button("Back to the toy model", key="back_to_toy", on_click=lambda: st.session_state.update(spec=ModelSpec()))
+    spec = st.session_state.spec
+    st.error(f"Could not {'reach **' + spec.server_url if spec.server_url else 'load **' + spec.name}**: {exc}",
+             icon=":material/error:")
+    st.button("Back to the toy model", key="back_to_toy",
+              on_click=lambda: st.session_state.update(spec=ModelSpec(server_url=None)))
     st.stop()
 generation, visual_cache, history_messages = sidebar_settings(config, model)
 

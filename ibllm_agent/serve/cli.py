@@ -21,13 +21,12 @@ import signal
 
 logger = logging.getLogger(__name__)
 
-API_KEY_ENV = "IBLLM_API_KEY"
 
 
 def register(subparsers) -> None:
     """Add the `serve` command to the `ibllm` parser (FastAPI and uvicorn are imported only when it runs)."""
     from ibllm_agent.cli import load_flags
-    from ibllm_agent.serve.settings import ServeSettings
+    from ibllm_agent.serve.settings import API_KEY_ENV, ServeSettings
 
     p = subparsers.add_parser("serve", help="an OpenAI-compatible API: chat, embeddings, metrics", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,7 +63,7 @@ def cmd_serve(args) -> int:
 
     from ibllm_agent.cli import load_options
     from ibllm_agent.serve.app import create_app
-    from ibllm_agent.serve.settings import ServeSettings
+    from ibllm_agent.serve.settings import API_KEY_ENV, ServeSettings
 
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if api_key is None and not is_loopback(args.host):

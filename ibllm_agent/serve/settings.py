@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+API_KEY_ENV = "IBLLM_API_KEY"
+"""The key when none is given: the server's (`ibllm serve`) and its clients' (remote mode, the app)."""
 
 @dataclass(frozen=True)
 class ServeSettings:
