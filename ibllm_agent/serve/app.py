@@ -64,6 +64,7 @@ class Server:
         self.load_error: BaseException | None = None
         self.created = int(time.time())
         self.store = EmbeddingStore(max_items=1024)
+        # no local roots to confine to: protocol.py lets only data: and (with allow_urls) http(s) URLs through
         self.policy = SourcePolicy(roots=None, allow_urls=settings.allow_urls, max_bytes=settings.max_media_bytes)
         self.metrics = Metrics(lambda: self.engine.stats if self.engine is not None else None)
 

@@ -13,7 +13,8 @@ class ServeSettings:
     """How the server admits requests (the `ibllm serve` flags)."""
 
     api_key: str | None = None
-    """Bearer key every /v1 request must send; None: no authentication (loopback only, see `ibllm serve`)."""
+    """Bearer key every /v1 request must send (/health and /metrics stay open for probes and scrapers); None:
+    no authentication (loopback only, see `ibllm serve`)."""
     max_batch: int = 32
     """Requests decoded together."""
     max_queue: int = 256
