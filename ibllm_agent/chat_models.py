@@ -29,18 +29,23 @@ Structured output and tools (`ibllm_agent.structured`, grammar-constrained decod
 Bound tools are listed in the prompt's context; the answer is text or one call whose name is a bound tool
 and whose arguments validate under its schema (the grammar allows nothing else). Earlier calls and tool
 results in the history go into the prompt as the model writes and reads them.
+
+Remote mode: `ChatImageBindLLM(model="toy", base_url="http://host:8000/v1", api_key=...)` sends the
+conversation to an `ibllm serve` (`ibllm_agent.remote`) and loads nothing here; the answers, usage and cache
+neighbours are the same, and local files named in blocks are read here and sent inline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
-from langchain_core.callbacks import CallbackManagerForLLMRun
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -62,6 +67,7 @@ from ibllm_agent.fusion import fuse, fusion_weights
 from ibllm_agent.grammar import engine_available
 from ibllm_agent.model_pool import PooledModelFields
 from ibllm_agent.params import DEFAULT_GENERATION, GenerationParams, VisualCacheParams
+from ibllm_agent.remote import ChatAnswer, ChatRequest, chat_request
 from ibllm_agent.structured import (
     OutputPlan,
     StructuredOutputParser,
@@ -136,7 +142,9 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
     max_input_chars: int = MAX_TEXT_CHARS
     """Characters of text one message may carry."""
     max_batch_size: int = 8
-    """Most concurrent conversations decoded together in one batch."""
+    """Most concurrent conversations decoded together in one batch (local mode)."""
+
+    LOCAL_ONLY: ClassVar[tuple[str, ...]] = (*PooledModelFields.LOCAL_ONLY, "max_batch_size")
 
     @field_validator("visual_cache", mode="before")
     @classmethod
@@ -172,6 +180,9 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
 
     def get_token_ids(self, text: str) -> list[int]:
         """The model's own (sentencepiece) token ids, so `get_num_tokens` and `trim_messages` count right."""
+        if self._llm is None:
+            raise NotImplementedError("token counting needs the model's tokenizer, which remote mode does not load; "
+                                      "read usage_metadata from the answers instead")
         return list(self._llm.tokenizer.encode(text, bos=False, eos=False))
 
     # --- conversation -> prompt + feature -------------------------------------------------------
@@ -179,6 +190,8 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
     def prepare(self, messages: Sequence[BaseMessage], stop: list[str] | None = None,
                 **kwargs: Any) -> PreparedRequest:
         """Format the conversation, load and fuse its media; raises ValueError on unusable input."""
+        if self._llm is None:
+            raise ValueError("prepare() needs a local model; in remote mode the server prepares requests")
         plan = self._plan({k: kwargs.pop(k) for k in _PLAN_KEYS if k in kwargs})
         generation, visual_cache = self._params(stop, kwargs)
         if plan is not None:
@@ -352,7 +365,7 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
 
     def _message(self, request: PreparedRequest, text: str, finish_reason: str, error: str,
                  neighbors: list, output_tokens: int) -> AIMessage:
-        metadata = self._metadata(request, finish_reason, neighbors)
+        metadata = self._local_metadata(request, finish_reason, neighbors)
         if error:
             metadata["error"] = error
         fields: dict[str, Any] = {"content": text}
@@ -362,29 +375,37 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
                       "tool_calls": parsed.tool_calls, "invalid_tool_calls": parsed.invalid_tool_calls}
             if parsed.error:
                 metadata["parsing_error"] = parsed.error
-        return AIMessage(**fields, usage_metadata=self._usage(request, output_tokens), response_metadata=metadata)
+        return AIMessage(**fields, usage_metadata=self._usage(request.prompt_tokens, output_tokens),
+                         response_metadata=metadata)
 
-    def _metadata(self, request: PreparedRequest, finish_reason: str, neighbors: list) -> dict[str, Any]:
+    def _metadata(self, finish_reason: str, media: list[str], neighbors: list[dict], dropped_messages: int,
+                  ignored_blocks: list[dict]) -> dict[str, Any]:
         metadata = {
             "model_name": self.model_name,
             "model_provider": "ibllm",
             "finish_reason": finish_reason,
-            "media": request.media,
-            "cache_neighbors": [{"id": n.id, "score": n.score, "weight": n.weight, "metadata": dict(n.metadata)}
-                                for n in neighbors],
-            "dropped_messages": request.dropped_messages,
+            "media": media,
+            "cache_neighbors": neighbors,
+            "dropped_messages": dropped_messages,
         }
-        if request.ignored_blocks:
-            metadata["ignored_blocks"] = request.ignored_blocks
+        if ignored_blocks:
+            metadata["ignored_blocks"] = ignored_blocks
         return metadata
 
+    def _local_metadata(self, request: PreparedRequest, finish_reason: str, neighbors: list) -> dict[str, Any]:
+        return self._metadata(finish_reason, request.media, [n.to_dict() for n in neighbors],
+                              request.dropped_messages, request.ignored_blocks)
+
     @staticmethod
-    def _usage(request: PreparedRequest, output_tokens: int) -> UsageMetadata:
-        return UsageMetadata(input_tokens=request.prompt_tokens, output_tokens=output_tokens,
-                             total_tokens=request.prompt_tokens + output_tokens)
+    def _usage(input_tokens: int, output_tokens: int) -> UsageMetadata:
+        return UsageMetadata(input_tokens=input_tokens, output_tokens=output_tokens,
+                             total_tokens=input_tokens + output_tokens)
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        if self._remote is not None:
+            request = self._remote_request(messages, stop, kwargs)
+            return self._remote_result(request, self._remote.post("/chat/completions", request.payload))
         request = self.prepare(messages, stop, **kwargs)
         future = batcher_for(self._llm, self.max_batch_size).submit(request.prompt, request.feature, request.generation,
                                                                     request.visual_cache)
@@ -395,6 +416,16 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        if self._remote is not None:
+            request, answer = self._remote_request(messages, stop, kwargs, stream=True), ChatAnswer()
+            for body in self._remote.stream("/chat/completions", request.payload):
+                if text := answer.read(body):
+                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+                    if run_manager:
+                        run_manager.on_llm_new_token(text, chunk=chunk)
+                    yield chunk
+            yield self._remote_last_chunk(request, answer)
+            return
         request = self.prepare(messages, stop, **kwargs)
         llm = self._llm
         with llm.card.lock:
@@ -415,7 +446,7 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
         row = next(iter(decoder.rows.values()))
         if split is not None:
             yield from self._chunks("", split, run_manager, final=True)
-        metadata = self._metadata(request, row.finish or "length", neighbors[0])
+        metadata = self._local_metadata(request, row.finish or "length", neighbors[0])
         if row.error:
             metadata["error"] = row.error
         if request.plan is not None:
@@ -424,7 +455,7 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
                 metadata["parsing_error"] = parsed.error
         # usage and model name on exactly one chunk: chunks are summed, and the sum must count them once
         yield ChatGenerationChunk(message=AIMessageChunk(
-            content="", chunk_position="last", usage_metadata=self._usage(request, len(row.ids)),
+            content="", chunk_position="last", usage_metadata=self._usage(request.prompt_tokens, len(row.ids)),
             response_metadata=metadata))
 
     @staticmethod
@@ -439,6 +470,65 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
             if run_manager:
                 run_manager.on_llm_new_token(value if kind == "text" else "", chunk=chunk)
             yield chunk
+
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        if self._remote is None:
+            return await super()._agenerate(messages, stop, run_manager, **kwargs)
+        request = await asyncio.to_thread(self._remote_request, messages, stop, kwargs)  # reads local files
+        return self._remote_result(request, await self._remote.apost("/chat/completions", request.payload))
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        if self._remote is None:
+            async for chunk in super()._astream(messages, stop, run_manager, **kwargs):
+                yield chunk
+            return
+        request, answer = await asyncio.to_thread(self._remote_request, messages, stop, kwargs, True), ChatAnswer()
+        async for body in self._remote.astream("/chat/completions", request.payload):
+            if text := answer.read(body):
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+                if run_manager:
+                    await run_manager.on_llm_new_token(text, chunk=chunk)
+                yield chunk
+        yield self._remote_last_chunk(request, answer)
+
+    # --- remote mode (base_url): the server answers -----------------------------------------------------
+
+    def _remote_request(self, messages: Sequence[BaseMessage], stop: list[str] | None, overrides: dict[str, Any],
+                        stream: bool = False) -> ChatRequest:
+        generation, visual_cache = self._params(stop, overrides)
+        request = chat_request(messages, model=self.model, generation=generation, visual_cache=visual_cache,
+                               policy=self._policy, on_unsupported=self.on_unsupported,
+                               max_text_chars=self.max_input_chars, default_question=self.default_question)
+        if stream:
+            request.payload.update(stream=True, stream_options={"include_usage": True})
+        return request
+
+    def _remote_metadata(self, request: ChatRequest, answer: ChatAnswer) -> dict[str, Any]:
+        dropped = int(answer.extras.get("dropped_messages", 0))
+        if dropped:
+            warnings.warn(f"the server dropped the {dropped} oldest message(s) of the conversation to fit its "
+                          "context window", ContextWindowWarning, stacklevel=4)
+        return self._metadata(answer.finish_reason, request.media, answer.extras.get("cache_neighbors", []),
+                              dropped, request.ignored_blocks)
+
+    def _remote_usage(self, answer: ChatAnswer) -> UsageMetadata:
+        return self._usage(int(answer.usage.get("prompt_tokens", 0)), int(answer.usage.get("completion_tokens", 0)))
+
+    def _remote_result(self, request: ChatRequest, body: dict) -> ChatResult:
+        answer = ChatAnswer()
+        text = answer.read(body)
+        message = AIMessage(content=text, usage_metadata=self._remote_usage(answer),
+                            response_metadata=self._remote_metadata(request, answer))
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+    def _remote_last_chunk(self, request: ChatRequest, answer: ChatAnswer) -> ChatGenerationChunk:
+        return ChatGenerationChunk(message=AIMessageChunk(
+            content="", chunk_position="last", usage_metadata=self._remote_usage(answer),
+            response_metadata=self._remote_metadata(request, answer)))
 
 
 def load_media_parts(parts: Sequence[MediaPart]) -> list:

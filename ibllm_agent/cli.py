@@ -6,12 +6,13 @@
     ibllm ask --model 7B --llama-dir /data/llama --visual-cache --image photo.jpg "What is this?"
     ibllm chat --image dog.jpg
     ibllm download 7B --dest ~/.cache/ibllm_agent
+    ibllm serve --port 8000                          (an OpenAI-compatible API; see `ibllm serve --help`)
     ibllm doctor
 
 Without --model the shipped toy world answers (a small model trained on synthetic media; it knows
 only that world). One flag per medium of the modality registry (--image, --video, --audio, --point);
 several are fused with their weights exactly as the chat model fuses them (`ibllm_agent.fusion`).
-The `cache` and `train` commands come from their own modules.
+The `cache`, `train` and `serve` commands come from their own modules.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def parse_media(spec: str) -> tuple[str, float]:
     return spec, 1.0
 
 
-def _model_flags(p: argparse.ArgumentParser) -> None:
+def load_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that say which model to load and how (`ask`, `chat`, `serve`); `load_options` reads them."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default="toy",
                    help="toy (default: the shipped toy world), 7B / 7B-pretrained (downloaded weights), tiny "
@@ -64,9 +66,20 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default=None, help="float32 (CPU default), float16 (CUDA default) or bfloat16")
     g.add_argument("--max-seq-len", type=int, default=2048, help="longest prompt + answer in tokens")
     g.add_argument("--download-root", help="where `ibllm download` put the weights")
+    g.add_argument("--visual-cache", action=argparse.BooleanOptionalAction, default=False,
+                   help="load the visual cache and blend it into the query (the paper's cache model); default off")
+
+
+def load_options(args) -> dict:
+    """`ibllm_agent.load` keywords from the `load_flags`."""
+    return dict(name=args.model, llama_dir=args.llama_dir, llama_type=args.llama_type,
+                imagebind_ckpt=args.imagebind_ckpt, knn=args.visual_cache, knn_index=args.knn_index,
+                device=args.device, dtype=args.dtype, max_seq_len=args.max_seq_len, download_root=args.download_root)
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    load_flags(p)
     c = p.add_argument_group("visual cache")
-    c.add_argument("--visual-cache", action=argparse.BooleanOptionalAction, default=False,
-                   help="blend the visual cache into the query (the paper's cache model); default off")
     c.add_argument("--visual-cache-size", type=int, default=DEFAULT_VISUAL_CACHE.size, help="neighbours retrieved")
     c.add_argument("--visual-cache-t", type=float, default=DEFAULT_VISUAL_CACHE.t,
                    help="softmax temperature over their similarities")
@@ -87,9 +100,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
 def _load_model(args):
     from ibllm_agent.factory import load
 
-    return load(args.model, args.llama_dir, args.llama_type, imagebind_ckpt=args.imagebind_ckpt,
-                knn=args.visual_cache, knn_index=args.knn_index, device=args.device, dtype=args.dtype,
-                max_seq_len=args.max_seq_len, download_root=args.download_root)
+    return load(**load_options(args))
 
 
 def _settings(args) -> tuple[GenerationParams, VisualCacheParams]:
@@ -387,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks in the browser")
     p.set_defaults(func=cmd_ui, streamlit_args=[])
 
-    for module in ("ibllm_agent.cache.cli", "ibllm_agent.train.cli"):
+    for module in ("ibllm_agent.cache.cli", "ibllm_agent.train.cli", "ibllm_agent.serve.cli"):
         try:
             importlib.import_module(module).register(sub)
         except ModuleNotFoundError as e:

@@ -7,7 +7,8 @@
     Chroma(embedding_function=emb).add_images(["dog.png"])   # langchain-chroma calls embed_image
 
 Vectors are L2-normalised (`normalize=True`), so inner product = cosine similarity across
-modalities. Results are kept in an LRU cache keyed by the sha256 of the content (and the modality),
+modalities. With `base_url` (remote mode) an `ibllm serve` encodes (`POST /v1/embeddings`, the same
+vectors); local files are read here and sent inline. Results are kept in an LRU cache keyed by the sha256 of the content (and the modality),
 so re-embedding the same file or text is free. There is one `embed_<...>` method per medium of the
 modality registry (`embed_image`, `embed_video`, `embed_audio`, `embed_point_cloud`), made from it.
 
@@ -30,10 +31,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from langchain_core.embeddings import Embeddings
-from pydantic import PrivateAttr
+from pydantic import PrivateAttr, model_validator
 
 from ibllm_agent import modalities
+from ibllm_agent.content_blocks import MediaPart
 from ibllm_agent.model_pool import PooledModelFields
+from ibllm_agent.remote import content_part
 from ibllm_agent.sources import DEFAULT_MAX_BYTES, SourcePolicy
 
 try:  # chromadb is a dependency, but keep the LangChain class importable without it
@@ -59,8 +62,16 @@ class ImageBindEmbeddings(PooledModelFields, Embeddings):
     _cache: OrderedDict = PrivateAttr(default_factory=OrderedDict)
     _cache_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
+    @model_validator(mode="after")
+    def _normalised_remotely(self):
+        if self.base_url is not None and not self.normalize:
+            raise ValueError("the server returns L2-normalised vectors; normalize=False needs a local model")
+        return self
+
     @property
     def dim(self) -> int:
+        if self._remote is not None:
+            return int(self._remote.get(f"/models/{self.model}")["ibllm"]["feature_dim"])
         return int(self._llm.feature_dim)
 
     # --- LangChain Embeddings -------------------------------------------------------------------
@@ -108,6 +119,11 @@ class ImageBindEmbeddings(PooledModelFields, Embeddings):
         return out
 
     def _encode(self, items: list[tuple[str | None, str | bytes, str]]) -> torch.Tensor:
+        if self._remote is not None:
+            inputs = [value if modality == "text" else content_part(MediaPart(value, modality, name))
+                      for modality, value, name in items]
+            body = self._remote.post("/embeddings", {"model": self.model, "input": inputs})
+            return torch.tensor([d["embedding"] for d in sorted(body["data"], key=lambda d: d["index"])])
         from ibllm_agent.media import load_media, load_text
 
         loaded = [_load_text(value, load_text) if modality == "text" else load_media(value, modality, name=name)

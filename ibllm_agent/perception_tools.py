@@ -181,14 +181,20 @@ class Perception:
         """The `k` nearest visual-cache items of a (D,) vector: id, inner-product score, metadata."""
         if self.cache is None:
             raise ToolException("no visual cache is loaded (load the model with knn=True, or pass cache= to get_tools)")
-        query = self.cache.check_query(vector[None].numpy(), k)
-        result = self.cache.search(query, min(k, len(self.cache)))
-        return [{"id": i, "score": float(s), "metadata": dict(m)}
-                for i, s, m in zip(result.ids[0], result.scores[0], result.metadatas[0])]
+        return nearest(self.cache, vector, k)
 
     def describe(self, blocks: list, question: str | None) -> str:
         message = HumanMessage(content=[question or self.chat.default_question, *blocks])
         return self.chat.invoke([message]).text
+
+
+def nearest(cache: Any, vector: torch.Tensor, k: int) -> list[dict]:
+    """The `k` nearest items of a visual cache to a (D,) vector: id, inner-product score, metadata (the
+    retrieve tool and the server's /v1/ibllm/cache/search)."""
+    query = cache.check_query(vector[None].float().numpy(), k)
+    result = cache.search(query, min(k, len(cache)))
+    return [{"id": i, "score": float(s), "metadata": dict(m)}
+            for i, s, m in zip(result.ids[0], result.scores[0], result.metadatas[0])]
 
 
 def _tool_errors(run):

@@ -16,7 +16,6 @@ import streamlit as st
 import torch
 
 from ibllm_agent import modalities
-from ibllm_agent.media import load_text
 from ibllm_agent.params import GenerationParams, VisualCacheParams
 from ui import backend, views
 from ui.attachments import (
@@ -183,6 +182,12 @@ def sidebar_model(config: AppConfig) -> None:
             spec = st.session_state.spec
             typed = model_paths(config) if config.app.model_folders else None
             chosen = None if typed else model_choice(config)
+            # an operator who lets visitors pick weights (model folders) lets them pick a server too; otherwise
+            # the server is the config's or $IBLLM_SERVER_URL, since a typed URL makes this machine fetch it
+            server = st.text_input("Server URL", spec.server_url or "", key="server_url",
+                                   help="The /v1 URL of an `ibllm serve` (e.g. http://gpu-host:8000/v1): it answers, "
+                                        "and the fields above are left to it. Empty: load the model here."
+                                   ) if config.app.model_folders else spec.server_url
             left, right = st.columns(2)
             device = left.selectbox("Device", ["cpu", "cuda"], index=0 if spec.device == "cpu" else 1, key="device")
             dtypes = ["auto", "float32", "float16", "bfloat16"]
@@ -195,7 +200,8 @@ def sidebar_model(config: AppConfig) -> None:
                     st.error(str(exc), icon=":material/block:")
                     return
                 st.session_state.spec = replace(config.model if chosen["name"] == config.model.name else ModelSpec(),
-                                                 **chosen, device=device, dtype=None if dtype == "auto" else dtype)
+                                                 **chosen, device=device, dtype=None if dtype == "auto" else dtype,
+                                                 server_url=(server or "").strip() or None)
 
 
 def sidebar_settings(config: AppConfig, model) -> tuple[GenerationParams, VisualCacheParams, int]:
@@ -293,11 +299,10 @@ def explorer(model, concepts: list[str]) -> None:
         return
     known = st.session_state.embeddings
     with st.spinner("Embedding…"):
-        missing = [a.media for a in inputs if a.media.sha256 not in known]
+        missing = [a for a in inputs if a.media.sha256 not in known]
         if missing:
-            known.update({m.sha256: e for m, e in zip(missing, backend.embed(model, missing))})
-        texts = [load_text(p, name=p) for p in prompts]
-        text_emb = backend.embed(model, texts) if texts else torch.zeros(0, model.feature_dim)
+            known.update({a.media.sha256: e for a, e in zip(missing, backend.embed_media(model, missing))})
+        text_emb = backend.embed_texts(model, prompts) if prompts else torch.zeros(0, model.feature_dim)
     vectors = [known[a.media.sha256] for a in inputs]
     items, item_emb = with_mixture([a.plain_label for a in inputs],
                                    torch.stack(vectors) if vectors else torch.zeros(0, model.feature_dim),
@@ -328,8 +333,10 @@ sidebar_model(config)
 try:
     model = shared_model(st.session_state.spec)
 except Exception as exc:  # noqa: BLE001 - a bad path or checkpoint must not take the app down
-    report(f"Could not load **{st.session_state.spec.name}**: {exc}", exc)
-    st.button("Back to the toy model", key="back_to_toy", on_click=lambda: st.session_state.update(spec=ModelSpec()))
+    spec = st.session_state.spec
+    report(f"Could not {'reach **' + spec.server_url if spec.server_url else 'load **' + spec.name}**: {exc}", exc)
+    st.button("Back to the toy model", key="back_to_toy",
+              on_click=lambda: st.session_state.update(spec=ModelSpec(server_url=None)))
     st.stop()
 generation, visual_cache, history_messages = sidebar_settings(config, model)
 

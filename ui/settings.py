@@ -7,6 +7,7 @@ The config file is trusted (the operator writes it); what a visitor types in the
 typed there are accepted only inside the folders of `[app] model_folders` (see `confine`).
 
     [model]
+    server_url = "http://gpu-host:8000/v1"   # or: an `ibllm serve` answers (also $IBLLM_SERVER_URL), nothing loads
     name = "/weights/7B.pth"              # the ImageBind-LLM adapter checkpoint
     llama_dir = "/weights/llama"          # holds tokenizer.model and 7B/params.json + consolidated.00.pth
     imagebind_ckpt = "/weights/imagebind_w3D.pth"
@@ -33,12 +34,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from ibllm_agent.params import GenerationParams, ParamsError, VisualCacheParams
 
 CONFIG_ENV = "IBLLM_UI_CONFIG"
+SERVER_ENV = "IBLLM_SERVER_URL"
 
 
 class ConfigError(ValueError):
@@ -63,6 +65,9 @@ class ModelSpec:
     """Torch device: "cpu", "cuda", "cuda:1", ..."""
     dtype: str | None = None
     """"float32", "float16" or "bfloat16"; None lets the loader choose for the device."""
+    server_url: str | None = field(default_factory=lambda: os.environ.get(SERVER_ENV) or None)
+    """The /v1 URL of an `ibllm serve` ($IBLLM_SERVER_URL by default): the app asks it and loads no model
+    (the fields above are then the server's business); its key comes from $IBLLM_API_KEY."""
 
     @property
     def is_toy(self) -> bool:
@@ -183,7 +188,7 @@ SECTIONS = ("model", "generation", "visual_cache", "chat", "app")
 class AppConfig:
     """The app's starting settings: from a config file if one is given, else the defaults (toy model)."""
 
-    model: ModelSpec = ModelSpec()
+    model: ModelSpec = field(default_factory=ModelSpec)  # read $IBLLM_SERVER_URL when the app starts
     generation: GenerationParams = APP_GENERATION
     visual_cache: VisualCacheParams = APP_VISUAL_CACHE
     chat: ChatSettings = ChatSettings()

@@ -4,10 +4,14 @@ Capability flags are honest: tool calling, tool_choice, structured output and JS
 grammar-constrained: the form is guaranteed, the values are the toy's); the image/audio input flags stay off
 because the standard multimodal tests download their media from the internet - tests/integration/test_chat_multimodal.py and
 tests/unit/test_chat_models.py send the same block shapes with real local files. The unit suites are
-in tests/unit/test_langchain_standard_unit.py.
+in tests/unit/test_langchain_standard_unit.py. The chat model and the embeddings pass them in remote mode too,
+against an `ibllm serve` of the same model.
 """
 
 from __future__ import annotations
+
+import atexit
+import functools
 
 import pytest
 from langchain_standard import MODEL, ChatSuite, EmbeddingsSuite, tool_suites
@@ -16,6 +20,16 @@ from langchain_tests.integration_tests import (
     EmbeddingsIntegrationTests,
     ToolsIntegrationTests,
 )
+
+from ibllm_agent.serve.process import ServerProcess
+
+
+@functools.cache
+def server_url() -> str:
+    """One `ibllm serve` of the model for the remote-mode suites, started when first needed."""
+    server = ServerProcess(["--model", MODEL])
+    atexit.register(server.stop)
+    return server.url
 
 
 class TestChatImageBindLLMIntegration(ChatSuite, ChatModelIntegrationTests):
@@ -95,8 +109,24 @@ class TestChatImageBindLLMIntegration(ChatSuite, ChatModelIntegrationTests):
         super().test_json_mode(model)
 
 
+class TestChatImageBindLLMRemoteIntegration(TestChatImageBindLLMIntegration):
+    @property
+    def chat_model_params(self):
+        return {**super().chat_model_params, "base_url": server_url()}
+
+    @property
+    def standard_chat_model_params(self):
+        return super(ChatSuite, self).standard_chat_model_params  # max_retries is honoured in remote mode
+
+
 class TestImageBindEmbeddingsIntegration(EmbeddingsSuite, EmbeddingsIntegrationTests):
     pass
+
+
+class TestImageBindEmbeddingsRemoteIntegration(TestImageBindEmbeddingsIntegration):
+    @property
+    def embedding_model_params(self):
+        return {**super().embedding_model_params, "base_url": server_url()}
 
 
 globals().update(tool_suites(ToolsIntegrationTests, "Integration"))

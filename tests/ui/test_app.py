@@ -255,6 +255,32 @@ def test_debug_shows_the_traceback_under_the_friendly_error(tmp_path, monkeypatc
         config.set_option("client.showErrorDetails", before)
 
 
+@pytest.mark.slow
+def test_with_a_server_url_the_app_asks_the_server_and_loads_nothing(tmp_path, monkeypatch, toy_files, needs_toy):
+    """IBLLM_SERVER_URL points the app at an `ibllm serve`: the same answers and explorer, no local model."""
+    from langchain_core.messages import HumanMessage
+
+    from ibllm_agent import ChatImageBindLLM, factory
+    from ibllm_agent.serve.process import ServerProcess
+
+    with ServerProcess(["--model", "toy", "--visual-cache"]) as server:
+        monkeypatch.setenv("IBLLM_SERVER_URL", server.url)
+        monkeypatch.delenv("IBLLM_UI_CONFIG", raising=False)
+        monkeypatch.setattr(factory, "load", lambda *a, **k: pytest.fail("server mode loaded a model"))
+        at = AppTest.from_file(APP, default_timeout=300).run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert f"served by {server.url}" in at.main.caption[0].value and "Toy world" in at.info[0].value
+        attach(at, toy_files["audio"], text="What is this?")
+        answer = history(at)[-1]
+        assert not at.exception and answer.error is None and answer.neighbors
+        monkeypatch.undo()
+        block = {"type": "audio", "url": str(toy_files["audio"]), "extras": {"weight": 1.0}}
+        local = ChatImageBindLLM(model="toy", visual_cache_index="default", temperature=0, max_tokens=64)
+        assert answer.text == local.invoke([HumanMessage([{"type": "text", "text": "What is this?"}, block])]).content
+        at.segmented_control(key="view").set_value("explorer").run()
+        assert not at.exception and at.dataframe
+
+
 def test_two_sessions_share_one_model_and_answer_concurrently(tmp_path, monkeypatch, app_config):
     """Two browser sessions at once: one load for both, and the same answers as one at a time (greedy)."""
     import json
