@@ -419,8 +419,10 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
         if self._remote is not None:
             request, answer = self._remote_request(messages, stop, kwargs, stream=True), ChatAnswer()
             for body in self._remote.stream("/chat/completions", request.payload):
-                if text := answer.read(body):
-                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+                text = answer.read(body)
+                if text or answer.tool_call_chunks:
+                    chunk = ChatGenerationChunk(message=AIMessageChunk(content=text,
+                                                                       tool_call_chunks=answer.tool_call_chunks))
                     if run_manager:
                         run_manager.on_llm_new_token(text, chunk=chunk)
                     yield chunk
@@ -488,8 +490,9 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
             return
         request, answer = await asyncio.to_thread(self._remote_request, messages, stop, kwargs, True), ChatAnswer()
         async for body in self._remote.astream("/chat/completions", request.payload):
-            if text := answer.read(body):
-                chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
+            text = answer.read(body)
+            if text or answer.tool_call_chunks:
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=text, tool_call_chunks=answer.tool_call_chunks))
                 if run_manager:
                     await run_manager.on_llm_new_token(text, chunk=chunk)
                 yield chunk
@@ -499,10 +502,13 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
 
     def _remote_request(self, messages: Sequence[BaseMessage], stop: list[str] | None, overrides: dict[str, Any],
                         stream: bool = False) -> ChatRequest:
+        bound = {k: overrides.pop(k) for k in _PLAN_KEYS if k in overrides}  # tools / answer format: the server's
+        self._plan(bound)  # checked here, as in local mode
         generation, visual_cache = self._params(stop, overrides)
         request = chat_request(messages, model=self.model, generation=generation, visual_cache=visual_cache,
                                policy=self._policy, on_unsupported=self.on_unsupported,
                                max_text_chars=self.max_input_chars, default_question=self.default_question)
+        request.payload.update({k: _openai_format(v) if k == "response_format" else v for k, v in bound.items()})
         if stream:
             request.payload.update(stream=True, stream_options={"include_usage": True})
         return request
@@ -521,14 +527,26 @@ class ChatImageBindLLM(BaseChatModel, PooledModelFields):
     def _remote_result(self, request: ChatRequest, body: dict) -> ChatResult:
         answer = ChatAnswer()
         text = answer.read(body)
-        message = AIMessage(content=text, usage_metadata=self._remote_usage(answer),
-                            response_metadata=self._remote_metadata(request, answer))
+        metadata = self._remote_metadata(request, answer)
+        if "parsing_error" in answer.extras:
+            metadata["parsing_error"] = answer.extras["parsing_error"]
+        message = AIMessage(content=text, tool_calls=answer.tool_calls, usage_metadata=self._remote_usage(answer),
+                            response_metadata=metadata)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _remote_last_chunk(self, request: ChatRequest, answer: ChatAnswer) -> ChatGenerationChunk:
         return ChatGenerationChunk(message=AIMessageChunk(
             content="", chunk_position="last", usage_metadata=self._remote_usage(answer),
             response_metadata=self._remote_metadata(request, answer)))
+
+
+def _openai_format(response_format: dict) -> dict:
+    """Our bound `{"type", "schema"}` (with_structured_output) in OpenAI's shape, which the server reads."""
+    if response_format.get("type") == "json_schema" and "json_schema" not in response_format:
+        return {"type": "json_schema", "json_schema": {"name": "answer", "schema": response_format.get("schema")}}
+    if response_format.get("type") == "json_object" and response_format.get("schema") is not None:
+        return {"type": "json_schema", "json_schema": {"name": "answer", "schema": response_format["schema"]}}
+    return {k: v for k, v in response_format.items() if k != "schema"}
 
 
 def load_media_parts(parts: Sequence[MediaPart]) -> list:

@@ -253,8 +253,13 @@ def _openai_message(message: BaseMessage, question: Question | None) -> dict:
         return {"role": "user", "content": parts}
     if isinstance(message, SystemMessage):
         return {"role": "system", "content": message.text}
-    if isinstance(message, AIMessage):  # tool calls say nothing to this model: only the text is in the prompt
-        return {"role": "assistant", "content": message.text}
+    if isinstance(message, AIMessage):  # its tool calls go back into the prompt, as the model wrote them
+        sent: dict[str, Any] = {"role": "assistant", "content": message.text}
+        if message.tool_calls:
+            sent["tool_calls"] = [{"id": c.get("id") or f"call_{i}", "type": "function",
+                                   "function": {"name": c["name"], "arguments": json.dumps(c["args"])}}
+                                  for i, c in enumerate(message.tool_calls)]
+        return sent
     if isinstance(message, ToolMessage):
         return {"role": "tool", "content": message.text, "tool_call_id": message.tool_call_id}
     raise ValueError(f"{type(message).__name__} messages cannot be sent to a server; use human, AI, system or "
@@ -311,12 +316,28 @@ class ChatAnswer:
     extras: dict = field(default_factory=dict)
     """The server's "ibllm" object: cache_neighbors, dropped_messages, media."""
 
+    tool_calls: list[dict] = field(default_factory=list)
+    """A whole answer's calls, as LangChain tool calls."""
+    tool_call_chunks: list[dict] = field(default_factory=list)
+    """The last chunk's call pieces, as LangChain tool-call chunks."""
+
     def read(self, body: dict) -> str:
         """Take what a completion or a chunk says; returns its text."""
         self.usage = body.get("usage") or self.usage
+        self.tool_call_chunks = []
         text = ""
         for choice in body.get("choices") or []:
-            text += (choice.get("message") or choice.get("delta") or {}).get("content") or ""
+            said = choice.get("message") or choice.get("delta") or {}
+            text += said.get("content") or ""
+            for call in said.get("tool_calls") or []:
+                function = call.get("function") or {}
+                if "message" in choice:
+                    self.tool_calls.append({"name": function.get("name"), "id": call.get("id"), "type": "tool_call",
+                                            "args": json.loads(function.get("arguments") or "{}")})
+                else:
+                    self.tool_call_chunks.append({"name": function.get("name"), "args": function.get("arguments"),
+                                                  "id": call.get("id"), "index": call.get("index", 0),
+                                                  "type": "tool_call_chunk"})
             if choice.get("finish_reason"):
                 self.finish_reason, self.extras = choice["finish_reason"], body.get("ibllm") or {}
         return text

@@ -298,9 +298,9 @@ def _v1_routes(server: Server) -> APIRouter:
         cid = protocol.completion_id()
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(_stream(server, ticket, cid, extras, include_usage, started),
+            return StreamingResponse(_stream(server, ticket, cid, extras, include_usage, started, prepared.plan),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return await _complete(server, request, ticket, cid, extras, started)
+        return await _complete(server, request, ticket, cid, extras, started, prepared.plan)
 
     @v1.post("/v1/embeddings")
     async def embeddings(request: Request):
@@ -361,20 +361,37 @@ def _v1_routes(server: Server) -> APIRouter:
 
 
 async def _stream(server: Server, ticket, cid: str, extras: dict, include_usage: bool,
-                  started: float) -> AsyncIterator[bytes]:
-    """Server-sent `chat.completion.chunk`s: the role, the text deltas, the finish (with our extras), the usage
-    when asked, then [DONE]. A client that disconnects cancels its generation (the `finally`)."""
-    name, done = server.name, False
+                  started: float, plan=None) -> AsyncIterator[bytes]:
+    """Server-sent `chat.completion.chunk`s: the role, the text deltas (with tools, a call as `tool_calls`
+    deltas), the finish (with our extras), the usage when asked, then [DONE]. A client that disconnects
+    cancels its generation (the `finally`)."""
+    from ibllm_agent.structured import ToolCallStream, openai_delta
+
+    name, done, text = server.name, False, []
+    split = ToolCallStream(plan) if plan is not None else None
+
+    def deltas(delta: str, final: bool = False) -> list[dict]:
+        if split is None:
+            return [{"content": delta}] if delta else []
+        return [openai_delta(e) for e in split.feed(delta, final=final)]
+
     try:
         yield protocol.sse(protocol.chunk(cid, name, {"role": "assistant", "content": ""}))
         async for event in server.events(ticket, started):
             extras["cache_neighbors"] += [n.to_dict() for n in event.neighbors]
-            if event.delta:
-                yield protocol.sse(protocol.chunk(cid, name, {"content": event.delta}))
+            text.append(event.delta)
+            for delta in deltas(event.delta):
+                yield protocol.sse(protocol.chunk(cid, name, delta))
             if event.done:
                 done = True
                 if event.finish_reason in ("stop", "length"):
-                    yield protocol.sse(protocol.chunk(cid, name, {}, event.finish_reason, extras=extras))
+                    for delta in deltas("", final=True):
+                        yield protocol.sse(protocol.chunk(cid, name, delta))
+                    finish = event.finish_reason
+                    if plan is not None:
+                        extras.update(_plan_extras(plan, "".join(text), finish))
+                        finish = "tool_calls" if plan.parse("".join(text), finish).tool_calls else finish
+                    yield protocol.sse(protocol.chunk(cid, name, {}, finish, extras=extras))
                     if include_usage:
                         usage = protocol.usage(event.prompt_tokens, event.completion_tokens)
                         yield protocol.sse(protocol.chunk(cid, name, None, usage=usage))
@@ -388,8 +405,10 @@ async def _stream(server: Server, ticket, cid: str, extras: dict, include_usage:
             server.cancelled(ticket)
 
 
-async def _complete(server: Server, request: Request, ticket, cid: str, extras: dict, started: float) -> dict:
-    """Wait for the whole answer, cancelling it if the client disconnects meanwhile."""
+async def _complete(server: Server, request: Request, ticket, cid: str, extras: dict, started: float,
+                    plan=None) -> dict:
+    """Wait for the whole answer, cancelling it if the client disconnects meanwhile; with tools or an answer
+    format, the answer as OpenAI `tool_calls` or content."""
     watcher = asyncio.create_task(_cancel_on_disconnect(request, ticket))
     parts, final = [], None
     try:
@@ -403,8 +422,21 @@ async def _complete(server: Server, request: Request, ticket, cid: str, extras: 
             server.cancelled(ticket)
     if final.finish_reason not in ("stop", "length"):
         raise _generation_error(final)
-    return protocol.completion(cid, server.name, "".join(parts), final.finish_reason, final.prompt_tokens,
-                               final.completion_tokens, extras)
+    text, finish = "".join(parts), final.finish_reason
+    message = {"role": "assistant", "content": text}
+    if plan is not None:
+        from ibllm_agent.structured import to_openai
+
+        extras.update(_plan_extras(plan, text, finish))
+        message, finish = to_openai(plan, text, finish)
+    return protocol.completion(cid, server.name, message, finish, final.prompt_tokens, final.completion_tokens,
+                               extras)
+
+
+def _plan_extras(plan, text: str, finish_reason: str) -> dict:
+    """A structured answer that did not come out whole (cut at max_tokens): say so, as the chat model does."""
+    parsed = plan.parse(text, finish_reason)
+    return {"parsing_error": parsed.error} if parsed.error else {}
 
 
 async def _cancel_on_disconnect(request: Request, ticket) -> None:

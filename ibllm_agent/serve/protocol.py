@@ -131,11 +131,12 @@ class ChatCompletionRequest(_Strict):
     stream_options: StreamOptions | None = None
     user: str | None = None
     ibllm: ChatExtensions | None = None
-    # OpenAI options accepted only at their neutral value (a later issue implements tools and formats)
+    # structured output and tool calling: grammar-constrained decoding (ibllm_agent.structured)
     response_format: dict | None = None
     tools: list | None = None
     tool_choice: Any = None
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: bool | None = None  # one call per answer at most, whatever this says
+    # OpenAI options accepted only at their neutral value
     functions: list | None = None
     function_call: Any = None
     frequency_penalty: float | None = None
@@ -148,16 +149,10 @@ class ChatCompletionRequest(_Strict):
         """A clear 400 for options this server does not implement (rather than answering without them)."""
         if self.n not in (None, 1):
             raise bad_request("only n=1 is supported", param="n")
-        if self.response_format not in (None, {"type": "text"}):
-            raise bad_request("response_format (structured output) is not supported yet", param="response_format",
-                              code="unsupported_parameter")
-        for name in ("tools", "functions"):
-            if getattr(self, name):
-                raise bad_request(f"{name} (tool calling) is not supported yet", param=name,
-                                  code="unsupported_parameter")
-        if self.tool_choice not in (None, "none") or self.function_call not in (None, "none"):
-            raise bad_request("tool_choice needs tool calling, which is not supported yet", param="tool_choice",
-                              code="unsupported_parameter")
+        if self.functions or self.function_call not in (None, "none"):
+            raise bad_request("functions/function_call (OpenAI's legacy form) are not supported; use tools and "
+                              "tool_choice", param="functions", code="unsupported_parameter")
+        self.plan()  # a bad response_format, tool or tool_choice is a 400 naming it
         for name in ("frequency_penalty", "presence_penalty", "top_logprobs"):
             if getattr(self, name):
                 raise bad_request(f"{name} is not supported", param=name, code="unsupported_parameter")
@@ -165,9 +160,24 @@ class ChatCompletionRequest(_Strict):
             raise bad_request("logprobs and logit_bias are not supported", param="logprobs" if self.logprobs
                               else "logit_bias", code="unsupported_parameter")
 
+    def plan(self):
+        """The request's tools and answer format as an `OutputPlan` (None: free text)."""
+        from ibllm_agent.structured import StructuredRequestError, from_openai
+
+        if self.response_format is None and not self.tools and self.tool_choice in (None, "none"):
+            return None
+        try:
+            plan = from_openai(self.response_format, self.tools, self.tool_choice)
+        except StructuredRequestError as exc:
+            raise bad_request(str(exc), param=exc.param or "tools") from None
+        return plan if plan.active else None
+
     def overrides(self) -> dict[str, Any]:
         """The settings for `ChatImageBindLLM.prepare` this request gives (omitted: the model's defaults)."""
         out: dict[str, Any] = {}
+        for key in ("tools", "tool_choice", "response_format"):  # prepare() makes the same plan from them
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         max_tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         for key, value in (("temperature", self.temperature), ("top_p", self.top_p), ("max_tokens", max_tokens),
                            ("seed", self.seed)):
@@ -363,15 +373,37 @@ def chat_messages(request: ChatCompletionRequest, *, allow_urls: bool, max_bytes
         elif role in ("system", "developer"):
             out.append(SystemMessage(content=_text_content(content, f"{where}.content")))
         elif role == "assistant":
-            if message.get("tool_calls") or message.get("function_call"):
-                raise bad_request(f"{where}: tool calls are not supported yet", param=f"{where}.tool_calls")
-            out.append(AIMessage(content=_text_content(content, f"{where}.content")))
+            if message.get("function_call"):
+                raise bad_request(f"{where}: function_call is OpenAI's legacy form; send tool_calls",
+                                  param=f"{where}.function_call")
+            text = _text_content(content, f"{where}.content") if content is not None else ""
+            out.append(AIMessage(content=text, tool_calls=_tool_calls(message.get("tool_calls"), where)))
         elif role == "tool":  # an earlier tool result: part of the conversation's transcript
             out.append(ToolMessage(content=_text_content(content, f"{where}.content"),
                                    tool_call_id=str(message.get("tool_call_id") or "")))
         else:
             raise bad_request(f"{where}.role must be system, developer, user, assistant or tool, got {role!r}",
                               param=f"{where}.role")
+    return out
+
+
+def _tool_calls(calls, where: str) -> list[dict]:
+    """An assistant message's OpenAI `tool_calls` as LangChain tool calls (they go back into the prompt)."""
+    if calls is None:
+        return []
+    out = []
+    for j, call in enumerate(calls if isinstance(calls, list) else [None]):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise bad_request(f"{where}.tool_calls.{j} must have a function with a name",
+                              param=f"{where}.tool_calls.{j}")
+        try:
+            args = json.loads(function.get("arguments") or "{}")
+        except ValueError:
+            raise bad_request(f"{where}.tool_calls.{j}.function.arguments is not JSON",
+                              param=f"{where}.tool_calls.{j}") from None
+        out.append({"name": function["name"], "args": args if isinstance(args, dict) else {"value": args},
+                    "id": str(call.get("id") or f"call_{j}"), "type": "tool_call"})
     return out
 
 
@@ -402,12 +434,12 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def completion(cid: str, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int,
+def completion(cid: str, model: str, message: dict, finish_reason: str, prompt_tokens: int, completion_tokens: int,
                extras: dict) -> dict:
-    """A `chat.completion` object; `extras` (media, cache neighbours) ride under "ibllm"."""
+    """A `chat.completion` object with the assistant `message`; `extras` (media, cache neighbours) ride under
+    "ibllm"."""
     return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                         "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
             "usage": usage(prompt_tokens, completion_tokens), "ibllm": extras}
 
 

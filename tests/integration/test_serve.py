@@ -276,8 +276,10 @@ BAD_REQUESTS = [
     ("body over the limit", _chat(padding="x" * (MAX_BODY + 1)), 413, "request_too_large"),
     ("unknown model", _chat(model="gpt-4o"), 404, "model_not_found"),
     ("n=2", _chat(n=2), 400, None),
-    ("tools", _chat(tools=[{"type": "function", "function": {"name": "f"}}]), 400, "unsupported_parameter"),
-    ("response_format", _chat(response_format={"type": "json_object"}), 400, "unsupported_parameter"),
+    ("a tool that is not a function", _chat(tools=[{"type": "retrieval"}]), 400, None),
+    ("a bad response_format", _chat(response_format={"type": "xml"}), 400, None),
+    ("tool_choice without tools", _chat(tool_choice="required"), 400, None),
+    ("functions (legacy)", _chat(functions=[{"name": "f"}]), 400, "unsupported_parameter"),
     ("an unknown option", _chat(best_of=3), 400, "unknown_parameter"),
     ("a bad temperature", _chat(temperature=-1), 400, None),
     ("weights that do not match", _user({"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}})
@@ -462,3 +464,41 @@ def test_sigterm_lets_short_answers_finish_cancels_long_ones_and_exits_0(local):
     assert any('"code":"cancelled"' in line for line in lines["long"]) and lines["long"][-1] == "data: [DONE]"
     with pytest.raises(httpx.ConnectError):
         httpx.get(process.base + "/health")
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city.",
+                                            "parameters": {"type": "object", "properties": {
+                                                "city": {"type": "string", "maxLength": 12}},
+                                                "required": ["city"]}}}
+
+
+def test_tool_calls_and_json_answers_through_the_openai_sdk(client):
+    """Grammar-constrained decoding behind the API: a forced call comes back as `tool_calls` whose arguments
+    validate; a json_schema answer parses and validates; streaming gives the same call in pieces."""
+    import jsonschema
+
+    question = [{"role": "user", "content": "What is the weather in Oslo?"}]
+    call = client.chat.completions.create(model="toy", messages=question, tools=[WEATHER], tool_choice="required",
+                                          temperature=0, max_tokens=60)
+    choice = call.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (made,) = choice.message.tool_calls
+    assert made.function.name == "get_weather" and made.id
+    jsonschema.validate(json.loads(made.function.arguments), WEATHER["function"]["parameters"])
+    stream = client.chat.completions.create(model="toy", messages=question, tools=[WEATHER], tool_choice="required",
+                                            temperature=0, max_tokens=60, stream=True)
+    pieces = [c.choices[0].delta.tool_calls for c in stream if c.choices and c.choices[0].delta.tool_calls]
+    assert pieces[0][0].function.name == "get_weather"
+    assert "".join(p[0].function.arguments or "" for p in pieces) == made.function.arguments
+    schema = {"type": "object", "properties": {"thing": {"type": "string", "enum": list(CONCEPT_NAMES)},
+                                               "loud": {"type": "boolean"}}, "required": ["thing", "loud"]}
+    answer = client.chat.completions.create(model="toy", messages=[{"role": "user", "content": "What is a dog?"}],
+                                            response_format={"type": "json_schema",
+                                                             "json_schema": {"name": "a", "schema": schema}},
+                                            temperature=0, max_tokens=60)
+    jsonschema.validate(json.loads(answer.choices[0].message.content), schema)
+    # the call and its result go back into the conversation
+    follow = client.chat.completions.create(model="toy", temperature=0, max_tokens=8, messages=[
+        *question, {"role": "assistant", "content": None, "tool_calls": [made.model_dump()]},
+        {"role": "tool", "tool_call_id": made.id, "content": "sunny"}])
+    assert follow.choices[0].finish_reason in ("stop", "length")
