@@ -71,8 +71,24 @@ def _playable(data: bytes, suffix: str) -> bytes:
     return browser_video(data, suffix)
 
 
+def _displayable(data: bytes):
+    """The picture as st.image can encode it: a 16-bit or float PNG (a depth map not yet read as depth)
+    becomes 8-bit grey, stretched to its range; other pictures pass through unchanged."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        if im.mode in ("1", "L", "LA", "P", "RGB", "RGBA"):
+            return data
+        a = np.asarray(im, dtype=np.float32)
+    lo, hi = float(a.min()), float(a.max())
+    return Image.fromarray(((a - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8))
+
+
 PREVIEWS = {
-    "image": lambda att, key, width: st.image(att.data, width=width),
+    "image": lambda att, key, width: st.image(_displayable(att.data), width=width),
     "audio": lambda att, key, width: st.audio(att.data, format=att.mime),
     "video": lambda att, key, width: st.video(_playable(att.data, Path(att.name).suffix or ".mp4"), format="video/mp4"),
     "points": lambda att, key, width: st.plotly_chart(point_cloud_figure(att.media.tensor.numpy()), key=key,

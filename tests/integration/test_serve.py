@@ -24,7 +24,7 @@ import torch
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 
-from ibllm_agent import ChatImageBindLLM, ImageBindEmbeddings, factory
+from ibllm_agent import ChatImageBindLLM, ImageBindEmbeddings, factory, modalities
 from ibllm_agent.arithmetic import evaluate
 from ibllm_agent.content_blocks import embedding_block
 from ibllm_agent.serve.process import ServerProcess
@@ -502,3 +502,24 @@ def test_tool_calls_and_json_answers_through_the_openai_sdk(client):
         *question, {"role": "assistant", "content": None, "tool_calls": [made.model_dump()]},
         {"role": "tool", "tool_call_id": made.id, "content": "sunny"}])
     assert follow.choices[0].finish_reason in ("stop", "length")
+
+
+SENSES = {"depth": ("cat", "image/x-depth"), "thermal": ("fire", "image/x-thermal"), "imu": ("ball", "text/csv")}
+"""ImageBind's other senses as a client sends them: a file part whose data: URL's MIME type names the sense (an
+IMU CSV is one by its header)."""
+
+
+def test_depth_thermal_and_imu_file_parts_answer_and_embed_as_in_process(server, client, local, tmp_path):
+    world, embeddings = ToyWorld(2024), ImageBindEmbeddings(model="toy")
+    for modality, (concept, mime) in SENSES.items():
+        path = Path(world.write(concept, modality, 0, tmp_path).path)
+        part = {"type": "file", "file": {"file_data": f"data:{mime};base64,{b64(path)}", "filename": path.name}}
+        answer = client.chat.completions.create(model="toy", temperature=0, max_tokens=N, messages=[
+            {"role": "user", "content": [{"type": "text", "text": QUESTION}, part]}])
+        block = {"type": "file", "url": str(path), "extras": {"modality": modality}}
+        expected = local.invoke([HumanMessage(content=[{"type": "text", "text": QUESTION}, block])])
+        assert answer.choices[0].message.content == expected.content, modality
+        body = httpx.post(server.url + "/embeddings", headers=AUTH, timeout=60,
+                          json={"model": "toy", "encoding_format": "float", "input": [part]}).json()
+        direct = getattr(embeddings, modalities.get(modality).embed_method)([str(path)])
+        np.testing.assert_allclose([d["embedding"] for d in body["data"]], direct, atol=1e-6)
