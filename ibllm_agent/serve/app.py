@@ -101,6 +101,14 @@ class Server:
         if self.engine is not None:
             self.engine.stop(deadline_s=self.settings.shutdown_timeout_s)
 
+    def health(self) -> tuple[int, dict]:
+        """(status, body) of `GET /health`; also Ray Serve's health check of a replica."""
+        if self.llm is None:
+            return 503, {"status": "error" if self.load_error else "loading"}
+        if not self.engine.alive:
+            return 503, {"status": "error", "detail": "the decoding engine has stopped"}
+        return 200, {"status": "ok", "model": self.name}
+
     def require_ready(self, model: str | None = None) -> None:
         if self.llm is None:
             state = f"the model failed to load: {self.load_error}" if self.load_error else "the model is loading"
@@ -257,10 +265,8 @@ def create_app(model: Any = "toy", *, settings: ServeSettings | None = None,
 
     @app.get("/health")
     async def health():
-        if server.llm is None:
-            status = "error" if server.load_error else "loading"
-            return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
-        return {"status": "ok", "model": server.name}
+        status, body = server.health()
+        return JSONResponse(body, status_code=status, headers={"Retry-After": RETRY_AFTER_S} if status != 200 else None)
 
     @app.get("/metrics")
     async def metrics():
