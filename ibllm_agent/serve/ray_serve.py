@@ -28,11 +28,10 @@ from dataclasses import dataclass, field
 from ray import serve
 
 from ibllm_agent.ray_cluster import ClusterError
-from ibllm_agent.serve.settings import ServeSettings
+from ibllm_agent.serve.settings import REPLICA_HEADER, ServeSettings
 
 logger = logging.getLogger(__name__)
 
-REPLICA_HEADER = "x-ibllm-replica"
 APP_NAME = "ibllm"
 
 

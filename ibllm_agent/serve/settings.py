@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 API_KEY_ENV = "IBLLM_API_KEY"
 """The key when none is given: the server's (`ibllm serve`) and its clients' (remote mode, the app)."""
+REPLICA_HEADER = "x-ibllm-replica"
+"""The response header naming the Ray Serve replica that answered (`ibllm serve --ray`)."""
+
 
 @dataclass(frozen=True)
 class ServeSettings:
