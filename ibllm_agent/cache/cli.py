@@ -43,6 +43,8 @@ def register(subparsers) -> None:
     r.add_argument("--embed-actors", type=int, default=1, help="actors holding the model (one per GPU)")
     r.add_argument("--gpus-per-actor", type=float, default=0.0)
     r.add_argument("--cpus-per-actor", type=float, default=1.0)
+    r.add_argument("--write-batch", type=int, default=128,
+                   help="vectors per write to Chroma (at most its max batch size)")
     r.add_argument("--timeout", type=float, default=None,
                    help="seconds the whole build may take; past them it stops (rerun to finish)")
     p.set_defaults(func=_build)
@@ -177,7 +179,7 @@ def _build_on_ray(args, items, wanted):
     connect(args.address)
     options = RayBuildOptions(batch_size=args.batch_size, embed_actors=args.embed_actors,
                               gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
-                              timeout_s=args.timeout)
+                              write_batch=args.write_batch, timeout_s=args.timeout)
     load_kwargs = {"llama_dir": args.llama_dir, "imagebind_ckpt": args.imagebind_ckpt, "device": args.device}
     cache = _open_chroma(args, dim=feature_dim_on_cluster(args.model, load_kwargs, options), client=client)
     return build_with_ray(items, cache, args.model, load_kwargs, modalities=wanted, options=options,

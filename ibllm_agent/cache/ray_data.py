@@ -48,8 +48,9 @@ class RayBuildOptions:
     """Actors holding the model (one per GPU on a GPU cluster)."""
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
-    write_batch: int = 1024
-    """Vectors per add to the cache (capped at Chroma's max batch size)."""
+    write_batch: int = 128
+    """Vectors per add to the cache (capped at Chroma's max batch size): what a killed build may have to
+    embed again, against fewer, larger writes."""
     timeout_s: float | None = None
     """Deadline of the whole build; past it the build stops with a `CacheError` (what was added stays)."""
 
