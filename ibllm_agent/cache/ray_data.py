@@ -51,6 +51,8 @@ class RayBuildOptions:
     write_batch: int = 128
     """Vectors per add to the cache (capped at Chroma's max batch size): what a killed build may have to
     embed again, against fewer, larger writes."""
+    decode_memory_bytes: int = 512 * 1024 * 1024
+    """Memory a decode task reserves: a batch of videos decodes to hundreds of MB of frames."""
     timeout_s: float | None = None
     """Deadline of the whole build; past it the build stops with a `CacheError` (what was added stays)."""
 
@@ -105,16 +107,16 @@ def build_with_ray(items: Sequence[MediaItem], cache: VisualCache, model: str, l
     if not todo:
         return _logged(report)
 
-    # Decoding and embedding stay two operators: Ray Data would otherwise fuse the decode into the actors
-    # (same remote arguments), leaving the model idle while its actor decodes. Decode tasks are spread over
-    # the nodes; the actors keep the default placement. That difference is what keeps them apart.
+    # Decode tasks reserve memory for the frames they hold. That differing request also keeps decoding and
+    # embedding two operators: Ray Data fuses map stages with equal requests, which would put the decoding
+    # inside the embedding actors and leave the model idle while its actor decodes.
     decoded = ray.data.from_items(todo, override_num_blocks=_blocks(len(todo), options.batch_size)).map_batches(
         _decode_batch, fn_kwargs={"modalities": modalities}, batch_size=options.batch_size, batch_format="pyarrow",
-        scheduling_strategy="SPREAD")
+        memory=options.decode_memory_bytes)
     embedded = decoded.map_batches(
         _Embedder, fn_constructor_args=(model, load_kwargs), batch_size=options.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=options.embed_actors), num_gpus=options.gpus_per_actor,
-        num_cpus=options.cpus_per_actor, scheduling_strategy="DEFAULT")
+        num_cpus=options.cpus_per_actor)
     write_batch = min(options.write_batch, getattr(cache, "max_batch_size", options.write_batch))
     for batch in _within(embedded.iter_batches(batch_size=write_batch, batch_format="numpy"), deadline):
         keep = []
