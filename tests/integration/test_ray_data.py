@@ -19,7 +19,7 @@ pytest.importorskip("ray", reason="the `ray` extra is not installed")
 from chroma_process import CHROMA, Server  # noqa: E402
 
 from ibllm_agent.cache.chroma import connect  # noqa: E402
-from ibllm_agent.ray_cluster import LOOPBACK_ENV, PACKAGE_ROOT, LocalCluster  # noqa: E402
+from ibllm_agent.ray_cluster import LOOPBACK_ENV, PACKAGE_ROOT  # noqa: E402
 from ibllm_agent.serve.process import free_port  # noqa: E402
 from ibllm_agent.toy import CONCEPT_NAMES, ToyWorld  # noqa: E402
 
@@ -29,12 +29,6 @@ PER_MODALITY = 30
 MEDIA = ("image", "audio", "video", "point")
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH"))
                                                    if p), **LOOPBACK_ENV}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(head_cpus=2, workers=1, worker_cpus=1) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

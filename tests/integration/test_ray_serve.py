@@ -17,19 +17,13 @@ import pytest
 
 pytest.importorskip("ray", reason="the `ray` extra is not installed")
 
-from ibllm_agent.ray_cluster import LOOPBACK_ENV, LocalCluster  # noqa: E402
+from ibllm_agent.ray_cluster import LOOPBACK_ENV  # noqa: E402
 from ibllm_agent.serve.process import ServerProcess, free_port  # noqa: E402
 from ibllm_agent.serve.settings import REPLICA_HEADER  # noqa: E402
 
 LONG = {"temperature": 50.0, "top_p": 1.0, "seed": 3, "max_tokens": 1500}
 """Near-uniform sampling, seeded: the toy says ~1,200 tokens before EOS (seconds), long enough to interrupt."""
 PROMPTS = ["hi", "What is a dog?", "Describe a bell.", "What does rain sound like?", "Name a bird.", "hello there"]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalCluster(head_cpus=2, workers=1, worker_cpus=1) as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
