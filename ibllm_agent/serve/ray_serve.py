@@ -190,15 +190,21 @@ def run(app, *, host: str, port: int, name: str = APP_NAME, deploy_timeout_s: fl
         if status.endswith("RUNNING") and not failure:
             return
         if failure or status.endswith("DEPLOY_FAILED") or time.monotonic() > end:
-            # the application says "failed to update the deployments"; why is in the deployments' messages
-            messages = [getattr(state, "message", ""), *(f"{n}: {d.message}" for n, d in
+            # the application says "failed to update the deployments"; why is in the deployments' messages,
+            # whose replica tracebacks end with the exception that stopped the replica
+            messages = [getattr(state, "message", ""), *(f"{n}: {_summary(d.message)}" for n, d in
                                                          getattr(state, "deployments", {}).items() if d.message)]
             message = " | ".join(m for m in messages if m) or (str(failure[0]) if failure else "")
             reason = "failed" if failure or status.endswith("DEPLOY_FAILED") else f"was not running within " \
                                                                                    f"{deploy_timeout_s:.0f} s"
             serve.delete(name)
-            message = " ".join(message.split())
-            if len(message) > 1500:  # a replica's traceback: its head says where, its end says why
-                message = f"{message[:300]} ... {message[-1000:]}"
             raise ClusterError(f"the Ray Serve deployment {reason}: {message}")
         time.sleep(0.5)
+
+
+def _summary(message: str) -> str:
+    """A deployment's status message in one line: its first sentence and, for a traceback, its last line."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if len(lines) > 1 and "Traceback" in message:
+        return f"{lines[0].split(' Error:')[0]} ... {lines[-1]}"
+    return " ".join(lines)

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("ray", reason="the `ray` extra is not installed")
 
-from ibllm_agent.ray_cluster import LOOPBACK_ENV  # noqa: E402
+from ibllm_agent.ray_cluster import LOOPBACK_ENV, LocalCluster  # noqa: E402
 from ibllm_agent.serve.process import ServerProcess, free_port  # noqa: E402
 from ibllm_agent.serve.settings import REPLICA_HEADER  # noqa: E402
 
@@ -110,3 +110,15 @@ def test_an_unreachable_cluster_fails_at_once():
                           "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2 and f"cannot reach the Ray cluster at {nobody}" in run.stderr
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.slow
+def test_a_model_missing_on_the_nodes_fails_the_deployment_clearly():
+    # a cluster of its own: the deployment it tries would replace the module's running one
+    with LocalCluster(workers=0) as alone:
+        run = subprocess.run([sys.executable, "-m", "ibllm_agent.cli", "serve", "--ray", "--address", alone.address,
+                              "--model", "/nonexistent/adapter.pth", "--port", str(free_port())], env=alone.env,
+                             capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2
+    assert "the Ray Serve deployment failed" in run.stderr
+    assert "MissingFileError: model '/nonexistent/adapter.pth' is neither a known name" in run.stderr
