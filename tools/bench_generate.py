@@ -118,7 +118,7 @@ def load_parity(parity_dir: Path):
     import ibllm_agent
 
     return ibllm_agent.load(str(parity_dir / "adapter.pth"), str(parity_dir / "llama"),
-                            imagebind_ckpt=str(parity_dir / "imagebind.pth"))
+                            imagebind_ckpt=str(parity_dir / "imagebind.pth"), dtype="float32")
 
 
 def measure_load(parity_dir: Path) -> dict:

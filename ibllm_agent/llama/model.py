@@ -337,6 +337,26 @@ class Linear(nn.Linear):
         return F.linear(x, self.weight, self.bias)
 
 
+def cat_linears(parts: list[nn.Module]) -> nn.Module:
+    """One layer computing `cat([p(x) for p in parts], -1)`: the weights stacked by rows, a missing bias as
+    zeros. Float `Linear`s or `QuantLinear`s (quantisation is per row, so stacking quantised rows is exact)."""
+    from ibllm_agent.llama.quant import QuantLinear
+
+    if all(isinstance(p, QuantLinear) for p in parts):
+        return QuantLinear.cat(parts)
+    if any(isinstance(p, QuantLinear) for p in parts):
+        raise TypeError("cannot fuse quantised and float layers")
+    first = parts[0]
+    out = Linear(first.in_features, sum(p.out_features for p in parts), bias=any(p.bias is not None for p in parts),
+                 device="meta")
+    with torch.no_grad():
+        out.weight = nn.Parameter(torch.cat([p.weight for p in parts]), requires_grad=False)
+        if out.bias is not None:
+            out.bias = nn.Parameter(torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
+                                               for p in parts]), requires_grad=False)
+    return out
+
+
 def lora_linear(module: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
     """`module.<name>(x)` plus its LoRA `lora_<name>_l2(lora_<name>_l1(x))` when the module has LoRA."""
     out = getattr(module, name)(x)
@@ -362,19 +382,40 @@ class Attention(nn.Module):
             self.lora_wv_l1, self.lora_wv_l2 = Linear(args.dim, r, bias=False), Linear(r, args.dim, bias=False)
             self.lora_wo_l1, self.lora_wo_l2 = Linear(args.dim, r, bias=False), Linear(r, args.dim, bias=False)
         self.gate = nn.Parameter(torch.zeros(1, args.n_heads, 1, 1))
+        self.wqkv: nn.Module | None = None
+        """wq, wk, wv as one product (`fuse`, inference only); None while they are apart."""
+        self.wv_lora_merged = False
+        """wv holds its LoRA (`Transformer.for_inference`): the adapter path, which reads the base wv, subtracts
+        it again (the pair is kept for that)."""
 
     def adapter_value(self, query: torch.Tensor) -> torch.Tensor:
         """tanh(gate) * wv(query) per head for an adapter input (B, 1, dim) -> (B, n_heads, 1, head_dim)."""
-        B = query.shape[0]
-        v = self.wv(query).view(B, 1, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, 1, hd)
+        B, D = query.shape[0], self.n_heads * self.head_dim
+        v = self.wv(query) if self.wqkv is None else self.wqkv(query)[..., 2 * D:]  # once per request
+        if self.wv_lora_merged:  # the base wv, without the LoRA merged into it
+            v = v - self.lora_wv_l2(self.lora_wv_l1(query))
+        v = v.view(B, 1, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, 1, hd)
         return self.gate.tanh().to(v.dtype) * v
+
+    def fuse(self) -> None:
+        """Inference only: wq, wk, wv as one product `wqkv` (one read of x, one kernel instead of three)."""
+        if self.wqkv is None:
+            self.wqkv = cat_linears([self.wq, self.wk, self.wv])
+            del self.wq, self.wk, self.wv
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None, layer: int, adapter: torch.Tensor | None) -> torch.Tensor:
         B, L, D = x.shape
-        q = lora_linear(self, "wq", x).view(B, L, self.n_heads, self.head_dim)
-        k = lora_linear(self, "wk", x).view(B, L, self.n_heads, self.head_dim)
-        v = lora_linear(self, "wv", x).view(B, L, self.n_heads, self.head_dim)
+        if self.wqkv is None:
+            q, k, v = lora_linear(self, "wq", x), lora_linear(self, "wk", x), lora_linear(self, "wv", x)
+        else:
+            q, k, v = self.wqkv(x).split(D, dim=-1)
+            if self.w_lora:
+                q, k, v = (t + getattr(self, f"lora_{n}_l2")(getattr(self, f"lora_{n}_l1")(x))
+                           for t, n in ((q, "wq"), (k, "wk"), (v, "wv")))
+        q = q.reshape(B, L, self.n_heads, self.head_dim)
+        k = k.reshape(B, L, self.n_heads, self.head_dim)
+        v = v.reshape(B, L, self.n_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, L, hd)
         if cache is not None:
@@ -400,9 +441,23 @@ class FeedForward(nn.Module):
             self.lora_w1_l1, self.lora_w1_l2 = Linear(dim, r, bias=False), Linear(r, hidden, bias=False)
             self.lora_w2_l1, self.lora_w2_l2 = Linear(hidden, r, bias=False), Linear(r, dim, bias=False)
             self.lora_w3_l1, self.lora_w3_l2 = Linear(dim, r, bias=False), Linear(r, hidden, bias=False)
+        self.w13: nn.Module | None = None
+        """w1 and w3 as one product (`fuse`, inference only); None while they are apart."""
+
+    def fuse(self) -> None:
+        """Inference only: w1 and w3 as one product `w13`."""
+        if self.w13 is None:
+            self.w13 = cat_linears([self.w1, self.w3])
+            del self.w1, self.w3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return lora_linear(self, "w2", F.silu(lora_linear(self, "w1", x)) * lora_linear(self, "w3", x))
+        if self.w13 is None:
+            return lora_linear(self, "w2", F.silu(lora_linear(self, "w1", x)) * lora_linear(self, "w3", x))
+        h1, h3 = self.w13(x).chunk(2, dim=-1)
+        if self.w_lora:
+            h1 = h1 + self.lora_w1_l2(self.lora_w1_l1(x))
+            h3 = h3 + self.lora_w3_l2(self.lora_w3_l1(x))
+        return lora_linear(self, "w2", F.silu(h1) * h3)
 
 
 class TransformerBlock(nn.Module):
@@ -503,6 +558,73 @@ class Transformer(nn.Module):
             h = h[:, -1:, :]
         logits = self.output(self.norm(h)).float()
         return logits[:, -1, :] if last_only else logits
+
+
+FROZEN_LINEARS = {"attention": ("wq", "wk", "wv", "wo"), "feed_forward": ("w1", "w2", "w3")}
+"""The frozen projections of each block (Meta's weights; the adapter adds bias and LoRA to them)."""
+
+
+@torch.no_grad()
+def for_inference(llama: Transformer, dtype: torch.dtype, *, quantize: str | None = None,
+                  group_size: int | None = None, merge_lora: bool = False, fuse: bool = False,
+                  quantize_output: bool = True, release=None) -> None:
+    """Convert `llama`'s frozen linear layers in place for inference, one layer at a time (memory never holds
+    more than one layer twice), whatever they hold now (float weights still in a file mapping, in the file's
+    dtype, or `QuantLinear`s read from a quantised file):
+
+    * merge_lora: W + l2 @ l1 computed in float32 from the float weight (wv keeps its pair: the adapter
+      path reads the base wv); quantised weights cannot take LoRA and keep it apart;
+    * quantize ("int8"/"int4"): the weight quantised (`quant.QuantLinear`), the output projection too
+      when `quantize_output`; else cast to `dtype`;
+    * fuse: wq/wk/wv -> wqkv and w1/w3 -> w13, then int4 weights packed for their device's kernel.
+
+    `release(tensor)` receives each float source weight once it is no longer needed (factory.py drops its
+    file pages). Afterwards the model can no longer be trained or saved in the official layout.
+    """
+    from ibllm_agent.llama.quant import INT4_GROUP_SIZE, QuantLinear
+
+    group_size = group_size or INT4_GROUP_SIZE
+
+    def convert(module: nn.Module, name: str, merge: bool, q: str | None) -> None:
+        linear = getattr(module, name)
+        if isinstance(linear, QuantLinear):
+            return
+        w = linear.weight.float()
+        if merge:
+            w = w + getattr(module, f"lora_{name}_l2").weight.float() @ getattr(module, f"lora_{name}_l1").weight.float()
+        if q is not None:
+            new = QuantLinear.from_linear(linear, q, group_size=group_size, weight=w)
+        else:
+            new = Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+            new.weight = nn.Parameter(w.to(dtype) if merge or linear.weight.dtype != dtype else linear.weight,
+                                      requires_grad=False)
+            new.bias = linear.bias
+        if release is not None and getattr(new, "weight", None) is not linear.weight:
+            release(linear.weight)
+        setattr(module, name, new)
+
+    for layer in llama.layers:
+        for part, names in FROZEN_LINEARS.items():
+            module = getattr(layer, part)
+            merge = merge_lora and module.w_lora and not isinstance(getattr(module, names[0], None), QuantLinear)
+            for name in names:
+                convert(module, name, merge, quantize)
+            if merge:
+                for name in names:
+                    if name != "wv":
+                        delattr(module, f"lora_{name}_l1")
+                        delattr(module, f"lora_{name}_l2")
+                module.w_lora = False
+                if part == "attention":
+                    module.wv_lora_merged = True
+            if fuse:
+                module.fuse()
+        for m in layer.modules():
+            if isinstance(m, QuantLinear):
+                m.repack()
+    convert(llama, "output", False, quantize if quantize_output else None)
+    if isinstance(llama.output, QuantLinear):
+        llama.output.repack()
 
 
 def init_weights(model: Transformer, generator: torch.Generator, std: float = 0.02) -> None:
