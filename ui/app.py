@@ -32,6 +32,9 @@ from ui.conversation import Reply, Turn, to_messages
 from ui.explorer import cosine_matrix, heatmap_figure, with_mixture, zero_shot
 from ui.settings import AppConfig, ConfigError, ModelSpec, config_path
 
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZE_OPTIONS = ["none", "int8", "int4"]
 VIEWS = {"chat": ":material/forum: Chat", "explorer": ":material/scatter_plot: Embedding explorer"}
 
 st.set_page_config(page_title="ImageBind-LLM", page_icon=":material/hearing:", layout="wide")
@@ -107,31 +110,42 @@ def try_example(modality: str) -> None:
 
 # ----- page parts ---------------------------------------------------------------------------------------
 
-def sidebar_model() -> None:
-    """Title, new chat, and which model to load (a form: nothing reloads while paths are typed)."""
+def sidebar_model():
+    """Title, new chat, and which model to load (a form: nothing reloads while paths are typed); returns the
+    panel's placeholder for notes about the loaded model."""
     with st.sidebar:
         st.markdown("## :material/hearing: ImageBind-LLM")
         st.caption("Ask about pictures, sounds, clips and 3D shapes.")
         st.button("New chat", icon=":material/add_comment:", on_click=new_chat, width="stretch", key="new_chat")
-        with st.expander("Model", icon=":material/memory:"), st.form("model", border=False):
-            spec = st.session_state.spec
-            name = st.text_input("Model", spec.name, key="model_name",
-                                 help='"toy", or the path of an adapter checkpoint such as 7B.pth')
-            llama_dir = st.text_input("LLaMA folder", spec.llama_dir or "", key="llama_dir",
-                                      help="holds tokenizer.model and 7B/params.json + consolidated.00.pth")
-            imagebind = st.text_input("ImageBind checkpoint", spec.imagebind_ckpt or "",
-                                      help="imagebind_w3D.pth (with Point-Bind, for 3D)")
-            knn = st.text_input("Cache index", spec.visual_cache_index or "", help="knn.index (optional)")
-            left, right = st.columns(2)
-            device = left.selectbox("Device", ["cpu", "cuda"], index=0 if spec.device == "cpu" else 1)
-            dtypes = ["auto", "float32", "float16", "bfloat16"]
-            dtype = right.selectbox("Precision", dtypes, index=dtypes.index(spec.dtype or "auto"),
-                                    help="auto: float32 on CPU, float16 on CUDA")
-            if st.form_submit_button("Load", width="stretch"):
-                st.session_state.spec = ModelSpec(
-                    name=name.strip() or "toy", llama_dir=llama_dir.strip() or None,
-                    imagebind_ckpt=imagebind.strip() or None, visual_cache_index=knn.strip() or None, device=device,
-                    dtype=None if dtype == "auto" else dtype)
+        with st.expander("Model", icon=":material/memory:"):
+            with st.form("model", border=False):
+                spec = st.session_state.spec
+                name = st.text_input("Model", spec.name, key="model_name",
+                                     help='"toy", or the path of an adapter checkpoint such as 7B.pth')
+                llama_dir = st.text_input("LLaMA folder", spec.llama_dir or "", key="llama_dir",
+                                          help="holds tokenizer.model and 7B/params.json + consolidated.00.pth")
+                imagebind = st.text_input("ImageBind checkpoint", spec.imagebind_ckpt or "",
+                                          help="imagebind_w3D.pth (with Point-Bind, for 3D)")
+                knn = st.text_input("Cache index", spec.visual_cache_index or "", help="knn.index (optional)")
+                left, right = st.columns(2)
+                devices = list(DEVICE_CHOICES) + ([spec.device] if spec.device not in DEVICE_CHOICES else [])
+                device = left.selectbox("Device", devices, index=devices.index(spec.device),
+                                        help="auto: CUDA, then Apple MPS, then the CPU (the toy stays on the CPU)")
+                dtypes = list(DTYPE_CHOICES)
+                dtype = right.selectbox("Precision", dtypes, index=dtypes.index(spec.dtype or "auto"),
+                                        help="auto: float16 on a GPU; on a CPU bfloat16 for official weights when the "
+                                             "CPU has native bfloat16, else float32 (the toy: float32)")
+                quantize = st.selectbox("Quantize weights", QUANTIZE_OPTIONS,
+                                        index=QUANTIZE_OPTIONS.index(spec.quantize or "none"),
+                                        help="int8 / int4: LLaMA's linear weights in 8 or 4 bits: 2-4x less memory and "
+                                             "faster CPU decoding, slightly different answers")
+                if st.form_submit_button("Load", width="stretch"):
+                    st.session_state.spec = ModelSpec(
+                        name=name.strip() or "toy", llama_dir=llama_dir.strip() or None,
+                        imagebind_ckpt=imagebind.strip() or None, visual_cache_index=knn.strip() or None, device=device,
+                        dtype=None if dtype == "auto" else dtype, quantize=None if quantize == "none" else quantize)
+            notes = st.empty()  # filled once the model has loaded: the official weights' licences
+    return notes
 
 
 def sidebar_settings(config: AppConfig, model) -> tuple[GenerationParams, VisualCacheParams, int]:
@@ -257,13 +271,16 @@ def explorer(model, concepts: list[str]) -> None:
 
 config = start_config()
 init_state(config)
-sidebar_model()
+model_notes = sidebar_model()
 try:
     model = shared_model(st.session_state.spec)
 except Exception as exc:  # noqa: BLE001 - a bad path or checkpoint must not take the app down
     st.error(f"Could not load **{st.session_state.spec.name}**: {exc}", icon=":material/error:")
     st.button("Back to the toy model", key="back_to_toy", on_click=lambda: st.session_state.update(spec=ModelSpec()))
     st.stop()
+notice = backend.license_notice(model)
+if notice:
+    model_notes.caption(notice)
 generation, visual_cache, history_messages = sidebar_settings(config, model)
 
 view = st.segmented_control("View", list(VIEWS), format_func=VIEWS.get, default="chat", key="view",

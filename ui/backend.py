@@ -54,12 +54,23 @@ def toy_example(modality: str, seed: int) -> tuple[str, bytes]:
 
 
 def status_line(model) -> str:
-    """`toy · toy world · cpu · float32 · visual cache: 1,234 images`: what answers, where, at which precision."""
+    """`toy · toy world · cpu · float32 · visual cache: 1,234 images` (and `int4 weights` when quantised): what
+    answers, where, at which precision."""
     dtype = str(model.dtype).removeprefix("torch.")
     cache = model.visual_cache
     cache_text = f"visual cache: {len(cache):,} images" if cache is not None else "no visual cache"
     toy = " · toy world" if model.card.is_toy else ""
-    return f":material/memory: **{model.card.name}**{toy} · {model.device} · {dtype} · {cache_text}"
+    quant = f" · {model.card.quantize} weights" if model.card.quantize else ""
+    return f":material/memory: **{model.card.name}**{toy} · {model.device} · {dtype}{quant} · {cache_text}"
+
+
+def license_notice(model) -> str | None:
+    """The official weights' licences, for the model panel (None for the toy and the tiny test model)."""
+    if model.card.is_toy or model.card.name == "tiny":
+        return None
+    from ibllm_agent.licenses import model_license_notice
+
+    return model_license_notice()
 
 
 def toy_notice(model) -> str | None:

@@ -21,7 +21,9 @@ from ui.settings import APP_GENERATION, AppConfig, ChatSettings, ConfigError, Mo
 def test_model_spec_defaults_to_the_toy_with_its_cache():
     spec = ModelSpec()
     assert spec.is_toy
-    assert spec.load_kwargs() == {"llama_type": "7B", "device": "cpu", "knn": True}
+    assert spec.load_kwargs() == {"llama_type": "7B", "knn": True}  # device "auto": the loader's rule (toy: CPU)
+    assert ModelSpec(device="cpu", quantize="int4").load_kwargs() == {"llama_type": "7B", "device": "cpu",
+                                                                      "quantize": "int4", "knn": True}
     official = ModelSpec(name="/w/7B.pth", llama_dir="/w/llama", imagebind_ckpt="/w/ib.pth", device="cuda")
     assert official.load_kwargs() == {"llama_dir": "/w/llama", "llama_type": "7B", "imagebind_ckpt": "/w/ib.pth",
                                       "device": "cuda", "knn": False}
