@@ -175,7 +175,8 @@ def build_from_files(adapter_path: str | Path, llama_dir: str | Path, llama_type
     mapped = isinstance(llama_sd, MappedStateDict) and device.type == "cpu"
     del llama_sd
     load_into(model, adapter_sd, file=adapter_path, device=device,
-              allowed_missing=lambda k: k.startswith("image_bind.") or FROZEN_LLAMA_KEY.match(k) is not None)
+              allowed_missing=lambda k: k.startswith("image_bind.") or FROZEN_LLAMA_KEY.match(k) is not None
+              or (spec is not None and k.startswith("llama.") and k.endswith(quant.QUANTIZED_SUFFIXES)))
     del adapter_sd
     load_into(model.image_bind, imagebind_sd, file=imagebind_ckpt, device=device, ignored_unexpected=())
     del imagebind_sd

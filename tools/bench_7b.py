@@ -123,24 +123,26 @@ def write_skeleton_then_fill(path: Path, shapes: dict[str, tuple[tuple[int, ...]
                 done += m
 
 
-def write_files(root: Path) -> dict[str, Path]:
-    """The 7B official layout with random weights (see the module docstring)."""
+def write_files(root: Path, small: bool = False) -> dict[str, Path]:
+    """The 7B official layout with random weights (see the module docstring); `small`: the same files for a
+    mid-size LLaMA (dim 2048, 4 layers, vocabulary 32,000) and tiny ImageBind trunks (a dry run, in seconds)."""
     from ibllm_agent.card import ModelCard
     from ibllm_agent.checkpoint import ADAPTER_ONLY_LLAMA_KEY, FROZEN_LLAMA_KEY
-    from ibllm_agent.imagebind.model import ImageBindModel, imagebind_huge_args
+    from ibllm_agent.imagebind.model import ImageBindModel, imagebind_huge_args, imagebind_tiny_args
     from ibllm_agent.llama.tokenizer import Tokenizer
     from ibllm_agent.model import ImageBindLLM
-    from ibllm_agent.presets import llama_args
+    from ibllm_agent.presets import LLAMA_PRESETS, llama_args
 
     root.mkdir(parents=True, exist_ok=True)
     llama_dir = root / "llama"
     (llama_dir / "7B").mkdir(parents=True, exist_ok=True)
     (llama_dir / "tokenizer.model").write_bytes(tokenizer_proto())
-    params = {"dim": 4096, "multiple_of": 256, "n_heads": 32, "n_layers": 32, "norm_eps": 1e-06, "vocab_size": -1}
-    (llama_dir / "7B" / "params.json").write_text(json.dumps(params))
+    preset = "mid" if small else "7B"
+    (llama_dir / "7B" / "params.json").write_text(json.dumps({**LLAMA_PRESETS[preset], "vocab_size": -1}))
     tokenizer = Tokenizer(llama_dir / "tokenizer.model")
-    args = llama_args("7B", vocab_size=tokenizer.n_words)
-    model = ImageBindLLM(args, tokenizer, imagebind_huge_args(), query_layer=32, device="meta", card=ModelCard())
+    args = llama_args(preset, vocab_size=tokenizer.n_words)
+    ib_args = imagebind_tiny_args() if small else imagebind_huge_args()
+    model = ImageBindLLM(args, tokenizer, ib_args, query_layer=args.n_layers, device="meta", card=ModelCard())
     sd = model.state_dict()  # official names, meta tensors: shapes only
 
     def init(key: str) -> str:
@@ -166,7 +168,7 @@ def write_files(root: Path) -> dict[str, Path]:
     print(f"  7B.pth: {len(adapter)} tensors in {time.perf_counter() - t:.0f} s", flush=True)
     t = time.perf_counter()
     torch.manual_seed(3)
-    imagebind = ImageBindModel(imagebind_huge_args())  # real buffers; default random init, float32 (4.8 GB)
+    imagebind = ImageBindModel(ib_args)  # real buffers; default random init, float32 (4.8 GB for huge)
     torch.save(imagebind.state_dict(), root / "imagebind_w3D.pth")
     del imagebind
     print(f"  imagebind_w3D.pth in {time.perf_counter() - t:.0f} s", flush=True)
@@ -258,8 +260,8 @@ def measure(root: Path, precision: str, steps: int, batches: list[int]) -> dict:
     return out
 
 
-def run_child(root: Path, precision: str, steps: int, batches: list[int]) -> dict:
-    need = NEED_GB.get(precision, 8.0) * 1e9
+def run_child(root: Path, precision: str, steps: int, batches: list[int], small: bool = False) -> dict:
+    need = 1e9 if small else NEED_GB.get(precision, 8.0) * 1e9
     waited = 0
     while mem_available() < need and waited < 600:
         time.sleep(10)
@@ -310,6 +312,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-write", action="store_true", help="reuse the files in --dir")
     p.add_argument("--keep", action="store_true", help="keep the files (~32 GB) afterwards")
     p.add_argument("--json", type=Path)
+    p.add_argument("--small", action="store_true", help="dry run: a mid-size LLaMA and tiny ImageBind (seconds)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -321,7 +324,7 @@ def main(argv=None) -> int:
         if not args.skip_write:
             print(f"writing 7B-shaped files into {args.dir} ...", flush=True)
             t = time.perf_counter()
-            write_files(args.dir)
+            write_files(args.dir, small=args.small)
             report["write_s"] = time.perf_counter() - t
         for scheme in ("int8", "int4"):
             if scheme in args.precisions and not (args.dir / scheme / "7B").is_dir():
@@ -333,7 +336,7 @@ def main(argv=None) -> int:
             reps = 1 if precision.endswith("at-load") else args.reps
             rows = []
             for r in range(reps):
-                row = run_child(args.dir, precision, args.steps, args.batches)
+                row = run_child(args.dir, precision, args.steps, args.batches, args.small)
                 rows.append(row)
                 shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
                          if k in ("load_s", "ttft_s", "tok_s_b1", "tok_s_b8", "peak_rss_all", "rss_steady", "error",

@@ -164,7 +164,12 @@ def check_llama_file(args: ModelArgs, sd: Mapping[str, torch.Tensor], *, params_
                               f"has {found}", file=params_file, field=field)
 
     def shape(key: str) -> tuple[int, ...] | None:
+        """The matrix shape of a weight, also when `ibllm quantize` stored it (`.qweight`; int4 packs 2 per byte)."""
         tensor = sd.get(key)
+        if tensor is None and key.endswith(".weight"):
+            tensor = sd.get(key.removesuffix(".weight") + ".qweight")
+            if tensor is not None and tensor.ndim == 2 and tensor.dtype == torch.uint8:
+                return tensor.shape[0], 2 * tensor.shape[1]
         return tuple(tensor.shape) if tensor is not None and tensor.ndim == 2 else None
 
     embeddings = shape("tok_embeddings.weight")  # (vocab, dim)
@@ -182,8 +187,10 @@ def check_llama_file(args: ModelArgs, sd: Mapping[str, torch.Tensor], *, params_
                               f"{args.vocab_size}", file=llama_file, field="vocab_size")
     vocab = args.vocab_size if args.vocab_size > 0 else embeddings[0] if embeddings else 0
     implied = args.meta_parameter_count(vocab)
-    found = sum(t.numel() for key, t in sd.items()
-                if key not in LLAMA_FILE_IGNORED and not ADAPTER_ONLY_LLAMA_KEY.match(key))
+    found = sum(t.numel() * (2 if key.endswith(".qweight") and t.dtype == torch.uint8 else 1)
+                for key, t in sd.items()
+                if key not in LLAMA_FILE_IGNORED and not ADAPTER_ONLY_LLAMA_KEY.match(key)
+                and not key.endswith((".scales", ".scales_and_zeros")))  # a quantised file's weights count once
     if found != implied:
         raise CheckpointError(f"{llama_file}: holds {found:,} LLaMA parameters, but the sizes in {params_file} "
                               f"imply {implied:,}", file=llama_file)

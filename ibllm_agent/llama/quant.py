@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GROUP_SIZES", "INT4_GROUP_SIZE", "QUANTIZED_LLAMA_WEIGHT", "QUANTIZE_CHOICES", "QuantLinear", "QuantSpec",
+__all__ = ["GROUP_SIZES", "INT4_GROUP_SIZE", "QUANTIZED_LLAMA_WEIGHT", "QUANTIZED_SUFFIXES", "QUANTIZE_CHOICES", "QuantLinear", "QuantSpec",
            "QuantizeError", "bytes_per_weight", "check_quantize", "dequantize_int4", "dequantize_int8", "group_size_for",
            "pack_int4", "quantize_int4", "quantize_int8", "quantize_linears", "quantize_state_dict",
            "quantize_structure", "quantized_file_spec", "unpack_int4"]
@@ -346,6 +346,8 @@ def quantize_linears(root: nn.Module, names: Iterable[str], quantize: str, *,
 
 # ----- quantised files ------------------------------------------------------------------------------------
 
+QUANTIZED_SUFFIXES = (".qweight", ".scales", ".scales_and_zeros")
+"""The keys a quantised layer has instead of `.weight` (the adapter file lacks them, as it lacks the weights)."""
 QUANTIZED_LLAMA_WEIGHT = re.compile(r"^(layers\.\d+\.(attention\.w[qkvo]|feed_forward\.w[123])|output)\.weight$")
 """LLaMA weights (Meta's keys) that `quantize=` quantises: the frozen projections and the output layer."""
 

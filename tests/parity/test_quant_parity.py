@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import gc
+import os
 
 import pytest
 import torch
@@ -28,7 +29,8 @@ MIXES = [{"Image": ("vision", 1.0)}, {"Audio": ("audio", 0.6), "Point": ("point"
 def load(parity_dir, **options):
     return ibllm_agent.load(str(parity_dir / "adapter.pth"), str(parity_dir / "llama"),
                             imagebind_ckpt=str(parity_dir / "imagebind.pth"), knn=True,
-                            knn_index=str(parity_dir / "knn.index"), device="cpu", **options)
+                            knn_index=str(parity_dir / "knn.index"), device=os.environ.get("IBLLM_TEST_DEVICE", "cpu"),
+                            **options)
 
 
 @pytest.fixture(scope="module")
