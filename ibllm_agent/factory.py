@@ -172,7 +172,8 @@ def build_from_files(adapter_path: str | Path, llama_dir: str | Path, llama_type
     keep = quant.QUANTIZED_LLAMA_WEIGHT.match if convert else None
     load_into(model.llama, llama_sd, file=llama_file, allowed_missing=ADAPTER_ONLY_LLAMA_KEY.match, device=device,
               keep_dtype=keep)
-    mapped = isinstance(llama_sd, MappedStateDict) and device.type == "cpu"
+    # the file's pages of a tensor converted (or fused, or repacked) can be dropped: torch's or safetensors' mapping
+    mapped = device.type == "cpu" and (isinstance(llama_sd, MappedStateDict) or llama_file.suffix == ".safetensors")
     del llama_sd
     load_into(model, adapter_sd, file=adapter_path, device=device,
               allowed_missing=lambda k: k.startswith("image_bind.") or FROZEN_LLAMA_KEY.match(k) is not None

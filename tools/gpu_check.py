@@ -183,6 +183,21 @@ def encode_times(model, device: torch.device) -> dict:
     return out
 
 
+def decode_rows(model, dev: torch.device, batches: list[int], prompt_len: int, steps: int, bandwidth: float) -> dict:
+    """Decode tokens/s and step ms per batch, eager (and as a CUDA graph on CUDA), and batch 1's fraction of
+    the bandwidth bound (`step_bytes` per step / step time / `bandwidth`)."""
+    row = {}
+    modes = {"eager": False, "graph": True} if dev.type == "cuda" else {"eager": False}
+    for mode, graph in modes.items():
+        for b in batches:
+            decode_times(model, b, prompt_len, 3, graph)  # warm-up at this batch
+            _, step = decode_times(model, b, prompt_len, steps, graph)
+            row[f"{mode}_decode_tok_s_b{b}"] = b / step
+            row[f"{mode}_step_ms_b{b}"] = 1e3 * step
+        row[f"{mode}_bound_fraction_b1"] = step_bytes(model.llama) / (row[f"{mode}_step_ms_b1"] / 1e3) / bandwidth
+    return row
+
+
 def copy_bandwidth(device: torch.device, gib: float) -> float:
     """(bytes read + bytes written) / second of one device-to-device copy."""
     src = torch.ones(int(gib * (1 << 30)) // 2, dtype=torch.float16, device=device)
@@ -207,15 +222,7 @@ def speed(device: str, preset: str, huge: bool, batches: list[int], prompt_len: 
         prefill, _ = decode_times(model, 1, prefill_len, 1, False)
         prefill, _ = decode_times(model, 1, prefill_len, 1, False)  # the second, warm
         row["prefill_len"], row["prefill_tok_s"] = prefill_len, prefill_len / prefill
-        modes = {"eager": False, "graph": True} if dev.type == "cuda" else {"eager": False}
-        for mode, graph in modes.items():
-            for b in batches:
-                decode_times(model, b, prompt_len, 3, graph)  # warm-up at this batch
-                _, step = decode_times(model, b, prompt_len, steps, graph)
-                row[f"{mode}_decode_tok_s_b{b}"] = b / step
-                row[f"{mode}_step_ms_b{b}"] = 1e3 * step
-            row[f"{mode}_bound_fraction_b1"] = step_bytes(model.llama) / (row[f"{mode}_step_ms_b1"] / 1e3) / (
-                out["copy_GBps"] * 1e9)
+        row.update(decode_rows(model, dev, batches, prompt_len, steps, out["copy_GBps"] * 1e9))
         row.update(encode_times(model, dev))
         if dev.type == "cuda":
             row["peak_memory_GB"] = torch.cuda.max_memory_allocated(dev) / 1e9
@@ -250,12 +257,6 @@ def compiled(device: str, preset: str, huge: bool, prompt_len: int, steps: int, 
 # ---------------------------------------------------------------------------------------------------
 
 
-def llama_bytes(llama) -> int:
-    """Bytes one decode step reads: every parameter and buffer but the embedding table."""
-    return sum(t.numel() * t.element_size() for t in [*llama.parameters(), *llama.buffers()]
-               if t is not llama.tok_embeddings.weight)
-
-
 def quant_speed(device: str, preset: str, huge: bool, batches: list[int], prompt_len: int, steps: int) -> dict:
     from ibllm_agent.llama.model import for_inference
 
@@ -271,15 +272,8 @@ def quant_speed(device: str, preset: str, huge: bool, batches: list[int], prompt
         if dev.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
-        row = {"llama_step_GB": llama_bytes(model.llama) / 1e9}
-        modes = {"eager": False, "graph": True} if dev.type == "cuda" else {"eager": False}
-        for mode, graph in modes.items():
-            for b in batches:
-                decode_times(model, b, prompt_len, 3, graph)  # warm-up at this batch
-                _, step = decode_times(model, b, prompt_len, steps, graph)
-                row[f"{mode}_decode_tok_s_b{b}"] = b / step
-                row[f"{mode}_step_ms_b{b}"] = 1e3 * step
-            row[f"{mode}_bound_fraction_b1"] = llama_bytes(model.llama) / (row[f"{mode}_step_ms_b1"] / 1e3) / bw
+        row = {"llama_step_GB": step_bytes(model.llama) / 1e9,
+               **decode_rows(model, dev, batches, prompt_len, steps, bw)}
         if dev.type == "cuda":
             row["peak_memory_GB"] = torch.cuda.max_memory_allocated(dev) / 1e9
         out[variant] = row

@@ -16,6 +16,7 @@ has its own positions (slot - padding) and its padding slots are masked out.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -325,16 +326,27 @@ class _SlotWriter:
 _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
 
+@functools.cache
+def _bf16_mv() -> bool:
+    """One bfloat16 row through torch.mv: faster than F.linear on a CPU without native bfloat16 (measured on
+    an Intel Xeon without AVX512-BF16), 1.6x slower on one with it (AMD EPYC with AVX512-BF16: 9.5 vs 15 GB/s
+    on LLaMA-7B's matrices), where F.linear's oneDNN path uses the instructions."""
+    from ibllm_agent.placement import cpu_bf16
+
+    return not cpu_bf16()[0]
+
+
 class Linear(nn.Linear):
     """nn.Linear (same parameters and keys), with two CPU inference fast paths measured in
-    tools/bench_generate.py (torch 2.13): one bfloat16 row goes through torch.mv, faster than
-    F.linear's bfloat16 path; float32 inputs of 3 rows or more (batched decoding, prefill) go through
-    oneDNN, 1.2-1.7x faster than MKL's GEMM at 4-64 rows here. Training (grad enabled) uses F.linear."""
+    tools/bench_generate.py (torch 2.13): one bfloat16 row goes through torch.mv on CPUs without
+    native bfloat16, where it beats F.linear's bfloat16 path (`_bf16_mv`); float32 inputs of 3 rows or
+    more (batched decoding, prefill) go through oneDNN, 1.2-1.7x faster than MKL's GEMM at 4-64 rows
+    here. Training (grad enabled) uses F.linear."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and not torch.is_grad_enabled():
             rows = x.numel() // x.shape[-1]
-            if x.dtype == torch.bfloat16 and rows == 1:
+            if x.dtype == torch.bfloat16 and rows == 1 and _bf16_mv():
                 out = torch.mv(self.weight, x.reshape(-1)).view(*x.shape[:-1], -1)
                 return out if self.bias is None else out + self.bias
             if (x.dtype == torch.float32 and rows >= 3 and _ONEDNN_LINEAR is not None
@@ -610,6 +622,13 @@ def for_inference(llama: Transformer, dtype: torch.dtype, *, quantize: str | Non
             release(linear.weight)
         setattr(module, name, new)
 
+    def repack(module: nn.Module) -> None:
+        if isinstance(module, QuantLinear):
+            before = module.qweight
+            module.repack()
+            if release is not None and module.qweight is not before:
+                release(before)
+
     for layer in llama.layers:
         for part, names in FROZEN_LINEARS.items():
             module = getattr(layer, part)
@@ -625,13 +644,15 @@ def for_inference(llama: Transformer, dtype: torch.dtype, *, quantize: str | Non
                 if part == "attention":
                     module.wv_lora_merged = True
             if fuse:
-                module.fuse()
+                parts = [getattr(module, n) for n in names if n not in ("wo", "w2")]
+                module.fuse()  # copies the parts into one tensor: their (file) pages can go
+                for t in (t for part in parts for t in [*part.parameters(), *part.buffers()]):
+                    if release is not None:
+                        release(t)
         for m in layer.modules():
-            if isinstance(m, QuantLinear):
-                m.repack()
+            repack(m)
     convert(llama, "output", False, quantize if quantize_output else None)
-    if isinstance(llama.output, QuantLinear):
-        llama.output.repack()
+    repack(llama.output)
 
 
 def init_weights(model: Transformer, generator: torch.Generator, std: float = 0.02) -> None:

@@ -262,8 +262,19 @@ class QuantLinear(nn.Module):
         return out
 
     def repack(self) -> None:
-        """Put an int4 `qweight` (portable) into the packed layout of its device's kernel, if it has one."""
-        if self.quantize != "int4" or self.layout != "plain" or self.qweight.is_meta:
+        """Make the weights ready for their device's kernel: int4 `qweight` (portable) into the kernel's packed
+        layout, if it has one; int8 tensors 64-byte aligned (a tensor read from a file mapping may not be:
+        safetensors aligns to 8 bytes, and `torch._weight_int8pack_mm` crashes on a weight that is not
+        16-byte aligned once it has 4 rows or more, torch 2.13)."""
+        if self.qweight.is_meta:
+            return
+        if self.quantize == "int8":
+            if self.qweight.data_ptr() % 64:
+                self.qweight = self.qweight.clone()
+            if self.scales.data_ptr() % 64:
+                self.scales = self.scales.clone()
+            return
+        if self.layout != "plain":
             return
         layout = _int4_layout(self.qweight.device, self.out_features, self.in_features, self.group_size)
         if layout != "plain":
