@@ -168,3 +168,15 @@ def test_clips_are_reencoded_as_h264_for_the_browser(toy_files):
     playable = browser_video(original)
     assert playable != original and b"avc1" in playable[:4096]
     assert browser_video(b"not a video") == b"not a video"
+
+
+def test_the_model_panel_shows_the_licences_of_official_weights_only():
+    from types import SimpleNamespace
+
+    from ibllm_agent.card import ModelCard
+    from ui import backend
+
+    assert backend.license_notice(SimpleNamespace(card=ModelCard(name="toy", is_toy=True))) is None
+    assert backend.license_notice(SimpleNamespace(card=ModelCard(name="tiny"))) is None
+    notice = backend.license_notice(SimpleNamespace(card=ModelCard(name="7B")))
+    assert "non-commercial" in notice and "LLaMA-1" in notice and "CC BY-NC-SA 4.0" in notice
