@@ -204,7 +204,12 @@ def save_official(model: ImageBindLLM, out_dir: str | Path, llama_type: str = "7
     """Write `model` in the official file layout, which `load(adapter, llama_dir, ...)` reads back:
     llama/tokenizer.model, llama/<llama_type>/params.json + consolidated.00.pth (Meta's keys, float16
     like Meta's files), adapter.pth (`{"model": ...}`: bind network, prefix, and the LLaMA gates, biases,
-    LoRA and norms) and imagebind.pth."""
+    LoRA and norms) and imagebind.pth. A model converted for inference (quantised, or fused: `load(quantize=...,
+    fuse=...)`) no longer has the official layout and is refused."""
+    layer = model.llama.layers[0]
+    if model.card.quantize or layer.attention.wqkv is not None or layer.feed_forward.w13 is not None:
+        raise ValueError("this model was quantised or fused for inference and has no official layout any more; "
+                         "save a model loaded with quantize=None, fuse=False")
     out = Path(out_dir)
     ckpt_dir = out / "llama" / llama_type
     ckpt_dir.mkdir(parents=True, exist_ok=True)

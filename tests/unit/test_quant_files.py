@@ -87,3 +87,10 @@ def test_doctor_says_what_auto_picks_and_download_prints_the_licences(capsys, mo
     assert cli.main(["download", "7B", "--dest", str(tmp_path), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "non-commercial" in err and "LLaMA-1" in err and "Cxxs/ImageBind-LLM" in err
+
+
+def test_a_model_converted_for_inference_is_not_saved_in_the_official_layout(tmp_path):
+    with pytest.raises(ValueError, match="quantised or fused"):
+        save_official(ibllm_agent.load("tiny", fuse=True), tmp_path)
+    with pytest.raises(ValueError, match="quantised or fused"):
+        save_official(ibllm_agent.load("tiny", quantize="int8"), tmp_path)
