@@ -43,7 +43,7 @@ from ibllm_agent.arithmetic import MODALITIES as EXPRESSION_MODALITIES
 from ibllm_agent.arithmetic import ExpressionError, Operand, parse
 from ibllm_agent.chat_models import ChatImageBindLLM
 from ibllm_agent.content_blocks import embedding_block
-from ibllm_agent.embeddings import ImageBindEmbeddings
+from ibllm_agent.embeddings import ImageBindEmbeddings, MediaRef
 from ibllm_agent.fusion import fuse
 from ibllm_agent.model_pool import shared_model
 from ibllm_agent.sources import DEFAULT_MAX_BYTES, SourceError, SourcePolicy
@@ -114,16 +114,19 @@ class Perception:
     """What the tools share: the model, the source policy, the chat/embedding wrappers, the store."""
 
     def __init__(self, model: Any = "toy", roots: Sequence[str | Path] | None = None, *, allow_urls: bool = False,
-                 max_bytes: int = DEFAULT_MAX_BYTES, cache: Any = None, collection: Any = None,
-                 store: EmbeddingStore | None = None, max_tokens: int = 128, temperature: float = 0.0):
+                 max_bytes: int = DEFAULT_MAX_BYTES, policy: SourcePolicy | None = None, cache: Any = None,
+                 collection: Any = None, store: EmbeddingStore | None = None, max_tokens: int = 128,
+                 temperature: float = 0.0):
         self.llm = shared_model(model)
-        roots = list(roots) if roots is not None else [Path.cwd()]
-        self.policy = SourcePolicy(roots=tuple(roots), allow_urls=allow_urls, max_bytes=max_bytes)
-        root_strs = [str(r) for r in self.policy.roots]
-        self.chat = ChatImageBindLLM(model=self.llm, media_roots=root_strs, allow_urls=allow_urls,
-                                     max_media_bytes=max_bytes, max_tokens=max_tokens, temperature=temperature)
-        self.embeddings = ImageBindEmbeddings(model=self.llm, media_roots=root_strs, allow_urls=allow_urls,
-                                              max_media_bytes=max_bytes)
+        if policy is None:
+            roots = list(roots) if roots is not None else [Path.cwd()]
+            policy = SourcePolicy(roots=tuple(roots), allow_urls=allow_urls, max_bytes=max_bytes)
+        elif policy.roots is None:
+            raise ValueError("the tools read files a model names: give the source policy media roots")
+        self.policy = policy
+        self.chat = ChatImageBindLLM(model=self.llm, media_policy=policy, max_tokens=max_tokens,
+                                     temperature=temperature)
+        self.embeddings = ImageBindEmbeddings(model=self.llm, media_policy=policy)
         self.cache = cache if cache is not None else getattr(self.llm, "visual_cache", None)
         self.collection = getattr(collection, "_collection", collection)  # a langchain Chroma or a chromadb one
         self.store = store if store is not None else EmbeddingStore()
@@ -133,9 +136,12 @@ class Perception:
         return " (Toy world model: it knows only a few synthetic concepts.)" if self.llm.card.is_toy else ""
 
     def embed_file(self, path: str, modality: str | None = None) -> tuple[torch.Tensor, str]:
-        source, name = self.policy.read(path)
-        (vector,) = self.embeddings.embed_media([source], modality)
-        return torch.tensor(vector), name
+        data, name = self.policy.read(path)
+        return self.embed_bytes(data, name, modality), name
+
+    def embed_bytes(self, data: bytes, name: str, modality: str | None = None) -> torch.Tensor:
+        (vector,) = self.embeddings.embed_media([MediaRef(data, name)], modality)
+        return torch.tensor(vector)
 
     def embed_text(self, text: str) -> torch.Tensor:
         return torch.tensor(self.embeddings.embed_query(text))
@@ -175,14 +181,20 @@ class Perception:
         """The `k` nearest visual-cache items of a (D,) vector: id, inner-product score, metadata."""
         if self.cache is None:
             raise ToolException("no visual cache is loaded (load the model with knn=True, or pass cache= to get_tools)")
-        query = self.cache.check_query(vector[None].numpy(), k)
-        result = self.cache.search(query, min(k, len(self.cache)))
-        return [{"id": i, "score": float(s), "metadata": dict(m)}
-                for i, s, m in zip(result.ids[0], result.scores[0], result.metadatas[0])]
+        return nearest(self.cache, vector, k)
 
     def describe(self, blocks: list, question: str | None) -> str:
         message = HumanMessage(content=[question or self.chat.default_question, *blocks])
         return self.chat.invoke([message]).text
+
+
+def nearest(cache: Any, vector: torch.Tensor, k: int) -> list[dict]:
+    """The `k` nearest items of a visual cache to a (D,) vector: id, inner-product score, metadata (the
+    retrieve tool and the server's /v1/ibllm/cache/search)."""
+    query = cache.check_query(vector[None].float().numpy(), k)
+    result = cache.search(query, min(k, len(cache)))
+    return [{"id": i, "score": float(s), "metadata": dict(m)}
+            for i, s, m in zip(result.ids[0], result.scores[0], result.metadatas[0])]
 
 
 def _tool_errors(run):
@@ -236,12 +248,9 @@ class DescribeMediaTool(PerceptionTool):
 
     @_tool_errors
     def _run(self, path: str, question: str | None = None, modality: str | None = None, run_manager=None) -> str:
-        source, name = self.perception.policy.read(path)  # refused here, before any decoding
-        if isinstance(source, bytes):  # a downloaded URL (allow_urls=True)
-            block = {"type": "file", "base64": base64.b64encode(source).decode(),
-                     "mime_type": "application/octet-stream", "extras": {"filename": name}}
-        else:
-            block = {"type": "file", "url": str(source), "extras": {"filename": name}}
+        data, name = self.perception.policy.read(path)  # refused here, before any decoding; read once
+        block = {"type": "file", "base64": base64.b64encode(data).decode(),
+                 "mime_type": "application/octet-stream", "extras": {"filename": name}}
         if modality:
             block["extras"]["modality"] = modality
         answer = self.perception.describe([block], question)
@@ -412,16 +421,17 @@ TOOL_CLASSES: tuple[type[PerceptionTool], ...] = (
 
 
 def get_tools(model: Any = "toy", roots: Sequence[str | Path] | None = None, *, allow_urls: bool = False,
-              max_bytes: int = DEFAULT_MAX_BYTES, cache: Any = None, collection: Any = None,
-              store: EmbeddingStore | None = None, max_tokens: int = 128) -> list[BaseTool]:
-    """The perception tools over one model, confined to `roots` (default: the current folder).
+              max_bytes: int = DEFAULT_MAX_BYTES, policy: SourcePolicy | None = None, cache: Any = None,
+              collection: Any = None, store: EmbeddingStore | None = None, max_tokens: int = 128) -> list[BaseTool]:
+    """The perception tools over one model, confined to `roots` (default: the current folder); `policy`, a
+    ready `SourcePolicy` with roots, replaces roots, allow_urls and max_bytes.
 
     model: a name ("toy") or a loaded `ImageBindLLM` (shared with your chat model and embeddings).
     cache: a `VisualCache` for retrieve_from_cache (default: the model's, when loaded with knn=True);
     the tool is left out when there is none. collection: a chromadb collection (or langchain Chroma)
     of ImageBind embeddings enables search_collection. store: share handles between tool lists.
     """
-    perception = Perception(model, roots, allow_urls=allow_urls, max_bytes=max_bytes, cache=cache,
+    perception = Perception(model, roots, allow_urls=allow_urls, max_bytes=max_bytes, policy=policy, cache=cache,
                             collection=collection, store=store, max_tokens=max_tokens)
     where = f" Files: {perception.policy.describe()}."
     tools = []
