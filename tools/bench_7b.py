@@ -2,7 +2,7 @@
 
     python tools/bench_7b.py --dir /tmp/ibllm-7b --json 7b.json          # write, quantise, measure, delete
     python tools/bench_7b.py --dir /tmp/ibllm-7b --keep                   # keep the files (~32 GB) for another run
-    python tools/bench_7b.py --dir /tmp/ibllm-7b --skip-write --precisions int4 --reps 3
+    python tools/bench_7b.py --dir /tmp/ibllm-7b --skip-write --reps 3     # reuse the files of a --keep run
 
 1. Writes 7B-shaped official files with random weights into --dir: Meta's layout (tokenizer.model with
    32,000 pieces, 7B/params.json, 7B/consolidated.00.pth in float16, 13.5 GB), the adapter 7B.pth
@@ -12,7 +12,7 @@
    bytes generated and written in place.
 2. `ibllm quantize` writes the int8 and int4 folders (LLaMA quantised; adapter and ImageBind in bfloat16
    safetensors, read through the file mapping).
-3. Per precision, --reps fresh processes each: load (time, peak RSS), then an image question (time to
+3. --reps rounds, each a fresh process per precision: load (time, peak RSS), then an image question (time to
    first token: read and encode the picture with ImageBind-huge, bind network, prefill, first token),
    then decode steps at batch 1 and batch 8, then the steady RSS (resident now) and the peak RSS of the
    whole process (`ru_maxrss`, measured by the process itself: file pages it touched count). The table
@@ -312,7 +312,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=3, help="fresh processes per precision (the table gives medians)")
     p.add_argument("--steps", type=int, default=12, help="decode steps per batch size")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])
-    p.add_argument("--skip-write", action="store_true", help="reuse the files in --dir")
+    p.add_argument("--skip-write", action="store_true",
+                   help="reuse the files in --dir (its int8/int4 folders too, when present) and keep them")
     p.add_argument("--keep", action="store_true", help="keep the files (~32 GB) afterwards")
     p.add_argument("--json", type=Path)
     p.add_argument("--small", action="store_true", help="dry run: a mid-size LLaMA and tiny ImageBind (seconds)")
@@ -335,19 +336,20 @@ def main(argv=None) -> int:
                 report[f"quantize_{scheme}"] = quantize_folder(args.dir, scheme)
                 print(f"  {report[f'quantize_{scheme}']}", flush=True)
         precisions = list(args.precisions) + (["int8-at-load", "int4-at-load"] if args.at_load else [])
-        for precision in precisions:
-            reps = 1 if precision.endswith("at-load") else args.reps
-            rows = []
-            for r in range(reps):
+        # round by round (each precision once per round), so that a run cut short still has every precision,
+        # and a machine whose load drifts during the hour weighs on all precisions alike
+        for r in range(args.reps):
+            for precision in precisions:
+                if r and precision.endswith("at-load"):
+                    continue  # measured once
                 row = run_child(args.dir, precision, args.steps, args.batches, args.small)
-                rows.append(row)
+                report["runs"].setdefault(precision, []).append(row)
                 shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()
                          if k in ("load_s", "ttft_s", "tok_s_b1", "tok_s_b8", "peak_rss_all", "rss_steady", "error",
                                   "load_average_before")}
-                print(f"{precision} run {r + 1}/{reps}: {shown}", flush=True)
-            report["runs"][precision] = rows
-            if args.json:
-                args.json.write_text(json.dumps(report, indent=1))
+                print(f"{precision} round {r + 1}/{args.reps}: {shown}", flush=True)
+                if args.json:
+                    args.json.write_text(json.dumps(report, indent=1))
         report["summary"] = {p: summarise(rows) for p, rows in report["runs"].items()}
         print(table(report["summary"]))
         if args.json:

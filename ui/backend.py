@@ -42,7 +42,7 @@ class ServedModel:
         from ibllm_agent.remote import RemoteClient
 
         info = RemoteClient(url, max_retries=0).get("/models")["data"][0]
-        card = ModelCard(name=info["id"], is_toy=info["ibllm"]["toy"])
+        card = ModelCard(name=info["id"], is_toy=info["ibllm"]["toy"], quantize=info["ibllm"].get("quantize"))
         return cls(url, card, info["ibllm"]["feature_dim"], info["ibllm"]["visual_cache"])
 
 

@@ -502,3 +502,25 @@ def test_tool_calls_and_json_answers_through_the_openai_sdk(client):
         *question, {"role": "assistant", "content": None, "tool_calls": [made.model_dump()]},
         {"role": "tool", "tool_call_id": made.id, "content": "sunny"}])
     assert follow.choices[0].finish_reason in ("stop", "length")
+
+
+# --- placement and quantisation -------------------------------------------------------------------------
+
+
+def test_a_server_started_with_quantize_int8_answers_as_the_int8_model(media):
+    """`ibllm serve --quantize int8`: the served model says it is quantised and answers exactly as the same
+    model quantised in process (greedy), so the flag reached the loader."""
+    path = media[CONCEPT_NAMES[0]]["image"]
+    with ServerProcess(["--model", "toy", "--quantize", "int8", "--dtype", "auto", "--device", "auto"]) as process:
+        card = httpx.get(process.url + "/models").json()["data"][0]["ibllm"]
+        served = openai.OpenAI(base_url=process.url, api_key="unused", max_retries=0).chat.completions.create(
+            model="toy", messages=ask("image", path), temperature=0, max_tokens=N)
+    assert card["quantize"] == "int8" and "quantize int8" in card["placement"]
+    local = ChatImageBindLLM(model=factory.load("toy", quantize="int8"), temperature=0, max_tokens=N)
+    assert served.choices[0].message.content == local_answer(local, "image", path).content
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_server_asked_for_a_device_it_lacks_exits_naming_the_option():
+    with pytest.raises(RuntimeError, match=r"exited with 1.*device='cuda' but no CUDA device"):
+        ServerProcess(["--model", "toy", "--device", "cuda"]).stop()
