@@ -249,6 +249,7 @@ def test_health_models_and_metrics(server):
                  "ibllm_prompt_tokens_total", "ibllm_completion_tokens_total", "ibllm_model_load_seconds"):
         assert name in text
     assert metric(server, "ibllm_model_load_seconds") > 0
+    assert metric(server, "process_resident_memory_bytes") > 50e6  # the server's own RSS, with a model loaded
 
 
 # --- bad input ------------------------------------------------------------------------------------------
