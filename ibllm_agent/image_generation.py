@@ -353,7 +353,7 @@ class UnclipGenerator(ImageGenerator):
         device = torch.device(device)
         dtype = resolve_dtype(dtype, device)
         try:
-            pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
+            pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(str(folder), local_files_only=True, dtype=dtype)
             pipe = pipe.to(device)
         except (OSError, ValueError, RuntimeError, TypeError, KeyError, AttributeError) as e:
             raise UnclipFolderError(f"{folder}: the Stable unCLIP pipeline did not load: {e}", file=folder) from e
@@ -504,14 +504,18 @@ def draw_response(model, body: Mapping[str, Any], *, policy=None) -> dict:
     params = DrawParams(**{k: body[k] for k in ("steps", "guidance", "seed", "height", "width", "noise_level")
                            if body.get(k) is not None})
     visual_cache = VisualCacheParams.of(body.get("visual_cache"))
-    policy = policy or SourcePolicy(roots=None, allow_urls=False)
+    if policy is None:  # no server paths and no fetching: every input carries its bytes
+        for i, block in enumerate(blocks):
+            url = block.get("url") or (block.get("image_url") or {}).get("url") if isinstance(block, Mapping) else None
+            if isinstance(url, str) and not url.startswith("data:") or isinstance(block, Mapping) and "path" in block:
+                raise ContentError(f"inputs[{i}]: inputs must carry their data (base64 or data: URLs), not server "
+                                   "paths or URLs")
+        policy = SourcePolicy(roots=None, allow_urls=False)
     question = parse_message(HumanMessage(content=blocks), policy)
     if any(isinstance(p, EmbeddingPart) for p in question.parts):
         raise ContentError("embedding blocks cannot be drawn from; send the media themselves")
     if not question.parts:
         raise ContentError("'inputs' holds no media to draw from")
-    if policy.roots is None and any(not isinstance(p.source, bytes) for p in question.parts):
-        raise ContentError("inputs must carry their data (base64 or data: URLs), not server paths")
     media = load_media_parts(question.parts)
     result = generate_image(model, list(zip(media, [p.weight for p in question.parts])),
                             prompt or question.text, params, visual_cache)
