@@ -26,9 +26,29 @@ OFFICIAL_WEIGHTS_HINT = (
 
 
 def load_model(spec: ModelSpec):
-    """Load the model a spec names; errors (missing files, bad checkpoints) propagate to the caller."""
+    """Load the model a spec names (and its Stable unCLIP folder, when given); errors (missing files, bad
+    checkpoints, a folder that is not Stable unCLIP) propagate to the caller."""
     log.info("loading %s", spec)
-    return ibllm_agent.load(spec.name, **spec.load_kwargs())
+    model = ibllm_agent.load(spec.name, **spec.load_kwargs())
+    if spec.unclip_dir:
+        from ibllm_agent.image_generation import attach_unclip
+
+        attach_unclip(model, spec.unclip_dir)
+    return model
+
+
+def can_draw(model) -> bool:
+    """A generator is attached, or the toy's decoder can be (the toy ships one)."""
+    return model.image_generator is not None or model.card.is_toy
+
+
+def draw(model, attachments, prompt: str, params, visual_cache):
+    """A picture of the inputs (with their signed weights) -> `DrawResult` (the model's lock is taken inside)."""
+    from ibllm_agent.image_generation import generate_image
+
+    items = [(a.media, a.signed_weight) for a in attachments]
+    enabled = bool(visual_cache.enabled) and model.visual_cache is not None
+    return generate_image(model, items, prompt, params, visual_cache.updated(enabled=enabled))
 
 
 def toy_concepts() -> list[str]:

@@ -9,6 +9,7 @@ paths in the sidebar or in a config file (TOML or JSON) named by `--config` afte
     llama_dir = "/weights/llama"          # holds tokenizer.model and 7B/params.json + consolidated.00.pth
     imagebind_ckpt = "/weights/imagebind_w3D.pth"
     visual_cache_index = "/weights/knn.index"   # optional: the visual cache
+    unclip_dir = "/weights/stable-diffusion-2-1-unclip"   # optional: pictures (the Draw button)
     device = "cuda"
 
     [generation]                          # ibllm_agent.GenerationParams
@@ -57,6 +58,9 @@ class ModelSpec:
     """Torch device: "cpu", "cuda", "cuda:1", ..."""
     dtype: str | None = None
     """"float32", "float16" or "bfloat16"; None lets the loader choose for the device."""
+    unclip_dir: str | None = None
+    """Local Stable unCLIP folder (stabilityai/stable-diffusion-2-1-unclip) for the Draw button with the
+    official weights; the toy model draws with its own decoder."""
 
     @property
     def is_toy(self) -> bool:

@@ -35,6 +35,10 @@ def history(at: AppTest):
     return at.session_state.history
 
 
+def has_button(at: AppTest, key: str) -> bool:
+    return any(b.key == key for b in at.button)
+
+
 def test_status_line_names_the_model_device_and_precision(app, app_config):
     status = app.main.caption[0].value
     assert f"**{app_config}**" in status and "cpu" in status and "float32" in status
@@ -258,3 +262,32 @@ def test_the_model_form_switches_precision_and_the_status_line_follows(app, app_
     assert "bfloat16" in app.main.caption[0].value
     app.chat_input[0].set_value("What is this?").run()
     assert history(app)[-1].text
+
+
+@pytest.mark.usefixtures("needs_toy")
+def test_draw_button_puts_a_picture_of_the_inputs_in_the_chat(app, toy_files):
+    attach(app, toy_files["audio"], text="What do you hear?")
+    assert not has_button(app, "draw_0")  # a question has no Draw button; its answer (turn 1) has
+    app.button(key="draw_1").click().run()
+    assert not app.exception and not app.error
+    drawn = history(app)[-1]
+    assert drawn.role == "assistant" and drawn.image[:4] == b"\x89PNG" and drawn.error is None
+    assert drawn.footer().startswith("Drawn from :material/graphic_eq: dog_audio_0000.wav · toy-decoder")
+    assert any(c.value.startswith("Drawn from") for c in app.caption)
+    assert not has_button(app, "draw_2")  # a picture has no Draw button of its own
+    app.chat_input[0].set_value("And now?").run()  # the picture stays out of the text history sent
+    assert not app.exception and history(app)[-1].text
+
+
+@pytest.mark.usefixtures("needs_toy")
+def test_draw_offers_only_the_current_inputs_and_reports_a_mix_with_nothing_to_draw(app, toy_files):
+    attach(app, toy_files["image"], toy_files["audio"], text="What is this?")
+    assert has_button(app, "draw_1")
+    image, audio = app.session_state.inputs
+    app.slider(key=f"weight_{audio.key}").set_value(0.5).run()
+    app.toggle(key=f"subtract_{image.key}").set_value(True).run()
+    assert not has_button(app, "draw_1")  # that answer was about other inputs: Draw draws the current ones
+    app.chat_input[0].set_value("And now?").run()
+    app.button(key="draw_3").click().run()  # -1 + 0.5: the reference divides by a negative sum
+    assert not app.exception
+    assert "sum to" in history(app)[-1].error and history(app)[-1].image is None
