@@ -36,8 +36,8 @@ class _Request:
 
     @property
     def key(self) -> tuple:
-        """Requests batch together only when these are equal."""
-        return self.generation, self.visual_cache
+        """Requests batch together only when these are equal (each row keeps its own grammar constraint)."""
+        return self.generation.sampling, self.visual_cache
 
 
 class GenerationBatcher:
@@ -113,7 +113,7 @@ class GenerationBatcher:
         if model is None:
             raise RuntimeError("the model was released while requests were queued")
         with model.card.lock:
-            return model.generate_batch([r.prompt for r in batch], features, batch[0].generation,
+            return model.generate_batch([r.prompt for r in batch], features, [r.generation for r in batch],
                                         batch[0].visual_cache)
 
 

@@ -7,12 +7,13 @@
     ibllm chat --image dog.jpg
     ibllm draw --audio rain.wav "a photo" -o rain.png                         (image output)
     ibllm download 7B --dest ~/.cache/ibllm_agent
+    ibllm serve --port 8000                          (an OpenAI-compatible API; see `ibllm serve --help`)
     ibllm doctor
 
 Without --model the shipped toy world answers (a small model trained on synthetic media; it knows
 only that world). One flag per medium of the modality registry (--image, --video, --audio, --point);
 several are fused with their weights exactly as the chat model fuses them (`ibllm_agent.fusion`).
-The `cache` and `train` commands come from their own modules.
+The `cache`, `train` and `serve` commands come from their own modules.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ import importlib
 import importlib.metadata
 import importlib.util
 import logging
+import os
 import platform
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +52,8 @@ def parse_media(spec: str) -> tuple[str, float]:
     return spec, 1.0
 
 
-def _model_flags(p: argparse.ArgumentParser, *, sampling: bool = True) -> None:
+def load_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that say which model to load and how (`ask`, `chat`, `serve`); `load_options` reads them."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default="toy",
                    help="toy (default: the shipped toy world), 7B / 7B-pretrained (downloaded weights), tiny "
@@ -63,9 +67,20 @@ def _model_flags(p: argparse.ArgumentParser, *, sampling: bool = True) -> None:
     g.add_argument("--dtype", default=None, help="float32 (CPU default), float16 (CUDA default) or bfloat16")
     g.add_argument("--max-seq-len", type=int, default=2048, help="longest prompt + answer in tokens")
     g.add_argument("--download-root", help="where `ibllm download` put the weights")
+    g.add_argument("--visual-cache", action=argparse.BooleanOptionalAction, default=False,
+                   help="load the visual cache and blend it into the query (the paper's cache model); default off")
+
+
+def load_options(args) -> dict:
+    """`ibllm_agent.load` keywords from the `load_flags`."""
+    return dict(name=args.model, llama_dir=args.llama_dir, llama_type=args.llama_type,
+                imagebind_ckpt=args.imagebind_ckpt, knn=args.visual_cache, knn_index=args.knn_index,
+                device=args.device, dtype=args.dtype, max_seq_len=args.max_seq_len, download_root=args.download_root)
+
+
+def _model_flags(p: argparse.ArgumentParser, *, sampling: bool = True) -> None:
+    load_flags(p)
     c = p.add_argument_group("visual cache")
-    c.add_argument("--visual-cache", action=argparse.BooleanOptionalAction, default=False,
-                   help="blend the visual cache into the query (the paper's cache model); default off")
     c.add_argument("--visual-cache-size", type=int, default=DEFAULT_VISUAL_CACHE.size, help="neighbours retrieved")
     c.add_argument("--visual-cache-t", type=float, default=DEFAULT_VISUAL_CACHE.t,
                    help="softmax temperature over their similarities")
@@ -107,9 +122,7 @@ def _draw_flags(p: argparse.ArgumentParser) -> None:
 def _load_model(args):
     from ibllm_agent.factory import load
 
-    return load(args.model, args.llama_dir, args.llama_type, imagebind_ckpt=args.imagebind_ckpt,
-                knn=args.visual_cache, knn_index=args.knn_index, device=args.device, dtype=args.dtype,
-                max_seq_len=args.max_seq_len, download_root=args.download_root)
+    return load(**load_options(args))
 
 
 def _settings(args) -> tuple[GenerationParams, VisualCacheParams]:
@@ -289,9 +302,112 @@ def ui_app() -> Path:
     return Path(spec.origin).parent / "app.py"
 
 
+UI_STOP_GRACE_S = 10.0
+"""How long a stopped `ibllm ui` waits for Streamlit to shut down before it kills it."""
+UI_OWN_OPTIONS = {"--server.address": "--host", "--client.showErrorDetails": "--debug"}
+"""Streamlit options that `ibllm ui` sets itself (the flag to use instead): passed again after ours they would
+win, and an address given that way would skip the network warning."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address (or "localhost", or a unix:// socket) is reachable from this machine only."""
+    if host == "localhost" or host.startswith("unix://"):
+        return True
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def ui_command(args) -> list[str]:
+    """`python -m streamlit run ui/app.py` with our address, port and error details, then the other Streamlit
+    options, then the app's own arguments after `--`."""
+    for arg in args.streamlit_args:
+        flag = UI_OWN_OPTIONS.get(arg.partition("=")[0])
+        if flag:
+            raise ValueError(f"{arg.partition('=')[0]} is set by `ibllm ui`; use {flag}")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ui_app()), "--server.address", args.host]
+    if args.port is not None:
+        cmd += ["--server.port", str(args.port)]
+    cmd += ["--client.showErrorDetails", "full" if args.debug else "none", *args.streamlit_args]
+    script_args = (["--config", str(Path(args.config).absolute())] if args.config else []) + (
+        ["--debug"] if args.debug else [])
+    return cmd + (["--", *script_args] if script_args else [])
+
+
+def _die_with_parent():
+    """For Popen's preexec_fn on Linux: the child gets SIGTERM when `ibllm ui` dies, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork; only called after it
+    pr_set_pdeathsig = 1
+    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def run_supervised(cmd: list[str], name: str, grace: float = UI_STOP_GRACE_S) -> int:
+    """Run `cmd` as a child that stops with us: SIGINT/SIGTERM/SIGHUP are passed on to it (a second one kills
+    it), it gets `grace` seconds to stop, then SIGKILL; it also gets SIGTERM if we die any other way (Linux).
+
+    The child runs in its own session, so a Ctrl-C in the terminal reaches it once, through us. The exit
+    code says what happened: the child's own when it ended by itself, 128 + the signal when we were stopped
+    and it stopped in time (130 for Ctrl-C, 143 for SIGTERM), 137 when it had to be killed."""
+    import time
+
+    stops: list[int] = []
+    proc: subprocess.Popen | None = None
+
+    def kill(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)  # the child leads its own process group: anything it started goes too
+        except ProcessLookupError:
+            pass
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        stops.append(signum)
+        if proc is not None:
+            kill(signal.SIGKILL if len(stops) > 1 else signal.SIGTERM if signum == signal.SIGHUP else signum)
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
+    try:
+        proc = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent())
+        if stops:  # a signal that came while it was starting
+            kill(signal.SIGTERM if stops[0] == signal.SIGHUP else stops[0])
+        deadline = None
+        while True:
+            try:
+                code = proc.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                if stops and deadline is None:
+                    deadline = time.monotonic() + grace
+                if deadline is not None and time.monotonic() > deadline:
+                    print(f"{name} did not stop within {grace:g} s; killed it", file=sys.stderr)
+                    kill(signal.SIGKILL)
+                    proc.wait()
+                    return 128 + signal.SIGKILL
+                continue
+            if not stops:
+                return code if code >= 0 else 128 - code
+            return 128 + signal.SIGKILL if len(stops) > 1 else 128 + stops[0]
+    finally:
+        if proc is not None and proc.poll() is None:  # an error of ours: never leave it running
+            kill(signal.SIGKILL)
+            proc.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def cmd_ui(args) -> int:
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ui_app()), *args.streamlit_args]
-    return subprocess.call(cmd)
+    cmd = ui_command(args)
+    if not is_loopback(args.host):
+        print(f"warning: the app will listen on {args.host}, not only on this machine: anyone who can reach it "
+              "can use the model and upload files to it. Leave out --host (127.0.0.1) unless that is what you "
+              "want.", file=sys.stderr, flush=True)
+    return run_supervised(cmd, "streamlit")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,11 +445,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="versions, devices, ffmpeg, toy and official weights")
     p.set_defaults(func=cmd_doctor)
 
-    # Streamlit's own options (--server.port 8600, ...) are collected by main(), not declared here.
-    p = sub.add_parser("ui", help="run the Streamlit app (other options go to streamlit, e.g. --server.port)")
+    # Streamlit's own options (--server.headless true, ...) are collected by main(), not declared here.
+    p = sub.add_parser("ui", help="run the Streamlit app on this machine (other options go to streamlit, e.g. "
+                                  "--server.headless true)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; any other warns)")
+    p.add_argument("--port", type=int, help="port (default: Streamlit's, 8501)")
+    p.add_argument("--config", help="the app's config file (TOML or JSON; default $IBLLM_UI_CONFIG)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks in the browser")
     p.set_defaults(func=cmd_ui, streamlit_args=[])
 
-    for module in ("ibllm_agent.cache.cli", "ibllm_agent.train.cli"):
+    for module in ("ibllm_agent.cache.cli", "ibllm_agent.train.cli", "ibllm_agent.serve.cli"):
         try:
             importlib.import_module(module).register(sub)
         except ModuleNotFoundError as e:

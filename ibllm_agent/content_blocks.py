@@ -34,7 +34,6 @@ import re
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -65,9 +64,9 @@ class UnsupportedContentError(ContentError):
 
 @dataclass(frozen=True)
 class MediaPart:
-    """One medium of a message: raw bytes or a confined local path, its modality, a fusion weight."""
+    """One medium of a message: its bytes (read once through the source policy), modality, fusion weight."""
 
-    source: Path | bytes
+    source: bytes
     modality: str | None  # None = detect from the content
     name: str
     weight: float = 1.0
@@ -225,7 +224,7 @@ def _media_part(block: dict, policy: SourcePolicy, index: int) -> MediaPart:
     data = _str_field(block, "base64")
     url = _str_field(block, "url")
     if data is not None:
-        source: Path | bytes = _decode_base64(data, policy)
+        source = _decode_base64(data, policy)
     elif url:
         if url.startswith("data:"):
             source, data_mime = _decode_data_url(url, policy)
@@ -241,7 +240,7 @@ def _media_part(block: dict, policy: SourcePolicy, index: int) -> MediaPart:
     return MediaPart(source, modality, name, weight, mime)
 
 
-def _detected_medium(source: Path | bytes, name: str) -> str:
+def _detected_medium(source: bytes, name: str) -> str:
     """The medium the content is, for blocks whose type and MIME type do not say."""
     from ibllm_agent.media import MediaError, detect_format
 

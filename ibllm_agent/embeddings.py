@@ -7,7 +7,8 @@
     Chroma(embedding_function=emb).add_images(["dog.png"])   # langchain-chroma calls embed_image
 
 Vectors are L2-normalised (`normalize=True`), so inner product = cosine similarity across
-modalities. Results are kept in an LRU cache keyed by the sha256 of the content (and the modality),
+modalities. With `base_url` (remote mode) an `ibllm serve` encodes (`POST /v1/embeddings`, the same
+vectors); local files are read here and sent inline. Results are kept in an LRU cache keyed by the sha256 of the content (and the modality),
 so re-embedding the same file or text is free. There is one `embed_<...>` method per medium of the
 modality registry (`embed_image`, `embed_video`, `embed_audio`, `embed_point_cloud`), made from it.
 
@@ -24,18 +25,18 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from langchain_core.embeddings import Embeddings
-from pydantic import PrivateAttr
+from pydantic import PrivateAttr, model_validator
 
 from ibllm_agent import modalities
-from ibllm_agent.media.source import file_sha256
+from ibllm_agent.content_blocks import MediaPart
 from ibllm_agent.model_pool import PooledModelFields
+from ibllm_agent.remote import content_part
 from ibllm_agent.sources import DEFAULT_MAX_BYTES, SourcePolicy
 
 try:  # chromadb is a dependency, but keep the LangChain class importable without it
@@ -61,39 +62,52 @@ class ImageBindEmbeddings(PooledModelFields, Embeddings):
     _cache: OrderedDict = PrivateAttr(default_factory=OrderedDict)
     _cache_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
+    @model_validator(mode="after")
+    def _normalised_remotely(self):
+        if self.base_url is not None and not self.normalize:
+            raise ValueError("the server returns L2-normalised vectors; normalize=False needs a local model")
+        return self
+
     @property
     def dim(self) -> int:
+        if self._remote is not None:
+            return int(self._remote.get(f"/models/{self.model}")["ibllm"]["feature_dim"])
         return int(self._llm.feature_dim)
 
     # --- LangChain Embeddings -------------------------------------------------------------------
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Texts through the ImageBind text encoder."""
-        return self._embed([("text", text) for text in texts])
+        return self._embed([("text", text, "<text>") for text in texts])
 
     def embed_query(self, text: str) -> list[float]:
         return self.embed_documents([text])[0]
 
     # --- other modalities (embed_image, embed_audio, ...: see _add_media_methods) ------------------
 
-    def embed_media(self, sources: Sequence[str | os.PathLike | bytes], modality: str | None = None) -> list[list[float]]:
-        """Paths (confined by `media_roots`), URLs (if allowed) or raw bytes; modality None = detect."""
+    def embed_media(self, sources: Sequence[str | os.PathLike | bytes | BinaryIO | MediaRef],
+                    modality: str | None = None) -> list[list[float]]:
+        """Paths (confined by `media_roots`), URLs (if allowed), raw bytes, binary file objects or `MediaRef`s,
+        each read once and held to `max_media_bytes`; modality None = detect from the content."""
         items = []
         for source in sources:
-            if isinstance(source, (bytes, bytearray)):
-                items.append((modality, bytes(source)))
+            if isinstance(source, MediaRef):
+                data, name = self._policy.read(source.data, source.name)
             else:
-                items.append((modality, self._policy.read(source)[0]))
+                data, name = self._policy.read(source)
+            items.append((modality, data, name))
         return self._embed(items)
 
-    def embed_tensor(self, sources: Sequence[str | os.PathLike | bytes], modality: str | None = None) -> torch.Tensor:
+    def embed_tensor(self, sources: Sequence[str | os.PathLike | bytes | BinaryIO | MediaRef],
+                     modality: str | None = None) -> torch.Tensor:
         """Like `embed_media`, as a float32 tensor (N, D)."""
         return torch.tensor(self.embed_media(sources, modality), dtype=torch.float32)
 
     # --- batching and the LRU cache ------------------------------------------------------------------
 
-    def _embed(self, items: list[tuple[str | None, str | Path | bytes]]) -> list[list[float]]:
-        keys = [_content_key(modality, value) for modality, value in items]
+    def _embed(self, items: list[tuple[str | None, str | bytes, str]]) -> list[list[float]]:
+        """(modality, text or media bytes, display name) -> vectors, encoding only what the cache lacks."""
+        keys = [_content_key(modality, value) for modality, value, _ in items]
         out: list[list[float] | None] = [self._cached(k) for k in keys]
         missing = [i for i, v in enumerate(out) if v is None]
         for start in range(0, len(missing), self.batch_size):
@@ -104,11 +118,16 @@ class ImageBindEmbeddings(PooledModelFields, Embeddings):
                 self._remember(keys[i], vector)
         return out
 
-    def _encode(self, items: list[tuple[str | None, str | Path | bytes]]) -> torch.Tensor:
+    def _encode(self, items: list[tuple[str | None, str | bytes, str]]) -> torch.Tensor:
+        if self._remote is not None:
+            inputs = [value if modality == "text" else content_part(MediaPart(value, modality, name))
+                      for modality, value, name in items]
+            body = self._remote.post("/embeddings", {"model": self.model, "input": inputs})
+            return torch.tensor([d["embedding"] for d in sorted(body["data"], key=lambda d: d["index"])])
         from ibllm_agent.media import load_media, load_text
 
-        loaded = [_load_text(value, load_text) if modality == "text" else load_media(value, modality)
-                  for modality, value in items]
+        loaded = [_load_text(value, load_text) if modality == "text" else load_media(value, modality, name=name)
+                  for modality, value, name in items]
         with self._llm.card.lock:
             vectors = self._llm.encode(loaded)  # (N, D) float32
         return F.normalize(vectors, dim=-1) if self.normalize else vectors
@@ -143,10 +162,8 @@ def _add_media_methods(cls: type) -> None:
 _add_media_methods(ImageBindEmbeddings)
 
 
-def _content_key(modality: str | None, value: str | Path | bytes) -> tuple[str | None, str]:
+def _content_key(modality: str | None, value: str | bytes) -> tuple[str | None, str]:
     """(modality, sha256 of the content): the same bytes under another name hit the cache."""
-    if isinstance(value, Path):
-        return modality, file_sha256(value)
     return modality, hashlib.sha256(value.encode("utf-8") if isinstance(value, str) else value).hexdigest()
 
 
@@ -172,7 +189,8 @@ class MediaRef:
 
 
 class ImageBindMediaLoader:
-    """A chromadb data loader: URIs (confined local paths) -> `MediaRef`s the embedding function encodes."""
+    """A chromadb data loader: URIs (confined local paths, read once) -> `MediaRef`s the embedding function
+    encodes."""
 
     def __init__(self, roots: Sequence[str | os.PathLike] | None = None, max_bytes: int = DEFAULT_MAX_BYTES):
         self.policy = SourcePolicy(roots=tuple(roots) if roots is not None else None, max_bytes=max_bytes)
@@ -183,8 +201,7 @@ class ImageBindMediaLoader:
             if uri is None:
                 out.append(None)
                 continue
-            path = self.policy.resolve(uri)
-            out.append(MediaRef(path.read_bytes(), path.name))
+            out.append(MediaRef(*self.policy.read(uri)))
         return out
 
 
@@ -198,7 +215,7 @@ class ImageBindEmbeddingFunction(EmbeddingFunction):
     def __call__(self, input):  # noqa: A002 (chromadb's parameter name)
         vectors: list[list[float] | None] = [None] * len(input)
         texts = [(i, x) for i, x in enumerate(input) if isinstance(x, str)]
-        media = [(i, _to_bytes(x)) for i, x in enumerate(input) if not isinstance(x, str)]
+        media = [(i, _to_media(x)) for i, x in enumerate(input) if not isinstance(x, str)]
         if texts:
             for (i, _), v in zip(texts, self.embeddings.embed_documents([t for _, t in texts])):
                 vectors[i] = v
@@ -226,10 +243,10 @@ class ImageBindEmbeddingFunction(EmbeddingFunction):
         return ImageBindEmbeddingFunction(model=config.get("model", "toy"))
 
 
-def _to_bytes(item: Any) -> bytes:
+def _to_media(item: Any) -> MediaRef | bytes:
     """A chromadb input that is not a document: our `MediaRef`, raw bytes, or an HxWx3 image array."""
     if isinstance(item, MediaRef):
-        return item.data
+        return item
     if isinstance(item, (bytes, bytearray)):
         return bytes(item)
     if isinstance(item, np.ndarray):

@@ -3,13 +3,15 @@
 Sampling is the reference's: greedy (argmax) when temperature is 0, else `softmax(logits / T)` and
 top-p (`sample_top_p`), optionally from a seeded `torch.Generator`. Unlike the reference (batch 1, at
 most 512 tokens, KV cache inside the model) a `Decoder` decodes a batch of prompts of any lengths
-(left-padded, masked) with its own `KVCache`, up to the model's `max_seq_len`.
+(left-padded, masked) with its own `KVCache`, up to the model's `max_seq_len`. A row whose settings carry
+a `grammar.Constraint` keeps its own grammar state and samples only the tokens it allows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,6 +19,9 @@ from ibllm_agent.llama import cuda_graphs
 from ibllm_agent.llama.model import KVCache, Transformer
 from ibllm_agent.llama.tokenizer import Tokenizer
 from ibllm_agent.params import GenerationParams
+
+if TYPE_CHECKING:
+    from ibllm_agent.grammar import Matcher
 
 __all__ = ["PROMPT_DICT", "Decoder", "Generation", "KVCache", "PromptTooLongError", "format_prompt",
            "sample_top_p"]
@@ -79,9 +84,12 @@ class Generation:
     prompt_tokens: int
     """Length of the encoded prompt, BOS included."""
     finish_reason: str
-    """"stop" (EOS or a stop string) or "length" (max_gen_len or the context was reached)."""
+    """"stop" (EOS, a stop string, or the end of its grammar), "length" (max_gen_len or the context was
+    reached; a constrained answer is then incomplete), or "error" (its grammar failed: see `error`)."""
     neighbors: list = field(default_factory=list)
     """The cache items blended into this answer's visual query (`Neighbor`s), empty without the cache."""
+    error: str = ""
+    """Why a constrained answer stopped with finish_reason "error" (e.g. an engine limit)."""
 
 
 @dataclass
@@ -93,10 +101,13 @@ class _Row:
     max_gen_len: int
     """Tokens this row may generate: its max_tokens, or what its context leaves."""
     generator: torch.Generator | None = None
+    matcher: Matcher | None = None
+    """The grammar state of a constrained row (its `params.constraint`), None for free text."""
     ids: list[int] = field(default_factory=list)
     text: str = ""
     emitted: int = 0
     finish: str | None = None
+    error: str = ""
 
 
 def _held_back(text: str, stop: Sequence[str]) -> int:
@@ -115,8 +126,9 @@ class Decoder:
     """Rows of prompts decoded together, one token per step: the one decoding loop of the project.
 
     `join` prefills new prompts (left-padded to their longest, one forward pass) and adds them to the batch
-    at a step boundary; `step` samples one token for every row (each with its own settings and generator)
-    and returns the text deltas. A row finishes at EOS, at a stop string or after its `max_gen_len` tokens.
+    at a step boundary; `step` samples one token for every row (each with its own settings, generator and
+    grammar, if any) and returns the text deltas. A row finishes at EOS, at a stop string, where its grammar
+    ends, or after its `max_gen_len` tokens.
 
     Two ways to use it:
     - a fixed batch (`Decoder(llama, tokenizer, prompts, adapter, params)`, then iterate for per-step deltas
@@ -173,7 +185,9 @@ class Decoder:
                                      "tokens (max_seq_len); shorten the prompt or load with a larger max_seq_len")
         if self._graph is not None:
             raise RuntimeError("rows cannot join a batch whose steps run as a CUDA graph")
-        rows = [_Row(list(p), prm, min(prm.max_tokens, limit - len(p)), g) for p, prm, g in zip(prompts, params, generators)]
+        matchers = [None if prm.constraint is None else prm.constraint.matcher(self.tokenizer) for prm in params]
+        rows = [_Row(list(p), prm, min(prm.max_tokens, limit - len(p)), g, m)
+                for p, prm, g, m in zip(prompts, params, generators, matchers)]
         room = max(r.max_gen_len for r in rows)
         cache, logits = self._prefill(prompts, adapter, room)
         if self._cache is None:
@@ -207,7 +221,8 @@ class Decoder:
     def _sample(self) -> torch.Tensor:
         """One token per active row. Rows that share settings and a generator are drawn in one call, so a fixed
         batch consumes its random stream exactly as one `sample_top_p` over the whole batch."""
-        tokens = torch.argmax(self._logits, dim=-1)
+        logits = self._masked_logits()
+        tokens = torch.argmax(logits, dim=-1)
         groups: dict[tuple, list[int]] = {}
         for b, i in enumerate(self._active):
             row = self.rows[i]
@@ -215,10 +230,28 @@ class Decoder:
                 groups.setdefault((row.params.temperature, row.params.top_p, id(row.generator)), []).append(b)
         for (temperature, top_p, _), members in groups.items():
             rows = torch.tensor(members, device=tokens.device)
-            tokens[rows] = next_tokens(self._logits[rows], temperature, top_p, self.rows[self._active[members[0]]].generator)
+            tokens[rows] = next_tokens(logits[rows], temperature, top_p, self.rows[self._active[members[0]]].generator)
         return tokens
 
+    def _masked_logits(self) -> torch.Tensor:
+        """The logits with every token a row's grammar forbids at -inf (the same tensor when no row has one,
+        so free rows sample from exactly the values they always did)."""
+        constrained = [(b, self.rows[i]) for b, i in enumerate(self._active)
+                       if self.rows[i].matcher is not None and not self.rows[i].finish]
+        if not constrained:
+            return self._logits
+        logits = self._logits.clone()
+        for b, row in constrained:
+            allowed = row.matcher.allowed(logits.shape[-1]).to(logits.device)
+            if not bool(allowed.any()):
+                row.finish, row.error = "error", row.matcher.error or "the grammar allows no token here"
+                continue
+            logits[b].masked_fill_(~allowed, float("-inf"))
+        return logits
+
     def _accept(self, row: _Row, token: int) -> str:
+        if row.matcher is not None:
+            return self._accept_constrained(row, token)
         stop = row.params.stop
         if token == self.tokenizer.eos_id:
             row.finish = "stop"
@@ -230,6 +263,28 @@ class Decoder:
                 row.text, row.finish = row.text[:cut], "stop"
             elif len(row.ids) >= row.max_gen_len:
                 row.finish = "length"
+        return self._delta(row, stop)
+
+    def _accept_constrained(self, row: _Row, token: int) -> str:
+        """Advance a row's grammar. EOS is sampled only where the grammar is complete; a grammar that admits
+        nothing more ends the row at once; stop strings do not cut it (the grammar says where it ends)."""
+        matcher = row.matcher
+        if token == self.tokenizer.eos_id:
+            row.finish = "stop"
+        elif not matcher.accept(token):
+            row.finish, row.error = "error", matcher.error or f"the grammar refused token {token}"
+        else:
+            row.ids.append(token)
+            row.text = matcher.decode(row.ids)
+            if matcher.stopped:
+                row.finish = "stop" if matcher.complete else "error"
+                row.error = "" if matcher.complete else matcher.error
+            elif len(row.ids) >= row.max_gen_len:
+                row.finish = "length"
+        return self._delta(row, ())
+
+    @staticmethod
+    def _delta(row: _Row, stop: Sequence[str]) -> str:
         end = len(row.text) if row.finish else len(row.text) - _held_back(row.text, stop)
         delta, row.emitted = row.text[row.emitted:max(end, row.emitted)], max(end, row.emitted)
         return delta

@@ -33,6 +33,7 @@ tools for any tool-calling chat model the user brings.
 
 from __future__ import annotations
 
+import hashlib
 import operator
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +49,7 @@ from ibllm_agent.arithmetic import parse
 from ibllm_agent.content_blocks import embedding_block
 from ibllm_agent.fusion import fuse
 from ibllm_agent.perception_tools import EmbeddingStore, Perception, get_tools
+from ibllm_agent.sources import SourceError
 
 DEFAULT_AGENT_PROMPT = (
     "You can perceive media files through tools backed by ImageBind-LLM: describe_media answers questions about "
@@ -129,7 +131,7 @@ class PerceptionState(TypedDict, total=False):
     expression: str | None
     retrieve: bool | None  # None (default): when a cache exists
     k: int
-    inputs: list[dict]  # route: [{"path", "name", "modality", "weight"}]
+    inputs: list[dict]  # route: [{"path", "name", "modality", "weight", "sha256"}]
     handles: list[str]  # encode: store handles of the inputs, in order
     feature: list[float] | None  # combine: the conditioning feature
     composition: str  # combine: what the feature is
@@ -158,18 +160,23 @@ class _Nodes:
         inputs = []
         for spec in state.get("media") or []:
             spec = {"path": spec} if isinstance(spec, str) else dict(spec)
-            path = self.p.policy.resolve(spec["path"])
-            modality = modalities.canonical(spec.get("modality")) or detect_format(path).modality
+            data, name = self.p.policy.read(spec["path"])
+            modality = modalities.canonical(spec.get("modality")) or detect_format(data, name=name).modality
             if modality not in modalities.MEDIA:
-                raise GraphInputError(f"{path.name} is {modality}, not a medium (media: {', '.join(modalities.MEDIA)})")
-            inputs.append({"path": str(path), "name": path.name, "modality": modality,
-                           "weight": float(spec.get("weight", 1.0))})
+                raise GraphInputError(f"{name} is {modality}, not a medium (media: {', '.join(modalities.MEDIA)})")
+            inputs.append({"path": spec["path"], "name": name, "modality": modality,
+                           "weight": float(spec.get("weight", 1.0)), "sha256": hashlib.sha256(data).hexdigest()})
         return {"inputs": inputs, "steps": ["route"]}
 
     def encode(self, state: PerceptionState) -> dict:
         handles = []
         for i, item in enumerate(state["inputs"], 1):
-            vector, name = self.p.embed_file(item["path"], item["modality"])
+            # read again (the state holds no media bytes: checkpointers would store them), and encode only
+            # what route looked at
+            data, name = self.p.policy.read(item["path"])
+            if hashlib.sha256(data).hexdigest() != item["sha256"]:
+                raise SourceError(f"{item['path']!r} changed between the route and encode steps; run again")
+            vector = self.p.embed_bytes(data, name, item["modality"])
             handles.append(self.p.store.put(vector, f"{item['modality']} {name}", f"input_{i}").handle)
         return {"handles": handles, "steps": ["encode"]}
 

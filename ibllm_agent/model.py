@@ -319,17 +319,25 @@ class ImageBindLLM(nn.Module):
 
     # ----- the one decode path --------------------------------------------------------------------------
     def join(self, decoder: Decoder, prompts: Sequence[str | Sequence[int]], visual_query: torch.Tensor,
-             generation: GenerationParams = DEFAULT_GENERATION) -> list[int]:
+             generation: GenerationParams | Sequence[GenerationParams] = DEFAULT_GENERATION) -> list[int]:
         """Add prompts (text, BOS added, or token ids) with their visual queries [B or 1, 1, dim] to `decoder`;
-        returns their row ids. A seed gives the new rows their own generator."""
+        returns their row ids. `generation` is one settings object for all, or one per prompt (rows that differ
+        only in their `constraint` share a batch). A seed gives the new rows their own generator."""
         ids = [self.tokenizer.encode(p, bos=True, eos=False) if isinstance(p, str) else list(p) for p in prompts]
         if visual_query.shape[0] == 1 and len(ids) > 1:
             visual_query = visual_query.expand(len(ids), -1, -1)
         if visual_query.shape[0] != len(ids):
             raise ValueError(f"{len(ids)} prompts but {visual_query.shape[0]} visual inputs")
-        generator = None
-        if generation.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(generation.seed)
+        if isinstance(generation, GenerationParams):
+            generator = None
+            if generation.seed is not None:
+                generator = torch.Generator(device=self.device).manual_seed(generation.seed)
+        else:
+            generation = list(generation)
+            if len(generation) != len(ids):
+                raise ValueError(f"{len(ids)} prompts but {len(generation)} GenerationParams")
+            generator = [None if g.seed is None else torch.Generator(device=self.device).manual_seed(g.seed)
+                         for g in generation]
         with torch.inference_mode():
             adapter = self.llama.adapter_values(self.adapter_queries(visual_query))
         return decoder.join(ids, adapter, generation, generator)
@@ -342,7 +350,7 @@ class ImageBindLLM(nn.Module):
         return decoder
 
     def start(self, prompts: Sequence[str | Sequence[int]], features: torch.Tensor | None = None,
-              generation: GenerationParams = DEFAULT_GENERATION, visual_cache: VisualCacheParams | bool | None = None,
+              generation: GenerationParams | Sequence[GenerationParams] = DEFAULT_GENERATION, visual_cache: VisualCacheParams | bool | None = None,
               *, into: Decoder | None = None) -> tuple[Decoder, list[int], list[list[Neighbor]]]:
         """Everything before the first token: fused features [B, D] ([D] or one row is shared; None = text
         only) -> visual queries (through the cache) -> rows of a `Decoder` (a new fixed batch, or the running
@@ -360,13 +368,20 @@ class ImageBindLLM(nn.Module):
         return decoder, rows, neighbors
 
     def generate_batch(self, prompts: Sequence[str], features: torch.Tensor | None = None,
-                       generation: GenerationParams | None = None,
+                       generation: GenerationParams | Sequence[GenerationParams] | None = None,
                        visual_cache: VisualCacheParams | bool | None = None, **overrides) -> list[Generation]:
         """Answer each prompt (formatted text, BOS added) given its fused feature row of `features`.
+        `generation` is one settings object or one per prompt (e.g. each with its own `constraint`);
         `**overrides` change fields of `generation` (e.g. `temperature=0, max_tokens=32`)."""
-        decoder, _, neighbors = self.start(prompts, features, _params(generation, overrides), visual_cache)
-        return [Generation(text=text, token_ids=ids, prompt_tokens=len(prompt), finish_reason=finish, neighbors=n)
-                for (text, ids, finish), prompt, n in zip(decoder.run(), decoder.prompts, neighbors)]
+        if generation is None or isinstance(generation, GenerationParams):
+            generation = _params(generation, overrides)
+        else:
+            generation = [_params(g, overrides) for g in generation]
+        decoder, _, neighbors = self.start(prompts, features, generation, visual_cache)
+        decoder.run()
+        return [Generation(text=row.text, token_ids=list(row.ids), prompt_tokens=len(row.prompt),
+                           finish_reason=row.finish or "length", neighbors=n, error=row.error)
+                for row, n in zip(decoder.rows.values(), neighbors)]
 
     def stream(self, prompt: str, feature: torch.Tensor | None = None, generation: GenerationParams | None = None,
                visual_cache: VisualCacheParams | bool | None = None, **overrides) -> Iterator[str]:

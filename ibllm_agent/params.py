@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ibllm_agent.grammar import Constraint
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 1_000
@@ -50,7 +53,10 @@ class GenerationParams:
     """Seed of the sampling generator (temperature > 0); seeded requests decode alone, so their random
     stream does not depend on which other requests shared the batch."""
     stop: tuple[str, ...] = ()
-    """Strings that end the answer (not included in it)."""
+    """Strings that end the answer (not included in it). A constrained answer ends where its grammar does."""
+    constraint: Constraint | None = None
+    """What the answer must match (`ibllm_agent.grammar.Constraint`: a JSON Schema, a regex, choices, a
+    grammar): tokens it forbids are never sampled, EOS only once it is complete. None = free text."""
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -65,6 +71,18 @@ class GenerationParams:
             raise ParamsError(f"generation.stop must be at most {MAX_STOP_STRINGS} strings of at most "
                               f"{MAX_STOP_CHARS} characters, got {self.stop!r}")
         set_(self, "stop", tuple(s for s in stop if s))
+        if self.constraint is not None:
+            from ibllm_agent.grammar import Constraint
+
+            if not isinstance(self.constraint, Constraint):
+                raise ParamsError(f"generation.constraint must be an ibllm_agent.grammar.Constraint or None, "
+                                  f"got {type(self.constraint).__name__}")
+
+    @property
+    def sampling(self) -> GenerationParams:
+        """These settings without the constraint: requests that agree on them may share a decoding batch,
+        each row keeping its own grammar."""
+        return self if self.constraint is None else replace(self, constraint=None)
 
     @property
     def batchable(self) -> bool:

@@ -45,7 +45,7 @@ from ibllm_agent.arithmetic import MODALITIES as EXPRESSION_MODALITIES
 from ibllm_agent.arithmetic import ExpressionError, Operand, parse
 from ibllm_agent.chat_models import ChatImageBindLLM
 from ibllm_agent.content_blocks import embedding_block
-from ibllm_agent.embeddings import ImageBindEmbeddings
+from ibllm_agent.embeddings import ImageBindEmbeddings, MediaRef
 from ibllm_agent.fusion import fuse
 from ibllm_agent.model_pool import shared_model
 from ibllm_agent.sources import DEFAULT_MAX_BYTES, SourceError, SourcePolicy
@@ -116,22 +116,24 @@ class Perception:
     """What the tools share: the model, the source policy, the chat/embedding wrappers, the store."""
 
     def __init__(self, model: Any = "toy", roots: Sequence[str | Path] | None = None, *, allow_urls: bool = False,
-                 max_bytes: int = DEFAULT_MAX_BYTES, cache: Any = None, collection: Any = None,
-                 store: EmbeddingStore | None = None, max_tokens: int = 128, temperature: float = 0.0,
-                 output_dir: str | Path | None = None):
+                 max_bytes: int = DEFAULT_MAX_BYTES, policy: SourcePolicy | None = None, cache: Any = None,
+                 collection: Any = None, store: EmbeddingStore | None = None, max_tokens: int = 128,
+                 temperature: float = 0.0, output_dir: str | Path | None = None):
         self.llm = shared_model(model)
         self.output_dir = None
         if output_dir is not None:
             self.output_dir = Path(output_dir).expanduser().resolve()
             if not self.output_dir.is_dir():
                 raise SourceError(f"output folder {str(output_dir)!r} is not a folder")
-        roots = list(roots) if roots is not None else [Path.cwd()]
-        self.policy = SourcePolicy(roots=tuple(roots), allow_urls=allow_urls, max_bytes=max_bytes)
-        root_strs = [str(r) for r in self.policy.roots]
-        self.chat = ChatImageBindLLM(model=self.llm, media_roots=root_strs, allow_urls=allow_urls,
-                                     max_media_bytes=max_bytes, max_tokens=max_tokens, temperature=temperature)
-        self.embeddings = ImageBindEmbeddings(model=self.llm, media_roots=root_strs, allow_urls=allow_urls,
-                                              max_media_bytes=max_bytes)
+        if policy is None:
+            roots = list(roots) if roots is not None else [Path.cwd()]
+            policy = SourcePolicy(roots=tuple(roots), allow_urls=allow_urls, max_bytes=max_bytes)
+        elif policy.roots is None:
+            raise ValueError("the tools read files a model names: give the source policy media roots")
+        self.policy = policy
+        self.chat = ChatImageBindLLM(model=self.llm, media_policy=policy, max_tokens=max_tokens,
+                                     temperature=temperature)
+        self.embeddings = ImageBindEmbeddings(model=self.llm, media_policy=policy)
         self.cache = cache if cache is not None else getattr(self.llm, "visual_cache", None)
         self.collection = getattr(collection, "_collection", collection)  # a langchain Chroma or a chromadb one
         self.store = store if store is not None else EmbeddingStore()
@@ -141,9 +143,12 @@ class Perception:
         return " (Toy world model: it knows only a few synthetic concepts.)" if self.llm.card.is_toy else ""
 
     def embed_file(self, path: str, modality: str | None = None) -> tuple[torch.Tensor, str]:
-        source, name = self.policy.read(path)
-        (vector,) = self.embeddings.embed_media([source], modality)
-        return torch.tensor(vector), name
+        data, name = self.policy.read(path)
+        return self.embed_bytes(data, name, modality), name
+
+    def embed_bytes(self, data: bytes, name: str, modality: str | None = None) -> torch.Tensor:
+        (vector,) = self.embeddings.embed_media([MediaRef(data, name)], modality)
+        return torch.tensor(vector)
 
     def embed_text(self, text: str) -> torch.Tensor:
         return torch.tensor(self.embeddings.embed_query(text))
@@ -183,10 +188,7 @@ class Perception:
         """The `k` nearest visual-cache items of a (D,) vector: id, inner-product score, metadata."""
         if self.cache is None:
             raise ToolException("no visual cache is loaded (load the model with knn=True, or pass cache= to get_tools)")
-        query = self.cache.check_query(vector[None].numpy(), k)
-        result = self.cache.search(query, min(k, len(self.cache)))
-        return [{"id": i, "score": float(s), "metadata": dict(m)}
-                for i, s, m in zip(result.ids[0], result.scores[0], result.metadatas[0])]
+        return nearest(self.cache, vector, k)
 
     def load_file(self, path: str, modality: str | None = None):
         """A media file inside the roots -> `MediaInput`."""
@@ -222,6 +224,15 @@ class Perception:
     def describe(self, blocks: list, question: str | None) -> str:
         message = HumanMessage(content=[question or self.chat.default_question, *blocks])
         return self.chat.invoke([message]).text
+
+
+def nearest(cache: Any, vector: torch.Tensor, k: int) -> list[dict]:
+    """The `k` nearest items of a visual cache to a (D,) vector: id, inner-product score, metadata (the
+    retrieve tool and the server's /v1/ibllm/cache/search)."""
+    query = cache.check_query(vector[None].float().numpy(), k)
+    result = cache.search(query, min(k, len(cache)))
+    return [{"id": i, "score": float(s), "metadata": dict(m)}
+            for i, s, m in zip(result.ids[0], result.scores[0], result.metadatas[0])]
 
 
 def _tool_errors(run):
@@ -275,12 +286,9 @@ class DescribeMediaTool(PerceptionTool):
 
     @_tool_errors
     def _run(self, path: str, question: str | None = None, modality: str | None = None, run_manager=None) -> str:
-        source, name = self.perception.policy.read(path)  # refused here, before any decoding
-        if isinstance(source, bytes):  # a downloaded URL (allow_urls=True)
-            block = {"type": "file", "base64": base64.b64encode(source).decode(),
-                     "mime_type": "application/octet-stream", "extras": {"filename": name}}
-        else:
-            block = {"type": "file", "url": str(source), "extras": {"filename": name}}
+        data, name = self.perception.policy.read(path)  # refused here, before any decoding; read once
+        block = {"type": "file", "base64": base64.b64encode(data).decode(),
+                 "mime_type": "application/octet-stream", "extras": {"filename": name}}
         if modality:
             block["extras"]["modality"] = modality
         answer = self.perception.describe([block], question)
@@ -487,10 +495,12 @@ TOOL_CLASSES: tuple[type[PerceptionTool], ...] = (
 
 
 def get_tools(model: Any = "toy", roots: Sequence[str | Path] | None = None, *, allow_urls: bool = False,
-              max_bytes: int = DEFAULT_MAX_BYTES, cache: Any = None, collection: Any = None,
-              store: EmbeddingStore | None = None, max_tokens: int = 128, output_dir: str | Path | None = None,
-              image_artifact: Literal["path", "base64"] = "path") -> list[BaseTool]:
-    """The perception tools over one model, confined to `roots` (default: the current folder).
+              max_bytes: int = DEFAULT_MAX_BYTES, policy: SourcePolicy | None = None, cache: Any = None,
+              collection: Any = None, store: EmbeddingStore | None = None, max_tokens: int = 128,
+              output_dir: str | Path | None = None, image_artifact: Literal["path", "base64"] = "path"
+              ) -> list[BaseTool]:
+    """The perception tools over one model, confined to `roots` (default: the current folder); `policy`, a
+    ready `SourcePolicy` with roots, replaces roots, allow_urls and max_bytes.
 
     model: a name ("toy") or a loaded `ImageBindLLM` (shared with your chat model and embeddings).
     cache: a `VisualCache` for retrieve_from_cache (default: the model's, when loaded with knn=True);
@@ -499,7 +509,7 @@ def get_tools(model: Any = "toy", roots: Sequence[str | Path] | None = None, *, 
     output_dir: an existing folder enables generate_image, which writes its PNGs there and nowhere else
     (image_artifact: the artifact is the PNG's "path" or a "base64" image block).
     """
-    perception = Perception(model, roots, allow_urls=allow_urls, max_bytes=max_bytes, cache=cache,
+    perception = Perception(model, roots, allow_urls=allow_urls, max_bytes=max_bytes, policy=policy, cache=cache,
                             collection=collection, store=store, max_tokens=max_tokens, output_dir=output_dir)
     where = f" Files: {perception.policy.describe()}."
     tools = []

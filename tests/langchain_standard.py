@@ -44,6 +44,24 @@ class ChatSuite:
     def supports_model_override(self) -> bool:
         return False  # one loaded model per object; switch models by building another object
 
+    # grammar-constrained (ibllm_agent.structured): the form of a call or a JSON answer is guaranteed, its
+    # values are the model's
+    @property
+    def has_tool_calling(self) -> bool:
+        return True
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def has_structured_output(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
 
 class EmbeddingsSuite:
     """What both embeddings suites say about ImageBindEmbeddings."""

@@ -2,6 +2,7 @@
 
     python tools/bench_generate.py                       # parity model (if built) + mid-size random model
     python tools/bench_generate.py --parity-dir DIR --bf16 --json out.json
+    python tools/bench_generate.py --only parity --grammar       # cost of grammar-constrained decoding
 
 For each model: prefill tokens/s, decode tokens/s at batch 1 and batch 8, and the fraction of the
 bandwidth bound at batch 1 = (LLaMA weight bytes read per decode step / time per step) / copy
@@ -10,6 +11,10 @@ bandwidth, the copy bandwidth measured in the same run as (bytes read + bytes wr
 repetition, so a change of load hits them alike; each figure is given as the median and the best of
 its repetitions (use "best" on a shared, noisy machine). For the parity model the load also runs in
 a fresh process to report its peak RSS against the size of the weights.
+
+With --grammar: the time per decoded token at batch 1 through the real decode path (`ImageBindLLM.start` and
+`Decoder.step`), free against grammar-constrained (a JSON Schema whose string keeps nearly every token
+allowed, the widest mask, and a tool call), interleaved repetition by repetition; median and best.
 """
 
 from __future__ import annotations
@@ -136,6 +141,74 @@ def measure_load(parity_dir: Path) -> dict:
             "checksum_finite": checksum == checksum}
 
 
+GRAMMARS = {
+    "json_long_string": {"type": "object", "required": ["text"], "additionalProperties": False,
+                         "properties": {"text": {"type": "string", "minLength": 400}}},
+    "tool_call": {"type": "object", "required": ["name", "arguments"], "additionalProperties": False,
+                  "properties": {"name": {"const": "lookup"}, "arguments": {
+                      "type": "object", "required": ["items"], "additionalProperties": False,
+                      "properties": {"items": {"type": "array", "minItems": 60, "items": {"type": "integer"}}}}}},
+}
+"""Schemas that stay open for every step measured (the answer cannot end early)."""
+
+
+def _timed(fn, sink: list):
+    def wrapper(*args):
+        t = time.perf_counter()
+        out = fn(*args)
+        sink.append(time.perf_counter() - t)
+        return out
+    return wrapper
+
+
+@torch.inference_mode()
+def bench_grammar(label: str, model, *, prompt_len: int, steps: int, reps: int) -> dict:
+    """Per-token time at batch 1, free vs each constraint. Each repetition starts one decoder per variant and
+    steps them in turn, token by token (the order rotating), so load changes hit them alike; the grammar's own
+    work in a step (the mask and advancing the state) is timed inside the decoder as well."""
+    from ibllm_agent.grammar import Constraint
+    from ibllm_agent.params import GenerationParams
+
+    prompt = [model.tokenizer.bos_id] + torch.randint(
+        3, model.tokenizer.n_words, (prompt_len - 1,), generator=torch.Generator().manual_seed(0)).tolist()
+    variants = {"free": GenerationParams(max_tokens=steps + 1, temperature=0.0)}
+    for name, schema in GRAMMARS.items():
+        variants[name] = GenerationParams(max_tokens=steps + 1, temperature=0.0,
+                                          constraint=Constraint.json_schema(schema))
+    times = {k: [] for k in variants}
+    grammar = {k: [] for k in variants}
+    for rep in range(reps + 1):  # the first is a warm-up (pages, allocator, the engine's tokenizer)
+        decoders = {}
+        for key, params in variants.items():
+            decoder, _, _ = model.start([prompt], None, params)
+            decoder._masked_logits = _timed(decoder._masked_logits, grammar[key])
+            decoder._accept = _timed(decoder._accept, grammar[key])
+            decoders[key] = decoder
+        keys = list(variants)
+        for step in range(steps):
+            for key in keys[step % len(keys):] + keys[:step % len(keys)]:
+                t = time.perf_counter()
+                decoders[key].step()
+                if rep:
+                    times[key].append(time.perf_counter() - t)
+                if decoders[key].done:
+                    raise RuntimeError(f"{key}: the answer ended after {step + 1} steps; the benchmark needs {steps}")
+        if not rep:
+            grammar = {k: [] for k in variants}
+    row = {"model": label, "vocab": model.tokenizer.n_words, "steps": steps, "reps": reps}
+    for stat, fn in (("median", statistics.median), ("best", min)):
+        free = fn(times["free"])
+        row[stat] = {"free_ms_per_token": free * 1e3}
+        for key in GRAMMARS:
+            row[stat][f"{key}_ms_per_token"] = fn(times[key]) * 1e3
+            row[stat][f"{key}_overhead"] = fn(times[key]) / free - 1
+    per_token = {k: sum(v) / len(times[k]) for k, v in grammar.items()}  # mask + accept, per decoded token
+    row["grammar_ms_per_token"] = {k: per_token[k] * 1e3 for k in GRAMMARS}
+    row["grammar_share_of_free_step"] = {k: (per_token[k] - per_token["free"]) / statistics.median(times["free"])
+                                         for k in GRAMMARS}
+    return row
+
+
 def mid_model():
     """A random mid-size model (LLaMA dim 2048, 4 layers, vocab 32000, all layers adapted)."""
     from ibllm_agent.card import ModelCard
@@ -163,6 +236,10 @@ def main(argv=None) -> int:
     p.add_argument("--skip-load", action="store_true", help="do not measure the loading RSS")
     p.add_argument("--only", choices=["parity", "mid"], help="benchmark one model")
     p.add_argument("--json", type=Path, help="write the figures here")
+    p.add_argument("--grammar", action="store_true",
+                   help="only the cost of grammar-constrained decoding (batch 1, free vs constrained)")
+    p.add_argument("--tokenizer", type=Path, help="with --grammar: a SentencePiece model for the mid model (its 32000 "
+                   "logits; the default tokenizer has 320 pieces), e.g. a 32,000-piece one")
     p.add_argument("--measure-load", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.measure_load:
@@ -171,7 +248,7 @@ def main(argv=None) -> int:
 
     results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "models": []}
     have_parity = (args.parity_dir / "adapter.pth").is_file()
-    if have_parity and not args.skip_load and args.only != "mid":
+    if have_parity and not args.skip_load and args.only != "mid" and not args.grammar:
         out = subprocess.run([sys.executable, __file__, "--measure-load", "--parity-dir", str(args.parity_dir)],
                              check=True, capture_output=True, text=True).stdout
         results["load"] = json.loads(out.strip().splitlines()[-1])
@@ -188,7 +265,19 @@ def main(argv=None) -> int:
         models.append(("mid (dim 2048, 4 layers, random)", lambda _: mid_model()))
     for label, make in models:
         model = make(args.parity_dir)
-        row = bench_model(label, model, prompt_len=args.prompt_len, steps=args.steps, reps=args.reps, bf16=args.bf16)
+        if args.grammar and args.tokenizer and label.startswith("mid"):
+            from ibllm_agent.llama.tokenizer import Tokenizer
+
+            model.tokenizer = Tokenizer(args.tokenizer)
+            label += f", tokenizer {args.tokenizer.name}"
+        elif args.grammar and model.tokenizer.n_words != model.llama.vocab_size:
+            raise SystemExit(f"{label}: {model.llama.vocab_size} logits but {model.tokenizer.n_words} pieces; "
+                             "give --tokenizer")
+        if args.grammar:
+            row = bench_grammar(label, model, prompt_len=args.prompt_len, steps=args.steps, reps=args.reps)
+        else:
+            row = bench_model(label, model, prompt_len=args.prompt_len, steps=args.steps, reps=args.reps,
+                              bf16=args.bf16)
         row["load_average"] = os.getloadavg()
         results["models"].append(row)
         print(json.dumps(row, indent=1))

@@ -385,9 +385,9 @@ for update in graph.stream(request, stream_mode="updates"):
 ## An agent with `create_agent`
 
 `create_perception_agent(llm)` wraps `langchain.agents.create_agent` over the tools for any tool-calling chat
-model. ImageBind-LLM itself cannot call tools, so here a scripted model plays the planner: it embeds the
-picture and the sound, mixes them, and asks for a description of the mixture, exactly as a real model would
-through tool calls.
+model. A multi-step plan is beyond the toy (it drives a single call: see the last section), so here a scripted
+model plays the planner: it embeds the picture and the sound, mixes them, and asks for a description of the
+mixture, exactly as a real model would through tool calls.
 """),
         code("""
 from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
@@ -428,6 +428,60 @@ Replace the scripted planner with any LangChain chat model that supports tool ca
 from langchain_openai import ChatOpenAI          # or: from langchain_ollama import ChatOllama
 agent = create_perception_agent(ChatOpenAI(model="gpt-4o-mini"), model, roots=[media])
 ```
+"""),
+        md("""
+## Structured output: a sound, a picture and a 3D shape into a pydantic object
+
+`with_structured_output` holds ImageBind-LLM's answer to a schema by grammar-constrained decoding: at every
+step only the tokens the schema allows can be sampled, so the answer always parses and validates. The form
+is guaranteed; the values are the model's (here `thing` must be one of the toy's concepts and `summary` has
+at most 48 characters).
+"""),
+        code("""
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from ibllm_agent import ChatImageBindLLM
+from ibllm_agent.toy import CONCEPT_NAMES
+
+
+class Percept(BaseModel):
+    \"\"\"What an input shows, sounds like or is shaped like.\"\"\"
+
+    thing: Literal[CONCEPT_NAMES]
+    summary: str = Field(max_length=48, description="a few words about it")
+
+
+chat = ChatImageBindLLM(model=model, temperature=0, max_tokens=96)
+perceive = chat.with_structured_output(Percept)
+blocks = {"sound": {"type": "audio", "url": str(rain)}, "picture": {"type": "image", "url": str(dog)},
+          "3D shape": {"type": "file", "url": str(drum), "extras": {"modality": "point"}}}
+for kind, block in blocks.items():
+    percept = perceive.invoke([HumanMessage([{"type": "text", "text": "What is this?"}, block])])
+    print(f"{kind:9}", repr(percept))
+"""),
+        md("""
+## ImageBind-LLM as the agent's own model
+
+`ChatImageBindLLM.bind_tools` lists the tools in the prompt and lets the model answer either in text or with
+one call whose name is a bound tool and whose arguments validate against its schema, so it can drive
+`create_agent` itself. The toy learns this small skill from synthetic transcripts
+(`ibllm_agent/toy/tool_use.py`). A toy built before that data answers in text here instead of calling
+`describe_media`; a retrained one calls it with the file named in the question, reads the tool's answer
+and reports it.
+"""),
+        code("""
+from langgraph.errors import GraphRecursionError
+
+toy_agent = create_perception_agent(chat, model, roots=[media], tools=[tools["describe_media"]], system_prompt=None)
+question = HumanMessage(f"What do you hear in {rain.name}? Use describe_media.")
+try:
+    result = toy_agent.invoke({"messages": [question]}, {"recursion_limit": 8})
+    for message in result["messages"]:
+        print(f"{message.type:5}", message.tool_calls[0] if getattr(message, "tool_calls", None) else message.text)
+except GraphRecursionError:
+    print("the model kept calling tools for 8 steps; stopped")
 """),
     ])
 

@@ -1,6 +1,7 @@
 """ImageBind-LLM chat: ask about images, sounds, clips and 3D point clouds, mix them, see the cache.
 
-Run with `ibllm ui` or `streamlit run ui/app.py [-- --config ibllm-ui.toml]`.
+Run with `ibllm ui [--config ibllm-ui.toml]` or `streamlit run ui/app.py [-- --config ibllm-ui.toml] [--debug]`;
+both listen on 127.0.0.1 only (ui/.streamlit/config.toml) and show no tracebacks unless debug.
 The page, top to bottom: sidebar settings, the shared model, the chat input (pinned to the bottom),
 the status line, the inputs mixing panel, then either the chat or the embedding explorer.
 """
@@ -15,7 +16,6 @@ import streamlit as st
 import torch
 
 from ibllm_agent import modalities
-from ibllm_agent.media import load_text
 from ibllm_agent.params import DEFAULT_DRAW, DrawParams, GenerationParams, VisualCacheParams
 from ui import backend, views
 from ui.attachments import (
@@ -30,7 +30,7 @@ from ui.attachments import (
 )
 from ui.conversation import Reply, Turn, to_messages
 from ui.explorer import cosine_matrix, heatmap_figure, with_mixture, zero_shot
-from ui.settings import AppConfig, ConfigError, ModelSpec, config_path
+from ui.settings import AppConfig, ConfigError, ModelSpec, PathRefused, config_path, confine, debug_flag
 
 VIEWS = {"chat": ":material/forum: Chat", "explorer": ":material/scatter_plot: Embedding explorer"}
 
@@ -63,6 +63,13 @@ def init_state(config: AppConfig) -> None:
     state.setdefault("uploads", 0)  # bumps the upload panel's key, which empties it after each upload
     state.setdefault("embeddings", {})  # sha256 -> ImageBind embedding, for the explorer
     state.setdefault("pending_draw", False)  # a Draw button was pressed
+
+
+def report(message: str, exc: BaseException) -> None:
+    """The app's friendly error message; the traceback under it only in debug (`[app] debug`, `--debug`)."""
+    st.error(message, icon=":material/error:")
+    if DEBUG:
+        st.exception(exc)
 
 
 # ----- callbacks: they change the session state before the page is drawn ---------------------------------
@@ -121,34 +128,97 @@ def try_example(modality: str) -> None:
 
 # ----- page parts ---------------------------------------------------------------------------------------
 
-def sidebar_model() -> None:
-    """Title, new chat, and which model to load (a form: nothing reloads while paths are typed)."""
+PATH_FIELDS = {"name": "Model", "llama_dir": "LLaMA folder", "imagebind_ckpt": "ImageBind checkpoint",
+               "visual_cache_index": "Cache index", "unclip_dir": "Stable unCLIP folder"}
+"""The ModelSpec fields that name server files, with their labels in the sidebar."""
+
+
+def model_paths(config: AppConfig) -> dict[str, str]:
+    """Text inputs for the model's files (only when the config lists model folders); field -> typed text."""
+    spec = st.session_state.spec
+    st.caption(f"Paths must lie inside {', '.join(f'`{f}`' for f in config.app.model_folders)} "
+               "(relative paths start from the first).")
+    return {
+        "name": st.text_input("Model", spec.name, key="model_name",
+                              help='"toy", or the path of an adapter checkpoint such as 7B.pth'),
+        "llama_dir": st.text_input("LLaMA folder", spec.llama_dir or "", key="llama_dir",
+                                   help="holds tokenizer.model and 7B/params.json + consolidated.00.pth"),
+        "imagebind_ckpt": st.text_input("ImageBind checkpoint", spec.imagebind_ckpt or "", key="imagebind_ckpt",
+                                        help="imagebind_w3D.pth (with Point-Bind, for 3D)"),
+        "visual_cache_index": st.text_input("Cache index", spec.visual_cache_index or "", key="cache_index",
+                                            help="knn.index (optional)"),
+        "unclip_dir": st.text_input("Stable unCLIP folder", spec.unclip_dir or "", key="unclip_dir",
+                                    help="stable-diffusion-2-1-unclip in the diffusers layout (optional: the Draw "
+                                         "button with the official weights; never downloaded)"),
+    }
+
+
+def checked_paths(typed: dict[str, str], config: AppConfig) -> dict:
+    """The typed paths as ModelSpec fields: "toy" and the config's own values as they are (the config is
+    trusted), every other path confined to the model folders (`PathRefused` names the field)."""
+    chosen = {}
+    for field, text in typed.items():
+        text = text.strip()
+        if field in ("llama_dir", "imagebind_ckpt") and chosen["name"] == "toy":
+            continue  # the toy carries its own LLaMA and ImageBind
+        if not text or text == getattr(config.model, field) or (field == "name" and text == "toy"):
+            chosen[field] = text or ("toy" if field == "name" else None)
+            continue
+        try:
+            chosen[field] = confine(text, config.app.model_folders)
+        except PathRefused as exc:
+            raise PathRefused(f"{PATH_FIELDS[field]}: {exc}; nothing was loaded.") from None
+    return chosen
+
+
+def model_choice(config: AppConfig) -> dict[str, str]:
+    """Without model folders: the configured model (shown with its files, read-only) or the toy."""
+    choices = {config.model.name: config.model}
+    choices.setdefault("toy", ModelSpec())
+    spec = st.session_state.spec
+    name = st.selectbox("Model", list(choices), index=list(choices).index(spec.name) if spec.name in choices else 0,
+                        key="model_choice",
+                        format_func=lambda n: "toy (built in)" if n == "toy" else f"{n} (configured)")
+    files = [f"{label} `{getattr(config.model, field)}`" for field, label in PATH_FIELDS.items()
+             if field != "name" and getattr(config.model, field)]
+    if files:
+        st.caption(f"{config.model.name}: " + " · ".join(files))
+    st.caption("Other weights cannot be loaded from here. To allow it, list the folders they may come from "
+               "under `[app] model_folders` in the config file (README: *Streamlit app and notebooks*).")
+    return {f: getattr(choices[name], f) for f in PATH_FIELDS}
+
+
+def sidebar_model(config: AppConfig) -> None:
+    """Title, new chat, and which model to load (a form: nothing reloads while paths are typed). Paths typed
+    here reach the disk only inside the config's model folders; without any, there is nothing to type."""
     with st.sidebar:
         st.markdown("## :material/hearing: ImageBind-LLM")
         st.caption("Ask about pictures, sounds, clips and 3D shapes.")
         st.button("New chat", icon=":material/add_comment:", on_click=new_chat, width="stretch", key="new_chat")
         with st.expander("Model", icon=":material/memory:"), st.form("model", border=False):
             spec = st.session_state.spec
-            name = st.text_input("Model", spec.name, key="model_name",
-                                 help='"toy", or the path of an adapter checkpoint such as 7B.pth')
-            llama_dir = st.text_input("LLaMA folder", spec.llama_dir or "", key="llama_dir",
-                                      help="holds tokenizer.model and 7B/params.json + consolidated.00.pth")
-            imagebind = st.text_input("ImageBind checkpoint", spec.imagebind_ckpt or "",
-                                      help="imagebind_w3D.pth (with Point-Bind, for 3D)")
-            knn = st.text_input("Cache index", spec.visual_cache_index or "", help="knn.index (optional)")
-            unclip = st.text_input("Stable unCLIP folder", spec.unclip_dir or "",
-                                   help="stable-diffusion-2-1-unclip in the diffusers layout (optional; for Draw "
-                                        "with the official weights, never downloaded)")
+            typed = model_paths(config) if config.app.model_folders else None
+            chosen = None if typed else model_choice(config)
+            # an operator who lets visitors pick weights (model folders) lets them pick a server too; otherwise
+            # the server is the config's or $IBLLM_SERVER_URL, since a typed URL makes this machine fetch it
+            server = st.text_input("Server URL", spec.server_url or "", key="server_url",
+                                   help="The /v1 URL of an `ibllm serve` (e.g. http://gpu-host:8000/v1): it answers, "
+                                        "and the fields above are left to it. Empty: load the model here."
+                                   ) if config.app.model_folders else spec.server_url
             left, right = st.columns(2)
-            device = left.selectbox("Device", ["cpu", "cuda"], index=0 if spec.device == "cpu" else 1)
+            device = left.selectbox("Device", ["cpu", "cuda"], index=0 if spec.device == "cpu" else 1, key="device")
             dtypes = ["auto", "float32", "float16", "bfloat16"]
-            dtype = right.selectbox("Precision", dtypes, index=dtypes.index(spec.dtype or "auto"),
+            dtype = right.selectbox("Precision", dtypes, index=dtypes.index(spec.dtype or "auto"), key="dtype",
                                     help="auto: float32 on CPU, float16 on CUDA")
             if st.form_submit_button("Load", width="stretch"):
-                st.session_state.spec = ModelSpec(
-                    name=name.strip() or "toy", llama_dir=llama_dir.strip() or None,
-                    imagebind_ckpt=imagebind.strip() or None, visual_cache_index=knn.strip() or None, device=device,
-                    dtype=None if dtype == "auto" else dtype, unclip_dir=unclip.strip() or None)
+                try:
+                    chosen = chosen or checked_paths(typed, config)
+                except PathRefused as exc:
+                    st.error(str(exc), icon=":material/block:")
+                    return
+                st.session_state.spec = replace(config.model if chosen["name"] == config.model.name else ModelSpec(),
+                                                 **chosen, device=device, dtype=None if dtype == "auto" else dtype,
+                                                 server_url=(server or "").strip() or None)
 
 
 def sidebar_settings(config: AppConfig, model) -> tuple[GenerationParams, VisualCacheParams, int]:
@@ -260,7 +330,7 @@ def answer(model, question: str, generation: GenerationParams, visual_cache: Vis
             st.write_stream(reply)
         except Exception as exc:  # noqa: BLE001 - any failure becomes a message, the app keeps running
             message = f"Sorry, that did not work: {exc}"
-            st.error(message, icon=":material/error:")
+            report(message, exc)
             history.append(Turn("assistant", "", error=message))
             return
         turn = reply.turn(mixture)
@@ -279,11 +349,10 @@ def explorer(model, concepts: list[str]) -> None:
         return
     known = st.session_state.embeddings
     with st.spinner("Embedding…"):
-        missing = [a.media for a in inputs if a.media.sha256 not in known]
+        missing = [a for a in inputs if a.media.sha256 not in known]
         if missing:
-            known.update({m.sha256: e for m, e in zip(missing, backend.embed(model, missing))})
-        texts = [load_text(p, name=p) for p in prompts]
-        text_emb = backend.embed(model, texts) if texts else torch.zeros(0, model.feature_dim)
+            known.update({a.media.sha256: e for a, e in zip(missing, backend.embed_media(model, missing))})
+        text_emb = backend.embed_texts(model, prompts) if prompts else torch.zeros(0, model.feature_dim)
     vectors = [known[a.media.sha256] for a in inputs]
     items, item_emb = with_mixture([a.plain_label for a in inputs],
                                    torch.stack(vectors) if vectors else torch.zeros(0, model.feature_dim),
@@ -306,13 +375,18 @@ def explorer(model, concepts: list[str]) -> None:
 # ----- the page -----------------------------------------------------------------------------------------
 
 config = start_config()
+DEBUG = config.app.debug or debug_flag(sys.argv[1:])
+if DEBUG:  # tracebacks in Streamlit's own error boxes too (`ibllm ui --debug` sets it on the command line)
+    st.set_option("client.showErrorDetails", "full")
 init_state(config)
-sidebar_model()
+sidebar_model(config)
 try:
     model = shared_model(st.session_state.spec)
 except Exception as exc:  # noqa: BLE001 - a bad path or checkpoint must not take the app down
-    st.error(f"Could not load **{st.session_state.spec.name}**: {exc}", icon=":material/error:")
-    st.button("Back to the toy model", key="back_to_toy", on_click=lambda: st.session_state.update(spec=ModelSpec()))
+    spec = st.session_state.spec
+    report(f"Could not {'reach **' + spec.server_url if spec.server_url else 'load **' + spec.name}**: {exc}", exc)
+    st.button("Back to the toy model", key="back_to_toy",
+              on_click=lambda: st.session_state.update(spec=ModelSpec(server_url=None)))
     st.stop()
 generation, visual_cache, history_messages = sidebar_settings(config, model)
 draw_prompt, draw_params = sidebar_drawing(model)

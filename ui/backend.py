@@ -2,17 +2,20 @@
 
 One `ImageBindLLM` serves every browser session (the app wraps `load_model` in `st.cache_resource`);
 `ChatImageBindLLM` holds `model.card.lock` for each decoding step, so concurrent users' answers interleave
-step by step on the one model; the explorer's encoding holds it too.
+step by step on the one model; the explorer's encoding holds it too. In server mode (`ModelSpec.server_url`)
+the model is a `ServedModel`: an `ibllm serve` answers through the same LangChain classes (remote mode).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
 import ibllm_agent
-from ibllm_agent import ChatImageBindLLM
+from ibllm_agent import ChatImageBindLLM, ImageBindEmbeddings
+from ibllm_agent.card import ModelCard
 from ibllm_agent.params import GenerationParams, VisualCacheParams
 
 from .settings import ModelSpec
@@ -20,15 +23,36 @@ from .settings import ModelSpec
 log = logging.getLogger(__name__)
 
 OFFICIAL_WEIGHTS_HINT = (
-    "For the official ImageBind-LLM 7B weights, give their paths under **Model** in the sidebar, or start "
-    "the app with a config file: `IBLLM_UI_CONFIG=ibllm-ui.toml ibllm ui` (README: *Streamlit app and notebooks*)."
+    "For the official ImageBind-LLM 7B weights, start the app with a config file that names them: "
+    "`ibllm ui --config ibllm-ui.toml` (README: *Streamlit app and notebooks*)."
 )
 
 
+@dataclass(frozen=True)
+class ServedModel:
+    """A model an `ibllm serve` answers with: what the app shows of it (nothing is loaded here)."""
+
+    url: str
+    card: ModelCard
+    feature_dim: int
+    has_visual_cache: bool
+
+    @classmethod
+    def connect(cls, url: str) -> ServedModel:
+        from ibllm_agent.remote import RemoteClient
+
+        info = RemoteClient(url, max_retries=0).get("/models")["data"][0]
+        card = ModelCard(name=info["id"], is_toy=info["ibllm"]["toy"])
+        return cls(url, card, info["ibllm"]["feature_dim"], info["ibllm"]["visual_cache"])
+
+
 def load_model(spec: ModelSpec):
-    """Load the model a spec names (and its Stable unCLIP folder, when given); errors (missing files, bad
-    checkpoints, a folder that is not Stable unCLIP) propagate to the caller."""
+    """Load the model a spec names (and its Stable unCLIP folder, when given), or connect to its server; errors
+    (missing files, bad checkpoints, a folder that is not Stable unCLIP, a server that does not answer)
+    propagate to the caller."""
     log.info("loading %s", spec)
+    if spec.server_url:
+        return ServedModel.connect(spec.server_url)
     model = ibllm_agent.load(spec.name, **spec.load_kwargs())
     if spec.unclip_dir:
         from ibllm_agent.image_generation import attach_unclip
@@ -39,6 +63,8 @@ def load_model(spec: ModelSpec):
 
 def can_draw(model) -> bool:
     """A generator is attached, or the toy's decoder can be (the toy ships one)."""
+    if isinstance(model, ServedModel):
+        return False
     return model.image_generator is not None or model.card.is_toy
 
 
@@ -49,6 +75,10 @@ def draw(model, attachments, prompt: str, params, visual_cache):
     items = [(a.media, a.signed_weight) for a in attachments]
     enabled = bool(visual_cache.enabled) and model.visual_cache is not None
     return generate_image(model, items, prompt, params, visual_cache.updated(enabled=enabled))
+
+
+def has_visual_cache(model) -> bool:
+    return model.has_visual_cache if isinstance(model, ServedModel) else model.visual_cache is not None
 
 
 def toy_concepts() -> list[str]:
@@ -75,10 +105,13 @@ def toy_example(modality: str, seed: int) -> tuple[str, bytes]:
 
 def status_line(model) -> str:
     """`toy · toy world · cpu · float32 · visual cache: 1,234 images`: what answers, where, at which precision."""
+    toy = " · toy world" if model.card.is_toy else ""
+    if isinstance(model, ServedModel):
+        cache_text = "visual cache" if model.has_visual_cache else "no visual cache"
+        return f":material/cloud: **{model.card.name}**{toy} · served by {model.url} · {cache_text}"
     dtype = str(model.dtype).removeprefix("torch.")
     cache = model.visual_cache
     cache_text = f"visual cache: {len(cache):,} images" if cache is not None else "no visual cache"
-    toy = " · toy world" if model.card.is_toy else ""
     return f":material/memory: **{model.card.name}**{toy} · {model.device} · {dtype} · {cache_text}"
 
 
@@ -91,15 +124,33 @@ def toy_notice(model) -> str | None:
             f"{len(concepts)} things ({', '.join(concepts)}) and knows nothing else. " + OFFICIAL_WEIGHTS_HINT)
 
 
+def _where(model) -> dict:
+    """The LangChain classes' arguments that say which model answers: the shared one, or the server."""
+    return {"model": model.card.name, "base_url": model.url} if isinstance(model, ServedModel) else {"model": model}
+
+
 def chat_model(model, generation: GenerationParams, visual_cache: VisualCacheParams) -> ChatImageBindLLM:
-    """The LangChain chat model over the shared ImageBindLLM with this session's settings (the toggle only
-    asks for the cache; a model without one answers without it)."""
-    enabled = bool(visual_cache.enabled) and model.visual_cache is not None
-    return ChatImageBindLLM(model=model, temperature=generation.temperature, top_p=generation.top_p,
+    """The LangChain chat model over the shared ImageBindLLM (or the server) with this session's settings (the
+    toggle only asks for the cache; a model without one answers without it)."""
+    enabled = bool(visual_cache.enabled) and has_visual_cache(model)
+    return ChatImageBindLLM(**_where(model), temperature=generation.temperature, top_p=generation.top_p,
                             max_tokens=generation.max_tokens, visual_cache=visual_cache.updated(enabled=enabled))
 
 
-def embed(model, items) -> torch.Tensor:
-    """ImageBind embeddings (N, 1024) of MediaInputs, under the model's lock."""
+def embed_media(model, attachments) -> torch.Tensor:
+    """ImageBind embeddings (N, D) of attached files (under the model's lock; the server's are normalised,
+    which the explorer's cosines and mixtures do anyway)."""
+    if isinstance(model, ServedModel):
+        return torch.tensor(ImageBindEmbeddings(**_where(model)).embed_media([a.data for a in attachments]))
     with model.card.lock:
-        return model.encode(items)
+        return model.encode([a.media for a in attachments])
+
+
+def embed_texts(model, texts: list[str]) -> torch.Tensor:
+    """ImageBind text embeddings (N, D)."""
+    if isinstance(model, ServedModel):
+        return torch.tensor(ImageBindEmbeddings(**_where(model)).embed_documents(texts))
+    from ibllm_agent.media import load_text
+
+    with model.card.lock:
+        return model.encode([load_text(t, name=t) for t in texts])

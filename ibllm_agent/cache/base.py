@@ -30,6 +30,10 @@ class Neighbor:
     weight: float = 0.0
     metadata: dict = field(default_factory=dict)
 
+    def to_dict(self) -> dict:
+        """JSON-ready, as the chat model's `response_metadata["cache_neighbors"]` and the server report it."""
+        return {"id": self.id, "score": self.score, "weight": self.weight, "metadata": dict(self.metadata)}
+
 
 @dataclass
 class SearchResult:

@@ -32,6 +32,7 @@ import torch
 
 from ibllm_agent.cache.base import Neighbor
 from ibllm_agent.generation import Decoder
+from ibllm_agent.grammar import ConstraintError
 from ibllm_agent.params import GenerationParams, VisualCacheParams
 
 logger = logging.getLogger(__name__)
@@ -220,7 +221,7 @@ class Engine:
         groups: dict[tuple, list[Ticket]] = {}
         for ticket in tickets:
             r = ticket.request
-            key = (r.generation, r.visual_cache) if r.generation.batchable else (id(ticket),)
+            key = (r.generation.sampling, r.visual_cache) if r.generation.batchable else (id(ticket),)
             groups.setdefault(key, []).append(ticket)
         for group in groups.values():
             try:
@@ -240,8 +241,9 @@ class Engine:
             features = torch.stack([torch.as_tensor(t.request.feature).float() if t.request.feature is not None
                                     else torch.zeros(self.model.feature_dim) for t in group])
         with self.model.card.lock:
-            _, rows, neighbors = self.model.start([t.request.prompt for t in group], features, first.generation,
-                                                  first.visual_cache, into=self._decoder)
+            _, rows, neighbors = self.model.start([t.request.prompt for t in group], features,
+                                                  [t.request.generation for t in group], first.visual_cache,
+                                                  into=self._decoder)
         for ticket, row, found in zip(group, rows, neighbors):
             self._running[row] = _Running(ticket)
             ticket._push(Event(prompt_tokens=len(self._decoder.rows[row].prompt), neighbors=found))
@@ -276,7 +278,8 @@ class Engine:
 
     def _finish(self, row: int, running: _Running) -> None:
         state = self._decoder.rows[row]
+        error = ConstraintError(state.error) if state.finish == "error" else None
         running.ticket._push(Event(done=True, finish_reason=state.finish, prompt_tokens=len(state.prompt),
-                                   completion_tokens=len(state.ids)))
+                                   completion_tokens=len(state.ids), error=error))
         del self._running[row]
         self._decoder.forget(row)

@@ -4,7 +4,8 @@
   with pandas; we sniff the delimiter), each row an image and its caption, trained with the fixed
   instruction "Generate caption of this image".
 * Finetuning: Alpaca-style JSON (`instruction`, `input`, `output`) and LLaVA-style JSON (`image` plus
-  `conversations`: the first human turn and the first answer), mixed in one list.
+  `conversations`: the first human turn and the first answer), mixed in one list. A LLaVA record may also
+  carry an `input` (our extension, e.g. "Answer in JSON: ..."), which fills the template's Input as for Alpaca.
 
 Each sample becomes `(tokens, labels, mask, image)` as upstream: the prompt and the answer are
 tokenised with BOS and EOS, padded with -1 or cut to `max_words`, the labels are the tokens with the
@@ -171,6 +172,7 @@ class FinetuneDataset(_Base):
         r = self.records[i]
         if "image" in r:
             question = r["conversations"][0]["value"].replace("<image>", "").strip()
-            return self._item(format_prompt(question, None), r["conversations"][1]["value"], r["image"])
+            return self._item(format_prompt(question, r.get("input") or None), r["conversations"][1]["value"],
+                              r["image"])
         # upstream passes the instruction as a 1-tuple here (a trailing comma); we pass the string
         return self._item(format_prompt(r["instruction"], r.get("input") or None), r["output"], None)

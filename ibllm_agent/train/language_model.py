@@ -29,8 +29,10 @@ PARAMS_KEYS = ("dim", "multiple_of", "n_heads", "n_layers", "norm_eps", "vocab_s
 """The keys of Meta's LLaMA-1 params.json (vocab_size -1: the tokenizer decides)."""
 
 
-def train_tokenizer(lines: Sequence[str], model_path: str | Path, vocab_size: int = 1000) -> Path:
+def train_tokenizer(lines: Sequence[str], model_path: str | Path, vocab_size: int = 1000,
+                    user_defined_symbols: Sequence[str] = ()) -> Path:
     """Train a LLaMA-style SentencePiece BPE model on `lines`; writes `model_path` (tokenizer.model).
+    `user_defined_symbols` are always one piece each (never merged with their neighbours).
 
     Deterministic for the same lines: single-threaded, no sentence sampling or shuffling.
     """
@@ -45,6 +47,7 @@ def train_tokenizer(lines: Sequence[str], model_path: str | Path, vocab_size: in
         remove_extra_whitespaces=False, add_dummy_prefix=True, allow_whitespace_only_pieces=True,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=1, shuffle_input_sentence=False,
         input_sentence_size=0, minloglevel=2, max_sentence_length=8192,
+        user_defined_symbols=list(user_defined_symbols),
     )
     with atomic_path(model_path) as tmp:
         tmp.write_bytes(buf.getvalue())

@@ -164,22 +164,140 @@ def test_embedding_explorer_shows_similarities_and_zero_shot_labels(app, toy_fil
         assert table["label"][2] == "a dog", table
 
 
-def test_a_model_that_cannot_load_is_reported_and_the_toy_is_one_click_away(app):
-    app.text_input(key="model_name").set_value("/nowhere/7B.pth")
-    app.text_input(key="llama_dir").set_value("/nowhere/llama")
-    next(b for b in app.button if b.label == "Load").click().run()
-    assert not app.exception
-    assert "Could not load **/nowhere/7B.pth**" in app.error[0].value
-    app.button(key="back_to_toy").click().run()
-    assert app.session_state.spec.name == "toy"
+def with_config(monkeypatch, path: Path, **sections) -> AppTest:
+    """The app started on a config file with these sections; checked to have started cleanly."""
+    import json
+
+    path.write_text(json.dumps(sections))
+    monkeypatch.setenv("IBLLM_UI_CONFIG", str(path))
+    at = AppTest.from_file(APP, default_timeout=300).run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    return at
+
+
+@pytest.fixture
+def weights(tmp_path) -> Path:
+    """The one model folder of `folder_app`."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def folder_app(tmp_path, monkeypatch, app_config, weights) -> AppTest:
+    """The app with `[app] model_folders = [weights]`: paths typed in the sidebar must lie in there."""
+    return with_config(monkeypatch, tmp_path / "folders.json", model={"name": app_config},
+                       app={"model_folders": [str(weights)]})
+
+
+def load(at: AppTest, **typed: str) -> AppTest:
+    """Type into the Model form's text inputs (by key) and press Load."""
+    for key, value in typed.items():
+        at.text_input(key=key).set_value(value)
+    next(b for b in at.button if b.label == "Load").click().run()
+    return at
+
+
+def test_a_model_that_cannot_load_is_reported_and_the_toy_is_one_click_away(folder_app, weights):
+    load(folder_app, model_name=str(weights / "7B.pth"), llama_dir=str(weights / "llama"))
+    assert not folder_app.exception  # no traceback outside debug
+    assert f"Could not load **{weights.resolve() / '7B.pth'}**" in folder_app.error[0].value
+    folder_app.button(key="back_to_toy").click().run()
+    assert folder_app.session_state.spec.name == "toy"
+
+
+def test_without_model_folders_the_sidebar_takes_no_paths(app, app_config):
+    """The configured model, read-only, and the toy: nothing a visitor types reaches the disk."""
+    assert [t.key for t in app.text_input] == ["draw_prompt"]  # the Draw button's prompt; no path anywhere
+    choice = app.selectbox(key="model_choice")
+    assert choice.options == (["toy (built in)"] if app_config == "toy" else [f"{app_config} (configured)",
+                                                                              "toy (built in)"])
+    assert any("`[app] model_folders`" in c.value for c in app.sidebar.caption)
+
+
+def test_paths_outside_the_model_folders_are_refused_alike_whether_they_exist_or_not(folder_app, weights):
+    spec = folder_app.session_state.spec
+    refusal = f"that path is outside the model folders ({weights.resolve()}); nothing was loaded."
+    inside = str(weights / "7B.pth")  # a real model's name: the toy would not use a LLaMA folder or ImageBind
+    for key, label, name in [("model_name", "Model", spec.name), ("llama_dir", "LLaMA folder", inside),
+                             ("imagebind_ckpt", "ImageBind checkpoint", inside), ("cache_index", "Cache index", ""),
+                             ("unclip_dir", "Stable unCLIP folder", "")]:
+        for outside in ("/etc/hostname", "/nowhere/7B.pth", "../../../etc/hostname", "/etc", f"{weights}2/x"):
+            load(folder_app, **{"model_name": name or spec.name, key: outside})
+            assert not folder_app.exception
+            assert [e.value for e in folder_app.error] == [f"{label}: {refusal}"], (key, outside)
+            assert folder_app.session_state.spec == spec  # nothing loaded, nothing looked up
+        folder_app.text_input(key=key).set_value("" if key != "model_name" else spec.name)
+
+
+def test_a_symlink_in_a_model_folder_that_points_outside_is_refused(folder_app, weights, tmp_path):
+    outside = tmp_path / "secret.pth"
+    outside.write_bytes(b"not for visitors")
+    (weights / "link.pth").symlink_to(outside)
+    (weights / "dir").symlink_to(tmp_path)
+    spec = folder_app.session_state.spec
+    for typed in (str(weights / "link.pth"), "link.pth", str(weights / "dir" / "secret.pth")):
+        load(folder_app, model_name=typed)
+        assert not folder_app.exception
+        assert [e.value for e in folder_app.error] == [
+            f"Model: that path is outside the model folders ({weights.resolve()}); nothing was loaded."]
+        assert folder_app.session_state.spec == spec
+
+
+def test_debug_shows_the_traceback_under_the_friendly_error(tmp_path, monkeypatch, app_config, weights):
+    from streamlit import config
+
+    before = config.get_option("client.showErrorDetails")
+    config.set_option("client.showErrorDetails", "none")  # as ui/.streamlit/config.toml has it
+    try:
+        at = with_config(monkeypatch, tmp_path / "debug.json", model={"name": app_config},
+                         app={"model_folders": [str(weights)], "debug": True})
+        load(at, model_name="7B.pth", llama_dir="llama")  # relative: inside the first model folder
+        assert f"Could not load **{weights.resolve() / '7B.pth'}**" in at.error[0].value
+        assert "7B.pth" in at.exception[0].message and at.exception[0].stack_trace
+        assert config.get_option("client.showErrorDetails") == "full"  # Streamlit's own error boxes too
+    finally:
+        config.set_option("client.showErrorDetails", before)
+
+
+@pytest.mark.slow
+def test_with_a_server_url_the_app_asks_the_server_and_loads_nothing(tmp_path, monkeypatch, toy_files, needs_toy):
+    """IBLLM_SERVER_URL points the app at an `ibllm serve`: the same answers and explorer, no local model."""
+    from langchain_core.messages import HumanMessage
+
+    from ibllm_agent import ChatImageBindLLM, factory
+    from ibllm_agent.serve.process import ServerProcess
+
+    with ServerProcess(["--model", "toy", "--visual-cache"]) as server:
+        monkeypatch.setenv("IBLLM_SERVER_URL", server.url)
+        monkeypatch.delenv("IBLLM_UI_CONFIG", raising=False)
+        monkeypatch.setattr(factory, "load", lambda *a, **k: pytest.fail("server mode loaded a model"))
+        at = AppTest.from_file(APP, default_timeout=300).run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        assert f"served by {server.url}" in at.main.caption[0].value and "Toy world" in at.info[0].value
+        attach(at, toy_files["audio"], text="What is this?")
+        answer = history(at)[-1]
+        assert not at.exception and answer.error is None and answer.neighbors
+        monkeypatch.undo()
+        block = {"type": "audio", "url": str(toy_files["audio"]), "extras": {"weight": 1.0}}
+        local = ChatImageBindLLM(model="toy", visual_cache_index="default", temperature=0, max_tokens=64)
+        assert answer.text == local.invoke([HumanMessage([{"type": "text", "text": "What is this?"}, block])]).content
+        at.segmented_control(key="view").set_value("explorer").run()
+        assert not at.exception and at.dataframe
 
 
 def test_two_sessions_share_one_model_and_answer_concurrently(tmp_path, monkeypatch, app_config):
-    """Two browser sessions at once: one load for both, and the same answers as one at a time (greedy)."""
+    """Two browser sessions: one load for both, and concurrent answers on that one model equal to answers given
+    one at a time (greedy). Streamlit's AppTest is not thread-safe (two running at once race inside its widget
+    registry), so the sessions run in turn and the concurrency is driven on the app's model through its backend."""
     import json
     import threading
 
+    from langchain_core.messages import HumanMessage
+
     import ibllm_agent
+    from ui import backend
+    from ui.settings import AppConfig
 
     # a spec no other test uses, so this test sees the shared cache's first load
     config = tmp_path / "fresh.json"
@@ -189,22 +307,24 @@ def test_two_sessions_share_one_model_and_answer_concurrently(tmp_path, monkeypa
     real_load = ibllm_agent.load
     monkeypatch.setattr(ibllm_agent, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     questions = ["What is this?", "Describe the sound of rain."]
-    sessions = [AppTest.from_file(APP, default_timeout=300) for _ in questions]
-    threads = [threading.Thread(target=s.run) for s in sessions]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    threads = [threading.Thread(target=s.chat_input[0].set_value(q).run) for s, q in zip(sessions, questions)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    together = [history(s)[-1].text for s in sessions]
     alone = [history(AppTest.from_file(APP, default_timeout=300).run().chat_input[0].set_value(q).run())[-1].text
              for q in questions]
-    assert len(loads) == 1
-    assert together == alone and all(together)
+    assert len(loads) == 1 and all(alone)
+
+    config = AppConfig.from_file(config)
+    model = backend.load_model(config.model)  # what the app's shared_model holds, for two threads at once
+    chat = backend.chat_model(model, config.generation, config.visual_cache)
+    together = [None] * len(questions)
+
+    def ask(i):
+        together[i] = "".join(c.content for c in chat.stream([HumanMessage(questions[i])]))
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(questions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
 
 
 @pytest.mark.usefixtures("needs_toy")
@@ -254,8 +374,8 @@ def test_toy_cache_neighbours_show_the_training_picture_again():
 
 
 def test_the_model_form_switches_precision_and_the_status_line_follows(app, app_config):
-    app.text_input(key="model_name").set_value(app_config)
-    app.selectbox[1].set_value("bfloat16")  # Device, Precision
+    app.selectbox(key="model_choice").set_value(app_config)
+    app.selectbox(key="dtype").set_value("bfloat16")
     next(b for b in app.button if b.label == "Load").click().run()
     assert not app.exception and not app.error
     assert app.session_state.spec.dtype == "bfloat16"

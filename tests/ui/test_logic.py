@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,18 @@ from ibllm_agent.cache.base import Neighbor
 from ibllm_agent.params import GenerationParams, VisualCacheParams
 from ui.conversation import Reply, Turn, neighbors_of, to_messages
 from ui.explorer import cosine_matrix, heatmap_figure, with_mixture, zero_shot
-from ui.settings import APP_GENERATION, AppConfig, ChatSettings, ConfigError, ModelSpec, config_path
+from ui.settings import (
+    APP_GENERATION,
+    AppConfig,
+    AppSettings,
+    ChatSettings,
+    ConfigError,
+    ModelSpec,
+    PathRefused,
+    config_path,
+    confine,
+    debug_flag,
+)
 
 
 def test_model_spec_defaults_to_the_toy_with_its_cache():
@@ -51,6 +63,10 @@ def test_config_files_toml_and_json(tmp_path):
     ("[model\n", "not valid TOML"),
     ("[generation]\ntop_p = 0\n", "\\[generation\\]: generation.top_p must be > 0"),
     ("[cache]\nenabled = true\n", "unknown sections \\['cache'\\]"),
+    ("[app]\nmodel_folders = '/weights'\n", "\\[app\\]: model_folders must be a list"),
+    ("[app]\nmodel_folders = ['weights']\n", "\\[app\\]: model_folders: 'weights' is not an absolute path"),
+    ("[app]\ndebug = 'yes'\n", "\\[app\\]: debug must be true or false"),
+    ("[app]\nmodel_folder = ['/w']\n", "unknown \\[app\\] settings \\['model_folder'\\]"),
 ])
 def test_bad_config_files_say_what_is_wrong(tmp_path, text, match):
     path = tmp_path / "ui.toml"
@@ -65,6 +81,42 @@ def test_config_path_from_script_args_then_environment():
     assert config_path(["--config", "a.toml"], {"IBLLM_UI_CONFIG": "b.toml"}) == "a.toml"
     assert config_path(["--other", "1"], {"IBLLM_UI_CONFIG": "b.toml"}) == "b.toml"
     assert config_path([], {}) is None
+    assert debug_flag(["--config", "a.toml", "--debug"]) and not debug_flag(["--config", "a.toml"])
+
+
+def test_app_section_keeps_the_model_folders_real_paths(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    path = tmp_path / "ui.toml"
+    path.write_text(f"[app]\nmodel_folders = ['{tmp_path / 'link'}', '/w/../weights/']\ndebug = true\n")
+    assert AppConfig.from_file(path).app == AppSettings(model_folders=(str((tmp_path / "real").resolve()), "/weights"),
+                                                        debug=True)
+    assert AppConfig().app == AppSettings() and AppSettings().model_folders == ()
+
+
+def test_confine_resolves_first_and_refuses_everything_outside_alike(tmp_path):
+    weights, other = tmp_path / "weights", tmp_path / "other"
+    for folder in (weights, other):
+        folder.mkdir()
+    (weights / "7B.pth").touch()
+    (weights / "out.pth").symlink_to(tmp_path / "secret.pth")
+    (weights / "in.pth").symlink_to(weights / "7B.pth")
+    folders = AppSettings(model_folders=[str(weights), str(other)]).model_folders
+    w = Path(folders[0])
+    assert confine(str(weights / "7B.pth"), folders) == str(w / "7B.pth")
+    assert confine("7B.pth", folders) == confine("sub/../7B.pth", folders) == str(w / "7B.pth")  # from the first
+    assert confine("missing/7B.pth", folders) == str(w / "missing" / "7B.pth")  # inside: the loader says it is missing
+    assert confine(str(other), folders) == folders[1]  # a folder itself (a LLaMA folder)
+    assert confine("in.pth", folders) == str(w / "7B.pth")
+    refusals = set()
+    for outside in ("/etc/hostname", "/nowhere/x.pth", "../secret.pth", "out.pth", str(weights) + "2/x",
+                    str(tmp_path), "/", "7B.pth\0"):
+        with pytest.raises(PathRefused) as info:
+            confine(outside, folders)
+        refusals.add(str(info.value))
+    assert refusals == {f"that path is outside the model folders ({folders[0]}, {folders[1]})"}
+    with pytest.raises(PathRefused, match="loading other weights is off"):
+        confine(str(weights / "7B.pth"), ())
 
 
 def test_history_becomes_text_messages_and_the_question_carries_the_inputs():

@@ -25,7 +25,7 @@ def spy_on(llm, monkeypatch, gate: threading.Event, calls: list):
 
     def spy(prompts, features, generation, visual_cache):
         gate.wait(5)  # hold the first batch until every request is queued
-        calls.append((len(prompts), generation))
+        calls.append((len(prompts), generation[0]))  # the batcher passes each request's own settings
         return real(prompts, features, generation, visual_cache)
 
     monkeypatch.setattr(llm, "generate_batch", spy)

@@ -17,6 +17,7 @@ from ibllm_agent.content_blocks import ContentError, embedding_block
 from ibllm_agent.factory import load
 from ibllm_agent.fusion import FusionError, fuse
 from ibllm_agent.generation import format_prompt
+from ibllm_agent.grammar import engine_available
 from ibllm_agent.params import ParamsError, VisualCacheParams
 
 
@@ -61,12 +62,23 @@ def test_usual_constructor_arguments_are_accepted():
     assert chat._get_ls_params()["ls_model_name"] == "tiny"
 
 
-@pytest.mark.parametrize("kwargs", [{"max_retries": 2}, {"api_key": "x"}, {"temprature": 0.0}, {"cache_size": 3}])
-def test_options_the_model_would_ignore_are_refused(kwargs):
-    """A local model has nothing to retry and no key to send: accepting those (or a typo) and ignoring them
-    would leave the caller believing they took effect."""
-    with pytest.raises(pydantic.ValidationError, match="Extra inputs are not permitted"):
+@pytest.mark.parametrize(("kwargs", "reason"), [({"max_retries": 2}, "options of remote mode"),
+                                              ({"api_key": "x"}, "options of remote mode"),
+                                              ({"temprature": 0.0}, "Extra inputs are not permitted"),
+                                              ({"cache_size": 3}, "Extra inputs are not permitted")])
+def test_options_the_model_would_ignore_are_refused(kwargs, reason):
+    """A local model has nothing to retry and no key to send (those are remote mode's, with base_url):
+    accepting them (or a typo) and ignoring them would leave the caller believing they took effect."""
+    with pytest.raises(pydantic.ValidationError, match=reason):
         ChatImageBindLLM(model="tiny", **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [{"device": "cuda"}, {"max_batch_size": 4}, {"model": None}])
+def test_remote_mode_refuses_the_local_model_options(kwargs):
+    """With base_url the server's model answers: local load options would be ignored, so they are refused (and
+    nothing is loaded: no server needs to run for this)."""
+    with pytest.raises(pydantic.ValidationError, match="local model|name the server serves"):
+        ChatImageBindLLM(base_url="http://127.0.0.1:9/v1", **kwargs)
 
 
 def test_unknown_call_options_and_bad_values_are_refused(chat):
@@ -249,6 +261,6 @@ def test_cache_settings_per_call_and_neighbours_in_metadata():
 
 def test_profile_is_honest(chat):
     profile = chat.profile
-    assert profile["tool_calling"] is False and profile["structured_output"] is False
+    assert profile["tool_calling"] is profile["structured_output"] is engine_available()  # grammar-constrained
     assert profile["image_inputs"] and profile["audio_inputs"] and profile["video_inputs"]
     assert profile["max_input_tokens"] == chat.llm.max_seq_len

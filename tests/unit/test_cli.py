@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,12 +87,81 @@ def test_doctor_and_registered_subcommands(capsys):
     assert "cache" in commands  # ibllm_agent.cache.cli registers itself
 
 
-def test_ui_passes_streamlit_options_through(monkeypatch):
+@pytest.fixture
+def ui_runs(monkeypatch) -> list[list[str]]:
+    """The Streamlit command lines `ibllm ui` would run (nothing is started)."""
     seen = []
-    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: seen.append(cmd) or 0)
+    monkeypatch.setattr(cli, "run_supervised", lambda cmd, name: seen.append(cmd) or 0)
+    return seen
+
+
+def test_ui_passes_streamlit_options_through(ui_runs, capsys):
     assert cli.main(["ui", "--server.port", "8600", "--server.headless", "true"]) == 0
-    assert seen[0][-4:] == ["--server.port", "8600", "--server.headless", "true"]
-    assert seen[0][1:4] == ["-m", "streamlit", "run"]
+    cmd = ui_runs[0]
+    assert cmd[1:4] == ["-m", "streamlit", "run"] and cmd[4].endswith("app.py")
+    # this machine only and no tracebacks, unless asked; no `--` (no arguments for the app)
+    assert cmd[5:] == ["--server.address", "127.0.0.1", "--client.showErrorDetails", "none",
+                       "--server.port", "8600", "--server.headless", "true"]
+    assert capsys.readouterr().err == ""
+
+
+def test_ui_flags_become_streamlit_options_and_app_arguments(ui_runs, capsys, tmp_path):
+    assert cli.main(["ui", "--host", "::1", "--port", "8600", "--debug", "--config", "ui.toml", "--",
+                     "--server.headless", "true"]) == 0
+    assert ui_runs[0][5:] == ["--server.address", "::1", "--server.port", "8600", "--client.showErrorDetails", "full",
+                              "--server.headless", "true", "--", "--config", str(Path("ui.toml").absolute()),
+                              "--debug"]
+    assert capsys.readouterr().err == ""  # ::1 is this machine
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.7", "example.org"])
+def test_ui_on_another_host_warns(ui_runs, capsys, host):
+    assert cli.main(["ui", "--host", host]) == 0
+    assert ui_runs[0][5:7] == ["--server.address", host]
+    err = capsys.readouterr().err
+    assert err.startswith(f"warning: the app will listen on {host}, not only on this machine") and "anyone" in err
+
+
+@pytest.mark.parametrize("option, flag", [("--server.address", "--host"), ("--server.address=0.0.0.0", "--host"),
+                                          ("--client.showErrorDetails", "--debug")])
+def test_ui_refuses_streamlit_options_it_sets_itself(ui_runs, capsys, option, flag):
+    """Passed after ours they would win: an address given that way would skip the warning."""
+    assert cli.main(["ui", option, *(["0.0.0.0"] if "=" not in option else [])]) == 2
+    assert f"is set by `ibllm ui`; use {flag}" in capsys.readouterr().err and not ui_runs
+
+
+def test_loopback_addresses():
+    assert all(map(cli.is_loopback, ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "unix:///tmp/ui.sock"]))
+    assert not any(map(cli.is_loopback, ["0.0.0.0", "::", "10.0.0.1", "ui.example.org", ""]))
+
+
+def test_a_supervised_child_that_ends_by_itself_gives_its_exit_code():
+    import sys
+
+    assert cli.run_supervised([sys.executable, "-c", "raise SystemExit(3)"], "child") == 3
+    assert cli.run_supervised([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"], "child") == 137
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(capsys, tmp_path):
+    import os
+    import signal
+    import sys
+    import threading
+    import time
+
+    ready = tmp_path / "ready"
+    code = ("import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "pathlib.Path(sys.argv[1]).touch(); time.sleep(60)")
+
+    def stop_us():  # as if `kill` hit `ibllm ui`, once the child ignores SIGTERM
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_us, daemon=True).start()
+    assert cli.run_supervised([sys.executable, "-c", code, str(ready)], "stubborn", grace=0.5) == 137
+    assert "stubborn did not stop within 0.5 s; killed it" in capsys.readouterr().err
 
 
 def test_unknown_options_are_refused_outside_ui(capsys):

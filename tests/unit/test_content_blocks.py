@@ -46,8 +46,9 @@ def test_standard_blocks_base64_and_local_files(policy, tmp_path):
     assert [type(p) for p in turn.parts] == [MediaPart] * 6
     image, audio, cloud, video, unknown, forced = turn.parts
     assert image.source == PNG and image.modality == "image" and image.weight == 0.25
-    assert audio.source == tmp_path / "dog.png" and audio.modality == "audio"
-    assert cloud.source == tmp_path / "cloud.ply" and cloud.modality == "point" and cloud.name == "cloud.ply"
+    assert audio.source == (tmp_path / "dog.png").read_bytes() and audio.modality == "audio"
+    assert cloud.source == (tmp_path / "cloud.ply").read_bytes() and cloud.modality == "point"
+    assert cloud.name == "cloud.ply"
     assert video.modality == "video"
     assert unknown.modality == "image"  # a generic MIME type: the content decides
     assert forced.modality == "point"
@@ -62,7 +63,7 @@ def test_openai_image_url_data_uri_and_local_path(policy, tmp_path):
         "and a question",
     ])
     turn = parse_message(msg, policy)
-    assert [p.source for p in turn.parts] == [PNG, tmp_path / "dog.png", tmp_path / "dog.png"]
+    assert [p.source for p in turn.parts] == [PNG, PNG, PNG]  # local files arrive as bytes, read once
     assert all(p.modality == "image" for p in turn.parts)
     assert turn.text == "and a question"
 

@@ -15,6 +15,18 @@ class TestChatImageBindLLMUnit(ChatSuite, ChatModelUnitTests):
         return {"model": MODEL}
 
 
+class TestChatImageBindLLMRemoteUnit(TestChatImageBindLLMUnit):
+    """Remote mode (no server needed: nothing here sends a request), where api_key and max_retries are honoured."""
+
+    @property
+    def chat_model_params(self):
+        return {"model": MODEL, "base_url": "http://127.0.0.1:9/v1"}
+
+    @property
+    def standard_chat_model_params(self):
+        return super(ChatSuite, self).standard_chat_model_params
+
+
 class TestImageBindEmbeddingsUnit(EmbeddingsSuite, EmbeddingsUnitTests):
     pass
 

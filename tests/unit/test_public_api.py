@@ -33,10 +33,10 @@ def test_upstream_drop_in_names():
 
 
 def test_import_is_lazy():
-    # `import ibllm_agent` must not drag LangChain or Streamlit in.
+    # `import ibllm_agent` must not drag LangChain, Streamlit or the server's FastAPI and uvicorn in.
     import subprocess
     import sys
 
-    code = "import sys, ibllm_agent; print('langchain_core' in sys.modules, 'streamlit' in sys.modules)"
+    code = "import sys, ibllm_agent; print(*(m in sys.modules for m in ('langchain_core', 'streamlit', 'fastapi', 'uvicorn')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["False", "False"]
+    assert out.split() == ["False"] * 4

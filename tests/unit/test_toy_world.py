@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -92,6 +93,28 @@ def test_the_toy_package_stays_light():
     # the app imports it at run time to draw examples and cache thumbnails: no training code, no torch
     code = ("import sys; from ibllm_agent.toy import ToyWorld; ToyWorld(0).image('dog', 0); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch' or m.startswith('ibllm_agent.train')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+    assert out.strip() == "[]", out
+
+
+def test_tool_use_data_keeps_the_standard_tests_held_out_and_the_chat_format():
+    from ibllm_agent.structured import TOOL_CALL_TAG
+    from ibllm_agent.toy.tool_use import HELD_OUT, json_answer_instructions, tool_use_instructions
+
+    records = tool_use_instructions(0, 400) + json_answer_instructions(0, 100)
+    text = "\n".join(r["instruction"] + r["input"] + r["output"] for r in records)
+    assert [h for h in HELD_OUT if h in text] == []
+    calls = [json.loads(r["output"][len(TOOL_CALL_TAG):]) for r in records if r["output"].startswith(TOOL_CALL_TAG)]
+    assert len(calls) > 150 and len({c["name"] for c in calls}) > 100  # varied tools
+    copied = [c for c, r in zip(calls, (r for r in records if r["output"].startswith(TOOL_CALL_TAG)))
+              if all(str(v) in r["instruction"] for v in c["arguments"].values())]
+    assert copied == calls  # every argument value is in the question
+    assert any(r["input"].endswith("Answer, or call a tool.") and not r["output"].startswith(TOOL_CALL_TAG)
+               for r in records)  # tools listed, answered in text
+    assert any("Tool result (" in r["input"] for r in records)
+    assert all(json.loads(r["output"]) for r in records if r["input"].startswith("Answer in JSON"))
+    code = "import sys, ibllm_agent.toy.tool_use; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
     assert out.strip() == "[]", out

@@ -101,6 +101,8 @@ def test_finetune_dataset_mixes_llava_and_alpaca(tmp_path, tok, image_files):
         {"image": image_files[0], "conversations": [{"from": "human", "value": "<image>\nWhat is this?"},
                                                     {"from": "gpt", "value": "a dog"}]},
         {"instruction": "Describe the sound.", "input": "a bell", "output": "loud"},
+        {"image": image_files[0], "input": "Answer in JSON: {\"name\": string}", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": "{\"name\": \"dog\"}"}]},
     ]))
     ds = FinetuneDataset([path], tok, max_words=256)
     llava, alpaca = ds[0], ds[1]
@@ -111,3 +113,5 @@ def test_finetune_dataset_mixes_llava_and_alpaca(tmp_path, tok, image_files):
     assert alpaca["tokens"][:n].tolist() == tok.encode(prompt, bos=True, eos=False)
     q = tok.encode(format_prompt("What is this?"), bos=True, eos=False)  # <image> tag removed
     assert llava["tokens"][: len(q)].tolist() == q
+    with_input = tok.encode(format_prompt("What is this?", 'Answer in JSON: {"name": string}'), bos=True, eos=False)
+    assert ds[2]["tokens"][: len(with_input)].tolist() == with_input  # a LLaVA record's input fills the template
