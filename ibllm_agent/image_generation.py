@@ -25,8 +25,8 @@ and `fuse` stays the one mix of everything that conditions an answer.
 
 Two generators draw from the vector: `UnclipGenerator` (diffusers' `StableUnCLIPImg2ImgPipeline`,
 `pip install 'ibllm-agent[generate]'`, built from a local folder the user gives; nothing is downloaded)
-and `ToyDecoderGenerator` (the toy model's own small decoder, `ibllm_agent.image_decoder`). `draw_response`
-is the function a server route (`POST /v1/ibllm/draw`) calls with a JSON body.
+and `ToyDecoderGenerator` (the toy model's own small decoder, `ibllm_agent.image_decoder`). The server draws
+through `generate_image` too (`POST /v1/images/generations`, `ibllm_agent.serve`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import json
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "POINT_SCALE", "ConditioningError", "DrawResult", "ImageGenerationError", "ImageGenerator",
     "ImagePromptTooLongError", "ToyDecoderGenerator", "UnclipFolderError", "UnclipGenerator", "attach_unclip",
-    "cache_blend_keep_norm", "check_unclip_folder", "draw_response", "generate_image", "generation_weights",
+    "cache_blend_keep_norm", "check_unclip_folder", "generate_image", "generation_weights",
     "image_generate", "mix_prenorm",
 ]
 
@@ -460,64 +460,3 @@ def image_generate(inputs, model, pipe, prompt, cache_size, cache_t, cache_weigh
     generator = pipe if isinstance(pipe, ImageGenerator) else UnclipGenerator(pipe)
     cache = VisualCacheParams(enabled=bool(knn), size=cache_size, t=cache_t, weight=cache_weight)
     return generate_image(model, inputs, prompt, visual_cache=cache, generator=generator).image
-
-
-# ----- a server route ----------------------------------------------------------------------------------------
-
-DRAW_FIELDS = {"inputs", "prompt", "steps", "guidance", "seed", "height", "width", "noise_level", "visual_cache",
-               "response_format"}
-
-
-def draw_response(model, body: Mapping[str, Any], *, policy=None) -> dict:
-    """What `POST /v1/ibllm/draw` returns for a JSON `body`:
-
-        {"inputs": [content blocks: {"type": "audio", "base64": ..., "mime_type": "audio/wav",
-                    "extras": {"weight": 0.6}}, ...],
-         "prompt": "a photo", "steps": 20, "guidance": 10, "seed": 0, "height": null, "width": null,
-         "noise_level": 0, "visual_cache": true | false | {"size": 10, ...}, "response_format": "b64_json"}
-
-    -> {"created": unix time, "model": name, "data": [{"b64_json": PNG, "mime_type": "image/png"}],
-    "draw": `DrawResult.summary()`}. Inputs are LangChain v1 content blocks (as the chat route takes),
-    read through `policy` (a `SourcePolicy`; default: base64/data only, no paths, no URLs). Raises
-    `ValueError` subclasses (ParamsError, ContentError, ConditioningError, ImagePromptTooLongError,
-    MediaError) for a 400, anything else is a 500. The caller holds no lock: `generate_image` takes
-    `model.card.lock` while it encodes (the picture itself is drawn outside it)."""
-    from langchain_core.messages import HumanMessage
-
-    from ibllm_agent.chat_models import load_media_parts
-    from ibllm_agent.content_blocks import ContentError, EmbeddingPart, parse_message
-    from ibllm_agent.sources import SourcePolicy
-
-    if not isinstance(body, Mapping):
-        raise ContentError("the request body must be a JSON object")
-    unknown = sorted(set(body) - DRAW_FIELDS)
-    if unknown:
-        raise ContentError(f"unknown fields {unknown}; accepted: {sorted(DRAW_FIELDS)}")
-    blocks = body.get("inputs")
-    if not isinstance(blocks, list) or not blocks:
-        raise ContentError("'inputs' must be a non-empty list of content blocks")
-    if body.get("response_format", "b64_json") != "b64_json":
-        raise ContentError("response_format: only 'b64_json' is supported")
-    prompt = body.get("prompt", "")
-    if not isinstance(prompt, str):
-        raise ContentError("'prompt' must be a string")
-    params = DrawParams(**{k: body[k] for k in ("steps", "guidance", "seed", "height", "width", "noise_level")
-                           if body.get(k) is not None})
-    visual_cache = VisualCacheParams.of(body.get("visual_cache"))
-    if policy is None:  # no server paths and no fetching: every input carries its bytes
-        for i, block in enumerate(blocks):
-            url = block.get("url") or (block.get("image_url") or {}).get("url") if isinstance(block, Mapping) else None
-            if isinstance(url, str) and not url.startswith("data:") or isinstance(block, Mapping) and "path" in block:
-                raise ContentError(f"inputs[{i}]: inputs must carry their data (base64 or data: URLs), not server "
-                                   "paths or URLs")
-        policy = SourcePolicy(roots=None, allow_urls=False)
-    question = parse_message(HumanMessage(content=blocks), policy)
-    if any(isinstance(p, EmbeddingPart) for p in question.parts):
-        raise ContentError("embedding blocks cannot be drawn from; send the media themselves")
-    if not question.parts:
-        raise ContentError("'inputs' holds no media to draw from")
-    media = load_media_parts(question.parts)
-    result = generate_image(model, list(zip(media, [p.weight for p in question.parts])),
-                            prompt or question.text, params, visual_cache)
-    return {"created": int(time.time()), "model": model.card.name,
-            "data": [{"b64_json": result.base64(), "mime_type": "image/png"}], "draw": result.summary()}

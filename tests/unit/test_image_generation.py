@@ -4,9 +4,9 @@ from small random weights (no download) fed that vector, and every refusal (fold
 from __future__ import annotations
 
 import base64
-import io
 import json
 import shutil
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +17,6 @@ import torch.nn.functional as F
 import ibllm_agent
 from ibllm_agent.cache.faiss import FaissCache
 from ibllm_agent.checkpoint import MissingFileError
-from ibllm_agent.content_blocks import ContentError
 from ibllm_agent.image_generation import (
     POINT_SCALE,
     ConditioningError,
@@ -28,7 +27,6 @@ from ibllm_agent.image_generation import (
     attach_unclip,
     cache_blend_keep_norm,
     check_unclip_folder,
-    draw_response,
     generate_image,
     mix_prenorm,
 )
@@ -289,19 +287,40 @@ def test_result_saves_atomically_and_as_blocks(model, unclip, tmp_path):
     assert result.summary()["params"]["steps"] == 1
 
 
-def test_draw_response_for_a_server_route(model, unclip, tmp_path):
+# ----- the server ------------------------------------------------------------------------------------------
+
+def _png_part(seed: int = 0) -> dict:
+    import io
+
     from PIL import Image
 
+    pixels = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 30, 30)).save(buf, format="PNG")
-    body = {"inputs": [{"type": "image", "base64": base64.b64encode(buf.getvalue()).decode(), "mime_type": "image/png",
-                        "extras": {"weight": 1.0}}], "prompt": "a photo", "steps": 1, "seed": 0, "visual_cache": False}
-    out = draw_response(model, body)
-    png = base64.b64decode(out["data"][0]["b64_json"])
-    assert Image.open(io.BytesIO(png)).size == (16, 16) and out["draw"]["generator"] == "stable-unclip"
-    with pytest.raises(ContentError, match="unknown fields"):
-        draw_response(model, {**body, "stpes": 3})
-    with pytest.raises(ContentError, match="not server paths"):
-        draw_response(model, {**body, "inputs": [{"type": "image", "url": str(tmp_path / "x.png")}]})
-    with pytest.raises(ParamsError):
-        draw_response(model, {**body, "steps": 0})
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()}}
+
+
+def test_the_server_draws_with_stable_unclip_from_its_folder(unclip_dir, tmp_path):
+    """`ibllm serve --unclip-dir`: the folder is checked while the model loads (a bad one is a load error
+    /health reports); a model without a generator answers 400 no_image_generator."""
+    from starlette.testclient import TestClient
+
+    from ibllm_agent.serve.app import create_app
+    from ibllm_agent.serve.settings import ServeSettings
+
+    body = {"model": "tiny", "prompt": "a photo", "ibllm": {"inputs": [_png_part()], "steps": 1, "seed": 0}}
+    with TestClient(create_app(ibllm_agent.load("tiny"), settings=ServeSettings(unclip_dir=str(unclip_dir)))) as client:
+        drawn = client.post("/v1/images/generations", json=body).json()
+        assert drawn["ibllm"]["generator"] == "stable-unclip" and drawn["size"] == "16x16", drawn
+        assert base64.b64decode(drawn["data"][0]["b64_json"])[:8] == b"\x89PNG\r\n\x1a\n"
+        too_long = client.post("/v1/images/generations", json={**body, "prompt": "rain " * 100})
+        assert too_long.status_code == 400 and "77" in too_long.json()["error"]["message"]
+    with TestClient(create_app(ibllm_agent.load("tiny"))) as client:
+        refused = client.post("/v1/images/generations", json=body)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "no_image_generator"
+    with TestClient(create_app("tiny", settings=ServeSettings(unclip_dir=str(tmp_path)))) as client:
+        for _ in range(200):
+            if client.get("/health").json()["status"] != "loading":
+                break
+            threading.Event().wait(0.05)
+        assert client.get("/health").json() == {"status": "error"}
