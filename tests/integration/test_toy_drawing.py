@@ -180,3 +180,14 @@ def test_held_out_drawings_show_their_concept(model):
     for medium, row in result["rows"].items():
         assert row["cache_on"] >= TARGET - 0.1, (medium, row)  # 28 pictures: a margin for small-sample noise
     assert result["seconds_per_picture"] < 1.0
+
+
+def test_the_drawing_benchmark_stays_runnable(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_draw", ROOT / "tools" / "bench_draw.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--repeats", "2", "--json", str(tmp_path / "b.json")]) == 0
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["generator"] == "toy-decoder" and 0 < result["vector_ms"]["median"] < result["picture_ms"]["median"]
