@@ -184,10 +184,7 @@ class ChatCompletionRequest(_Strict):
             if value is not None:
                 out[key] = value
         if self.ibllm is not None and self.ibllm.visual_cache is not None:
-            try:
-                out["visual_cache"] = VisualCacheParams.of(self.ibllm.visual_cache)
-            except ParamsError as exc:
-                raise bad_request(str(exc), param="ibllm.visual_cache") from None
+            out["visual_cache"] = _visual_cache(self.ibllm.visual_cache)
         return out
 
     def stops(self) -> list[str] | None:
@@ -289,12 +286,15 @@ class ImageRequest(_Strict):
             raise bad_request(str(exc), param="size" if field in sides else f"ibllm.{field}") from None
 
     def visual_cache(self) -> VisualCacheParams | None:
-        if self.ibllm is None or self.ibllm.visual_cache is None:
-            return None
-        try:
-            return VisualCacheParams.of(self.ibllm.visual_cache)
-        except ParamsError as exc:
-            raise bad_request(str(exc), param="ibllm.visual_cache") from None
+        return None if self.ibllm is None or self.ibllm.visual_cache is None else _visual_cache(self.ibllm.visual_cache)
+
+
+def _visual_cache(value: bool | dict) -> VisualCacheParams:
+    """The "ibllm" object's visual_cache setting, checked."""
+    try:
+        return VisualCacheParams.of(value)
+    except ParamsError as exc:
+        raise bad_request(str(exc), param="ibllm.visual_cache") from None
 
 
 # --- OpenAI content parts -> LangChain v1 blocks ---------------------------------------------------------
