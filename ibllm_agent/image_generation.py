@@ -221,19 +221,22 @@ class ToyDecoderGenerator(ImageGenerator):
     @classmethod
     def for_model(cls, model) -> ToyDecoderGenerator:
         """The decoder named in the toy's toy.json, checked against the model's vision encoder."""
+        from ibllm_agent.factory import read_imagebind
         from ibllm_agent.image_decoder import load_decoder, vision_digest
         from ibllm_agent.pretrained import toy_files
 
         if not model.card.is_toy:
             raise ImageGenerationError("the toy decoder draws only for the toy model; for the official weights "
                                        "attach Stable unCLIP (attach_unclip(model, folder) or --unclip-dir)")
-        root = Path(model.card.files.get("imagebind", "")).parent
-        files = toy_files(root if (root / "toy.json").is_file() else None)
+        imagebind_file = Path(model.card.files["imagebind"])
+        files = toy_files(imagebind_file.parent)  # the toy.json beside the encoders the model was loaded from
         name = files.meta.get("image_decoder")
         if not name:
             raise MissingFileError(f"{files.root / 'toy.json'} names no image decoder; train one with "
                                    "`python tools/train_toy_decoder.py`", file=files.root / "toy.json")
-        sd = {k: v for k, v in model.image_bind.state_dict().items()}
+        # the digest of the file the encoders came from, as training records it: the model's own tensors
+        # may be rounded (float16 / bfloat16 on a GPU) and would never match
+        sd, _ = read_imagebind(imagebind_file)
         return cls(load_decoder(files.root / name, vision=vision_digest(sd)))
 
     def draw(self, embedding, prompt, params):

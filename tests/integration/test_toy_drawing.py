@@ -58,13 +58,27 @@ def test_the_decoder_ships_small_and_belongs_to_the_shipped_encoder(model):
         load_decoder(path, vision="0" * 64)
 
 
-def test_a_decoder_trained_for_other_encoders_is_refused_not_drawn_with():
-    other = ibllm_agent.load("toy")  # its own copy: the shared one stays intact
-    with torch.no_grad():
-        other.image_bind.state_dict()["modality_heads.vision.2.weight"].mul_(1.001)  # a rebuilt vision encoder
+def test_a_decoder_trained_for_other_encoders_is_refused_not_drawn_with(tmp_path):
+    """A rebuilt toy (its vision encoder changed) beside the old decoder: refused, naming the command."""
+    from ibllm_agent.factory import build_from_files
+
+    toy = tmp_path / "toy"
+    shutil.copytree(TOY_DIR, toy)
+    checkpoint = torch.load(toy / "imagebind.pth", weights_only=True)
+    tensors = checkpoint.get("model", checkpoint)
+    (key,) = [k for k in tensors if k.endswith("modality_heads.vision.2.weight")]
+    tensors[key] = tensors[key] * 1.001
+    torch.save(checkpoint, toy / "imagebind.pth")
+    files = toy_files(toy)
+    rebuilt = build_from_files(files.adapter, files.llama_dir, files.llama_type, imagebind_ckpt=files.imagebind,
+                               name="toy", is_toy=True)
     with pytest.raises(DecoderMismatchError, match="another toy vision encoder.*train_toy_decoder"):
-        other.generate_image([load_media(EXAMPLES / "rain.wav")])
-    assert other.image_generator is None
+        rebuilt.generate_image([load_media(EXAMPLES / "rain.wav")])
+    assert rebuilt.image_generator is None
+    shipped = toy_files()
+    half = build_from_files(shipped.adapter, shipped.llama_dir, shipped.llama_type, imagebind_ckpt=shipped.imagebind,
+                            name="toy", is_toy=True, dtype=torch.bfloat16)
+    assert half.generate_image([load_media(EXAMPLES / "rain.wav")]).generator == "toy-decoder"  # rounded, same file
 
 
 def test_one_command_retrains_the_decoder_for_the_toy_it_is_given(tmp_path):
