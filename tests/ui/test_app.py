@@ -262,7 +262,8 @@ def test_debug_shows_the_traceback_under_the_friendly_error(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_with_a_server_url_the_app_asks_the_server_and_loads_nothing(tmp_path, monkeypatch, toy_files, needs_toy):
-    """IBLLM_SERVER_URL points the app at an `ibllm serve`: the same answers and explorer, no local model."""
+    """IBLLM_SERVER_URL points the app at an `ibllm serve`: the same answers, drawings and explorer, no local
+    model."""
     from langchain_core.messages import HumanMessage
 
     from ibllm_agent import ChatImageBindLLM, factory
@@ -278,6 +279,10 @@ def test_with_a_server_url_the_app_asks_the_server_and_loads_nothing(tmp_path, m
         attach(at, toy_files["audio"], text="What is this?")
         answer = history(at)[-1]
         assert not at.exception and answer.error is None and answer.neighbors
+        at.button(key="draw_1").click().run()  # the server draws (/v1/images/generations)
+        drawn = history(at)[-1]
+        assert not at.exception and drawn.error is None and drawn.image[:4] == b"\x89PNG"
+        assert "toy-decoder" in drawn.footer()
         monkeypatch.undo()
         block = {"type": "audio", "url": str(toy_files["audio"]), "extras": {"weight": 1.0}}
         local = ChatImageBindLLM(model="toy", visual_cache_index="default", temperature=0, max_tokens=64)
