@@ -32,6 +32,9 @@ from ui.conversation import Reply, Turn, to_messages
 from ui.explorer import cosine_matrix, heatmap_figure, with_mixture, zero_shot
 from ui.settings import AppConfig, ConfigError, ModelSpec, PathRefused, config_path, confine, debug_flag
 
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZE_OPTIONS = ["none", "int8", "int4"]
 VIEWS = {"chat": ":material/forum: Chat", "explorer": ":material/scatter_plot: Embedding explorer"}
 
 st.set_page_config(page_title="ImageBind-LLM", page_icon=":material/hearing:", layout="wide")
@@ -188,37 +191,53 @@ def model_choice(config: AppConfig) -> dict[str, str]:
     return {f: getattr(choices[name], f) for f in PATH_FIELDS}
 
 
-def sidebar_model(config: AppConfig) -> None:
+def sidebar_model(config: AppConfig):
     """Title, new chat, and which model to load (a form: nothing reloads while paths are typed). Paths typed
-    here reach the disk only inside the config's model folders; without any, there is nothing to type."""
+    here reach the disk only inside the config's model folders; without any, there is nothing to type.
+    Returns the panel's placeholder for notes about the loaded model."""
     with st.sidebar:
         st.markdown("## :material/hearing: ImageBind-LLM")
         st.caption("Ask about pictures, sounds, clips and 3D shapes.")
         st.button("New chat", icon=":material/add_comment:", on_click=new_chat, width="stretch", key="new_chat")
-        with st.expander("Model", icon=":material/memory:"), st.form("model", border=False):
-            spec = st.session_state.spec
-            typed = model_paths(config) if config.app.model_folders else None
-            chosen = None if typed else model_choice(config)
-            # an operator who lets visitors pick weights (model folders) lets them pick a server too; otherwise
-            # the server is the config's or $IBLLM_SERVER_URL, since a typed URL makes this machine fetch it
-            server = st.text_input("Server URL", spec.server_url or "", key="server_url",
-                                   help="The /v1 URL of an `ibllm serve` (e.g. http://gpu-host:8000/v1): it answers, "
-                                        "and the fields above are left to it. Empty: load the model here."
-                                   ) if config.app.model_folders else spec.server_url
-            left, right = st.columns(2)
-            device = left.selectbox("Device", ["cpu", "cuda"], index=0 if spec.device == "cpu" else 1, key="device")
-            dtypes = ["auto", "float32", "float16", "bfloat16"]
-            dtype = right.selectbox("Precision", dtypes, index=dtypes.index(spec.dtype or "auto"), key="dtype",
-                                    help="auto: float32 on CPU, float16 on CUDA")
-            if st.form_submit_button("Load", width="stretch"):
-                try:
-                    chosen = chosen or checked_paths(typed, config)
-                except PathRefused as exc:
-                    st.error(str(exc), icon=":material/block:")
-                    return
-                st.session_state.spec = replace(config.model if chosen["name"] == config.model.name else ModelSpec(),
-                                                 **chosen, device=device, dtype=None if dtype == "auto" else dtype,
-                                                 server_url=(server or "").strip() or None)
+        with st.expander("Model", icon=":material/memory:"):
+            model_form(config)
+            return st.empty()  # filled once the model has loaded: the official weights' licences
+
+
+def model_form(config: AppConfig) -> None:
+    """The model panel's form; a submitted form replaces `st.session_state.spec`."""
+    with st.form("model", border=False):
+        spec = st.session_state.spec
+        typed = model_paths(config) if config.app.model_folders else None
+        chosen = None if typed else model_choice(config)
+        # an operator who lets visitors pick weights (model folders) lets them pick a server too; otherwise
+        # the server is the config's or $IBLLM_SERVER_URL, since a typed URL makes this machine fetch it
+        server = st.text_input("Server URL", spec.server_url or "", key="server_url",
+                               help="The /v1 URL of an `ibllm serve` (e.g. http://gpu-host:8000/v1): it answers, "
+                                    "and the fields above are left to it. Empty: load the model here."
+                               ) if config.app.model_folders else spec.server_url
+        left, right = st.columns(2)
+        devices = list(DEVICE_CHOICES) + ([spec.device] if spec.device not in DEVICE_CHOICES else [])
+        device = left.selectbox("Device", devices, index=devices.index(spec.device), key="device",
+                                help="auto: CUDA, then Apple MPS, then the CPU (the toy stays on the CPU)")
+        dtypes = list(DTYPE_CHOICES)
+        dtype = right.selectbox("Precision", dtypes, index=dtypes.index(spec.dtype or "auto"), key="dtype",
+                                help="auto: float16 on a GPU; on a CPU bfloat16 for official weights when the "
+                                     "CPU has native bfloat16, else float32 (the toy: float32)")
+        quantize = st.selectbox("Quantize weights", QUANTIZE_OPTIONS, index=QUANTIZE_OPTIONS.index(spec.quantize or "none"),
+                                key="quantize",
+                                help="int8 / int4: LLaMA's linear weights in 8 or 4 bits: 2-4x less memory and "
+                                     "faster CPU decoding, slightly different answers")
+        if st.form_submit_button("Load", width="stretch"):
+            try:
+                chosen = chosen or checked_paths(typed, config)
+            except PathRefused as exc:
+                st.error(str(exc), icon=":material/block:")
+                return
+            st.session_state.spec = replace(config.model if chosen["name"] == config.model.name else ModelSpec(),
+                                             **chosen, device=device, dtype=None if dtype == "auto" else dtype,
+                                             quantize=None if quantize == "none" else quantize,
+                                             server_url=(server or "").strip() or None)
 
 
 def sidebar_settings(config: AppConfig, model) -> tuple[GenerationParams, VisualCacheParams, int]:
@@ -379,7 +398,7 @@ DEBUG = config.app.debug or debug_flag(sys.argv[1:])
 if DEBUG:  # tracebacks in Streamlit's own error boxes too (`ibllm ui --debug` sets it on the command line)
     st.set_option("client.showErrorDetails", "full")
 init_state(config)
-sidebar_model(config)
+model_notes = sidebar_model(config)
 try:
     model = shared_model(st.session_state.spec)
 except Exception as exc:  # noqa: BLE001 - a bad path or checkpoint must not take the app down
@@ -388,6 +407,9 @@ except Exception as exc:  # noqa: BLE001 - a bad path or checkpoint must not tak
     st.button("Back to the toy model", key="back_to_toy",
               on_click=lambda: st.session_state.update(spec=ModelSpec(server_url=None)))
     st.stop()
+notice = backend.license_notice(model)
+if notice:
+    model_notes.caption(notice)
 generation, visual_cache, history_messages = sidebar_settings(config, model)
 draw_prompt, draw_params = sidebar_drawing(model)
 

@@ -46,7 +46,7 @@ class ServedModel:
         from ibllm_agent.remote import RemoteClient
 
         info = RemoteClient(url, max_retries=0).get("/models")["data"][0]
-        card = ModelCard(name=info["id"], is_toy=info["ibllm"]["toy"])
+        card = ModelCard(name=info["id"], is_toy=info["ibllm"]["toy"], quantize=info["ibllm"].get("quantize"))
         return cls(url, card, info["ibllm"]["feature_dim"], info["ibllm"]["visual_cache"],
                    info["ibllm"].get("image_generator"))
 
@@ -138,7 +138,8 @@ def toy_example(modality: str, seed: int) -> tuple[str, bytes]:
 
 
 def status_line(model) -> str:
-    """`toy · toy world · cpu · float32 · visual cache: 1,234 images`: what answers, where, at which precision."""
+    """`toy · toy world · cpu · float32 · visual cache: 1,234 images` (and `int4 weights` when quantised): what
+    answers, where, at which precision."""
     toy = " · toy world" if model.card.is_toy else ""
     if isinstance(model, ServedModel):
         cache_text = "visual cache" if model.has_visual_cache else "no visual cache"
@@ -146,7 +147,18 @@ def status_line(model) -> str:
     dtype = str(model.dtype).removeprefix("torch.")
     cache = model.visual_cache
     cache_text = f"visual cache: {len(cache):,} images" if cache is not None else "no visual cache"
-    return f":material/memory: **{model.card.name}**{toy} · {model.device} · {dtype} · {cache_text}"
+    quant = f" · {model.card.quantize} weights" if model.card.quantize else ""
+    return f":material/memory: **{model.card.name}**{toy} · {model.device} · {dtype}{quant} · {cache_text}"
+
+
+def license_notice(model) -> str | None:
+    """The official weights' licences, for the model panel (None for the toy, the tiny test model, and a served
+    model: its weights are loaded, and their licence accepted, where the server runs)."""
+    if model.card.is_toy or model.card.name == "tiny" or isinstance(model, ServedModel):
+        return None
+    from ibllm_agent.licenses import model_license_notice
+
+    return model_license_notice()
 
 
 def toy_notice(model) -> str | None:

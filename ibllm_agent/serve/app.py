@@ -107,7 +107,7 @@ class Server:
         self.name = self.chat.model_name
         self.engine = Engine(llm, max_batch=s.max_batch, max_queue=s.max_queue).start()
         self.llm = llm  # last: its presence means ready
-        logger.info("serving %s", llm.card.banner())
+        logger.info("serving %s: %s", llm.card.banner(), llm.card.placement)
 
     def close(self) -> None:
         if self.engine is not None:
@@ -126,6 +126,7 @@ class Server:
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "ibllm",
                 "ibllm": {"feature_dim": int(llm.feature_dim), "max_seq_len": int(llm.max_seq_len),
                           "toy": llm.card.is_toy, "visual_cache": llm.visual_cache is not None,
+                          "quantize": llm.card.quantize, "placement": llm.card.placement,
                           "image_generator": self.generator_name()}}
 
     def generator_name(self) -> str | None:

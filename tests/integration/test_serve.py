@@ -40,8 +40,9 @@ QUESTION = "What is this?"
 MEDIA = ("image", "audio", "video", "point")
 MIME = {"image": "image/png", "audio": "audio/wav", "video": "video/mp4", "point": "model/ply"}
 MAX_MEDIA, MAX_BODY = 1 << 20, 3 << 20
-LONG = {"temperature": 50.0, "top_p": 1.0, "seed": 3, "max_tokens": 1500}
-"""Near-uniform sampling, seeded: to "hi" the toy says ~1,200 tokens before EOS (seconds), to interrupt."""
+LONG = {"temperature": 50.0, "top_p": 1.0, "seed": 31, "max_tokens": 1984}
+"""Near-uniform sampling, seeded: to "hi" the toy never says EOS and runs to all 1,984 tokens (~9 s on the
+2-core machine), an answer to interrupt."""
 
 
 def b64(path: Path) -> str:
@@ -432,8 +433,9 @@ def test_visual_cache_neighbours_and_cache_search(small_server, server, media):
     assert no_cache.status_code == 400 and no_cache.json()["error"]["code"] == "no_visual_cache"
 
 
-DEADLINE = 5
-"""--shutdown-timeout: ample for a short answer on a busy machine, far too little for the long one."""
+DEADLINE = 4
+"""--shutdown-timeout: ample for the rest of a 24-token answer on a busy machine, far too little for the long
+one (1,984 tokens; seed 3's 1,194 tokens took 5.5 s and raced a 5 s deadline)."""
 
 
 @pytest.mark.slow
@@ -458,8 +460,10 @@ def test_sigterm_lets_short_answers_finish_cancels_long_ones_and_exits_0(local):
         process.process.send_signal(signal.SIGTERM)
         assert process.process.wait(20) == 0
         assert time.monotonic() - signalled < DEADLINE + 5
-        long_reader.join(5)
-        short_reader.join(5)
+        # the readers may still be working through what the server sent before it exited
+        for reader in (long_reader, short_reader):
+            reader.join(60)
+            assert not reader.is_alive()
     short = [json.loads(line[6:]) for line in lines["short"] if line.startswith("data: {")]
     assert short[-1]["choices"][0]["finish_reason"] == "stop" and lines["short"][-1] == "data: [DONE]"
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in short) == local.invoke("hi").content
@@ -505,6 +509,28 @@ def test_tool_calls_and_json_answers_through_the_openai_sdk(client):
         *question, {"role": "assistant", "content": None, "tool_calls": [made.model_dump()]},
         {"role": "tool", "tool_call_id": made.id, "content": "sunny"}])
     assert follow.choices[0].finish_reason in ("stop", "length")
+
+
+# --- placement and quantisation -------------------------------------------------------------------------
+
+
+def test_a_server_started_with_quantize_int8_answers_as_the_int8_model(media):
+    """`ibllm serve --quantize int8`: the served model says it is quantised and answers exactly as the same
+    model quantised in process (greedy), so the flag reached the loader."""
+    path = media[CONCEPT_NAMES[0]]["image"]
+    with ServerProcess(["--model", "toy", "--quantize", "int8", "--dtype", "auto", "--device", "auto"]) as process:
+        card = httpx.get(process.url + "/models").json()["data"][0]["ibllm"]
+        served = openai.OpenAI(base_url=process.url, api_key="unused", max_retries=0).chat.completions.create(
+            model="toy", messages=ask("image", path), temperature=0, max_tokens=N)
+    assert card["quantize"] == "int8" and "quantize int8" in card["placement"]
+    local = ChatImageBindLLM(model=factory.load("toy", quantize="int8"), temperature=0, max_tokens=N)
+    assert served.choices[0].message.content == local_answer(local, "image", path).content
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_server_asked_for_a_device_it_lacks_exits_naming_the_option():
+    with pytest.raises(RuntimeError, match=r"exited with 1.*device='cuda' but no CUDA device"):
+        ServerProcess(["--model", "toy", "--device", "cuda"]).stop()
 
 
 # --- pictures -------------------------------------------------------------------------------------------
