@@ -5,6 +5,7 @@
     ibllm ask --image dog.jpg --audio rain.wav:-0.3 "Describe the scene."    (subtract: embedding arithmetic)
     ibllm ask --model 7B --llama-dir /data/llama --visual-cache --image photo.jpg "What is this?"
     ibllm chat --image dog.jpg
+    ibllm draw --audio rain.wav "a photo" -o rain.png                         (image output)
     ibllm download 7B --dest ~/.cache/ibllm_agent
     ibllm serve --port 8000                          (an OpenAI-compatible API; see `ibllm serve --help`)
     ibllm doctor
@@ -87,7 +88,7 @@ def load_options(args) -> dict:
                 download_root=args.download_root, quantize=args.quantize)
 
 
-def _model_flags(p: argparse.ArgumentParser) -> None:
+def _model_flags(p: argparse.ArgumentParser, *, sampling: bool = True) -> None:
     load_flags(p)
     c = p.add_argument_group("visual cache")
     c.add_argument("--visual-cache-size", type=int, default=DEFAULT_VISUAL_CACHE.size, help="neighbours retrieved")
@@ -95,16 +96,37 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                    help="softmax temperature over their similarities")
     c.add_argument("--visual-cache-weight", type=float, default=DEFAULT_VISUAL_CACHE.weight,
                    help="share of the neighbours in the query")
+    if sampling:
+        _sampling_flags(p)
+    for name in MEDIA_FLAGS:
+        p.add_argument(modalities.get(name).cli_flag, action="append", default=[], metavar="FILE[:WEIGHT]",
+                       help=f"{modalities.get(name).noun} ({name} file), repeatable; optional mixing weight after "
+                            "a colon (negative subtracts)")
+
+
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("sampling")
     s.add_argument("--temperature", type=float, default=DEFAULT_GENERATION.temperature,
                    help=f"0 = greedy (default {DEFAULT_GENERATION.temperature}, as upstream)")
     s.add_argument("--top-p", type=float, default=DEFAULT_GENERATION.top_p)
     s.add_argument("--max-tokens", "--max-gen-len", dest="max_tokens", type=int, default=DEFAULT_GENERATION.max_tokens)
     s.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
-    for name in MEDIA_FLAGS:
-        p.add_argument(modalities.get(name).cli_flag, action="append", default=[], metavar="FILE[:WEIGHT]",
-                       help=f"{modalities.get(name).noun} ({name} file), repeatable; optional mixing weight after "
-                            "a colon (negative subtracts)")
+
+
+def _draw_flags(p: argparse.ArgumentParser) -> None:
+    from ibllm_agent.params import DEFAULT_DRAW
+
+    d = p.add_argument_group("drawing")
+    d.add_argument("-o", "--out", default="drawing.png", help="the PNG to write (default drawing.png)")
+    d.add_argument("--unclip-dir", help="local Stable unCLIP folder (stabilityai/stable-diffusion-2-1-unclip, "
+                                        "diffusers layout); needed for the official weights, never downloaded")
+    d.add_argument("--steps", type=int, default=DEFAULT_DRAW.steps, help="denoising steps (the toy draws in one)")
+    d.add_argument("--guidance", type=float, default=DEFAULT_DRAW.guidance, help="classifier-free guidance scale")
+    d.add_argument("--seed", type=int, default=None, help="make the picture reproducible")
+    d.add_argument("--height", type=int, default=None, help="pixels, a multiple of 8 (default: the generator's)")
+    d.add_argument("--width", type=int, default=None)
+    d.add_argument("--noise-level", type=int, default=DEFAULT_DRAW.noise_level,
+                   help="noise on the image embedding, 0-999: more variation around the input")
 
 
 def _load_model(args):
@@ -116,9 +138,12 @@ def _load_model(args):
 def _settings(args) -> tuple[GenerationParams, VisualCacheParams]:
     """The flags as the two parameter objects every layer passes (checked before the model loads)."""
     return (GenerationParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                             seed=args.seed),
-            VisualCacheParams(enabled=args.visual_cache, size=args.visual_cache_size, t=args.visual_cache_t,
-                              weight=args.visual_cache_weight))
+                             seed=args.seed), _visual_cache(args))
+
+
+def _visual_cache(args) -> VisualCacheParams:
+    return VisualCacheParams(enabled=args.visual_cache, size=args.visual_cache_size, t=args.visual_cache_t,
+                             weight=args.visual_cache_weight)
 
 
 def banner(model) -> str:
@@ -163,6 +188,30 @@ def cmd_ask(args) -> int:
     model = _load_model(args)
     print(banner(model), file=sys.stderr)
     _answer(model, args, args.question, _feature(model, media), args.input)
+    return 0
+
+
+def cmd_draw(args) -> int:
+    """Draw a picture of the inputs (the reference's image_generate): the toy decoder for the toy model,
+    Stable unCLIP from --unclip-dir for the official weights."""
+    from ibllm_agent.image_generation import ConditioningError, attach_unclip, generate_image
+    from ibllm_agent.params import DrawParams
+
+    params = DrawParams(steps=args.steps, guidance=args.guidance, seed=args.seed, height=args.height,
+                        width=args.width, noise_level=args.noise_level)
+    visual_cache = _visual_cache(args)
+    media = _media_inputs(args)
+    if not media:
+        raise ConditioningError(f"draw needs at least one input: {', '.join(f'--{m} FILE' for m in MEDIA_FLAGS)}")
+    model = _load_model(args)
+    print(banner(model), file=sys.stderr)
+    if args.unclip_dir:
+        attach_unclip(model, args.unclip_dir)
+    result = generate_image(model, media, args.prompt, params, visual_cache)
+    path = result.save(args.out)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{path} ({result.image.width}x{result.image.height}, {result.generator}, {result.seconds:.2f} s)")
     return 0
 
 
@@ -414,6 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="an interactive session (one question per line)")
     _model_flags(p)
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("draw", help="draw a picture of media files (image output: Stable unCLIP, or the toy's "
+                                    "decoder)")
+    p.add_argument("prompt", nargs="?", default="", help='text guiding the picture, e.g. "a photo" (the toy '
+                                                        "decoder does not read it)")
+    _model_flags(p, sampling=False)
+    _draw_flags(p)
+    p.set_defaults(func=cmd_draw)
 
     p = sub.add_parser("download", help="fetch official weights (resumable); used only when asked")
     from ibllm_agent.pretrained import FILES

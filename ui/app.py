@@ -16,7 +16,7 @@ import streamlit as st
 import torch
 
 from ibllm_agent import modalities
-from ibllm_agent.params import GenerationParams, VisualCacheParams
+from ibllm_agent.params import DEFAULT_DRAW, DrawParams, GenerationParams, VisualCacheParams
 from ui import backend, views
 from ui.attachments import (
     ALL_FILE_TYPES,
@@ -65,6 +65,7 @@ def init_state(config: AppConfig) -> None:
     state.setdefault("pending", None)  # a question waiting for its answer (set by a submission or an example)
     state.setdefault("uploads", 0)  # bumps the upload panel's key, which empties it after each upload
     state.setdefault("embeddings", {})  # sha256 -> ImageBind embedding, for the explorer
+    state.setdefault("pending_draw", False)  # a Draw button was pressed
 
 
 def report(message: str, exc: BaseException) -> None:
@@ -107,6 +108,19 @@ def ask(text: str, attached: list[Attachment], errors: list[str], *, had_files: 
     st.session_state.pending = question if question and not (errors and not attached) else None
 
 
+def request_draw() -> None:
+    st.session_state.pending_draw = True
+
+
+def draw_callback(model, mixture: str):
+    """The Draw button's callback under an answer conditioned on `mixture`, or None (no button): a Draw
+    button draws the current inputs, so it is offered only under answers about exactly those inputs."""
+    inputs = st.session_state.inputs
+    if inputs and mixture == mixture_summary(inputs) and backend.can_draw(model):
+        return request_draw
+    return None
+
+
 def try_example(modality: str) -> None:
     name, data = backend.toy_example(modality, seed=time.time_ns() % 2**31)
     try:
@@ -118,7 +132,7 @@ def try_example(modality: str) -> None:
 # ----- page parts ---------------------------------------------------------------------------------------
 
 PATH_FIELDS = {"name": "Model", "llama_dir": "LLaMA folder", "imagebind_ckpt": "ImageBind checkpoint",
-               "visual_cache_index": "Cache index"}
+               "visual_cache_index": "Cache index", "unclip_dir": "Stable unCLIP folder"}
 """The ModelSpec fields that name server files, with their labels in the sidebar."""
 
 
@@ -136,6 +150,9 @@ def model_paths(config: AppConfig) -> dict[str, str]:
                                         help="imagebind_w3D.pth (with Point-Bind, for 3D)"),
         "visual_cache_index": st.text_input("Cache index", spec.visual_cache_index or "", key="cache_index",
                                             help="knn.index (optional)"),
+        "unclip_dir": st.text_input("Stable unCLIP folder", spec.unclip_dir or "", key="unclip_dir",
+                                    help="stable-diffusion-2-1-unclip in the diffusers layout (optional: the Draw "
+                                         "button with the official weights; never downloaded)"),
     }
 
 
@@ -248,6 +265,39 @@ def sidebar_settings(config: AppConfig, model) -> tuple[GenerationParams, Visual
     return generation, visual_cache, history
 
 
+def sidebar_drawing(model) -> tuple[str, DrawParams]:
+    """The Draw button's prompt and settings."""
+    with st.sidebar, st.expander("Drawing", icon=":material/brush:"):
+        prompt = st.text_input("Prompt", "a photo", key="draw_prompt",
+                               help="Guides Stable unCLIP; the toy decoder draws from the inputs alone")
+        seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="draw_seed")
+        steps = st.slider("Steps", 1, 100, DEFAULT_DRAW.steps, key="draw_steps", disabled=model.card.is_toy,
+                          help="Denoising steps (Stable unCLIP); the toy decoder draws in one pass")
+    return prompt, DrawParams(seed=int(seed), steps=steps)
+
+
+def draw_picture(model, prompt: str, params: DrawParams, visual_cache: VisualCacheParams) -> None:
+    """Draw the current inputs into the chat and record the picture in the history."""
+    inputs, history = st.session_state.inputs, st.session_state.history
+    mixture = mixture_summary(inputs)
+    with st.chat_message("assistant", avatar=views.AVATARS["assistant"]):
+        try:
+            with st.spinner("Drawing…"):
+                result = backend.draw(model, inputs, prompt, params, visual_cache)
+        except Exception as exc:  # noqa: BLE001 - any failure becomes a message, the app keeps running
+            message = f"Sorry, that could not be drawn: {exc}"
+            st.error(message, icon=":material/error:")
+            history.append(Turn("assistant", "", error=message))
+            return
+        png = result.png_bytes()
+        st.image(png, width=320)
+        how = f"{result.generator}{f' · “{prompt}”' if prompt and result.generator != 'toy-decoder' else ''} · " \
+              f"{result.seconds:.1f} s"
+        turn = Turn("assistant", "", mixture=mixture, image=png, drawing=how, neighbors=result.neighbors)
+        st.caption(turn.footer())
+    history.append(turn)
+
+
 def inputs_panel(*, expanded: bool) -> None:
     """The mixing desk: each input with its weight and a subtract switch, plus an upload panel."""
     inputs = st.session_state.inputs
@@ -303,7 +353,7 @@ def answer(model, question: str, generation: GenerationParams, visual_cache: Vis
             history.append(Turn("assistant", "", error=message))
             return
         turn = reply.turn(mixture)
-        views.answer_footer(turn)
+        views.answer_footer(turn, index=len(history), on_draw=draw_callback(model, turn.mixture))
     history.append(turn)
 
 
@@ -361,6 +411,7 @@ notice = backend.license_notice(model)
 if notice:
     model_notes.caption(notice)
 generation, visual_cache, history_messages = sidebar_settings(config, model)
+draw_prompt, draw_params = sidebar_drawing(model)
 
 view = st.segmented_control("View", list(VIEWS), format_func=VIEWS.get, default="chat", key="view",
                             label_visibility="collapsed") or "chat"
@@ -384,7 +435,10 @@ else:
     if not st.session_state.history:
         welcome(model)
     for i, t in enumerate(st.session_state.history):
-        views.turn(t, index=i)
+        views.turn(t, index=i, on_draw=draw_callback(model, t.mixture))
     question, st.session_state.pending = st.session_state.pending, None
     if question:
         answer(model, question, generation, visual_cache, history_messages)
+    drawing, st.session_state.pending_draw = st.session_state.pending_draw, False
+    if drawing:
+        draw_picture(model, draw_prompt, draw_params, visual_cache)

@@ -12,6 +12,7 @@ typed there are accepted only inside the folders of `[app] model_folders` (see `
     llama_dir = "/weights/llama"          # holds tokenizer.model and 7B/params.json + consolidated.00.pth
     imagebind_ckpt = "/weights/imagebind_w3D.pth"
     visual_cache_index = "/weights/knn.index"   # optional: the visual cache
+    unclip_dir = "/weights/stable-diffusion-2-1-unclip"   # optional: pictures (the Draw button)
     device = "auto"                       # or "cpu", "cuda", "mps"
     quantize = "int8"                     # optional: "int8" / "int4" weights (a 7B on a laptop)
 
@@ -69,6 +70,9 @@ class ModelSpec:
     """"float32", "float16" or "bfloat16"; None lets the loader choose for the device ("auto")."""
     quantize: str | None = None
     """"int8" or "int4": weight-only quantisation of LLaMA's linear layers (less memory, faster CPU decoding)."""
+    unclip_dir: str | None = None
+    """Local Stable unCLIP folder (stabilityai/stable-diffusion-2-1-unclip) for the Draw button with the
+    official weights; the toy model draws with its own decoder."""
     server_url: str | None = field(default_factory=lambda: os.environ.get(SERVER_ENV) or None)
     """The /v1 URL of an `ibllm serve` ($IBLLM_SERVER_URL by default): the app asks it and loads no model
     (the fields above are then the server's business); its key comes from $IBLLM_API_KEY."""

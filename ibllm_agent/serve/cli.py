@@ -4,8 +4,8 @@
     ibllm serve --model 7B --llama-dir /data/llama --device cuda --visual-cache --port 8000
     IBLLM_API_KEY=s3cret ibllm serve --host 0.0.0.0      # beyond loopback a key is required
 
-Routes: POST /v1/chat/completions (streaming with SSE), /v1/embeddings, /v1/ibllm/arithmetic,
-/v1/ibllm/cache/search; GET /v1/models, /health (503 until the model is loaded), /metrics (Prometheus).
+Routes: POST /v1/chat/completions (streaming with SSE), /v1/embeddings, /v1/images/generations (a picture
+of media parts: the toy's decoder, or Stable unCLIP with --unclip-dir), /v1/ibllm/arithmetic, /v1/ibllm/cache/search; GET /v1/models, /health (503 until the model is loaded), /metrics (Prometheus).
 SIGTERM stops accepting connections, lets running answers finish for --shutdown-timeout seconds, cancels
 the rest and exits 0.
 """
@@ -44,6 +44,8 @@ def register(subparsers) -> None:
     g.add_argument("--max-media-bytes", type=int, default=d.max_media_bytes, help="largest medium of one part (413)")
     g.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="largest request body (413)")
     g.add_argument("--max-input-chars", type=int, default=None, help="characters of text per message")
+    g.add_argument("--unclip-dir", default=None, help="local Stable unCLIP folder (stabilityai/stable-diffusion-2-1-"
+                   "unclip, diffusers layout) that draws on /v1/images/generations; never downloaded")
     g.add_argument("--shutdown-timeout", type=float, default=d.shutdown_timeout_s,
                    help="seconds running answers may take to finish on SIGTERM")
     r = p.add_argument_group("Ray Serve (the `ray` extra): replicas of this server on a Ray cluster")
@@ -86,7 +88,8 @@ def cmd_serve(args) -> int:
     settings = ServeSettings(api_key=api_key, max_batch=args.max_batch, max_queue=args.max_queue,
                              allow_urls=args.allow_urls, max_media_bytes=args.max_media_bytes,
                              max_body_bytes=args.max_body_bytes, max_input_chars=args.max_input_chars,
-                             shutdown_timeout_s=args.shutdown_timeout, model_name=args.served_model_name)
+                             shutdown_timeout_s=args.shutdown_timeout, model_name=args.served_model_name,
+                             unclip_dir=args.unclip_dir)
     if args.ray:
         return _serve_on_ray(args, settings)
     failed: list[BaseException] = []

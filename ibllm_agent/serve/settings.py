@@ -34,3 +34,5 @@ class ServeSettings:
     """On shutdown, how long running generations may take to finish before they are cancelled."""
     model_name: str | None = None
     """The model id clients ask for; default the loaded model's name ("toy", "7B", ...)."""
+    unclip_dir: str | None = None
+    """Local Stable unCLIP folder that draws on /v1/images/generations (the toy draws with its own decoder)."""
