@@ -21,6 +21,10 @@ class ModelCard:
     """The shipped toy world: every place a user meets it says so."""
     files: dict[str, Path] = field(default_factory=dict)
     """The files it was built from ("llama", "adapter", "imagebind", "knn_index")."""
+    quantize: str | None = None
+    """"int8" / "int4" when LLaMA's linear weights are quantised (`load(quantize=...)` or a quantised file)."""
+    placement: str = ""
+    """What the load chose for device, dtype and quantisation, and why (`Placement.describe`)."""
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
     """Held around every use of the model's tensors by code that shares it between threads (one decoding
     step at a time, so batched requests and streams interleave fairly)."""

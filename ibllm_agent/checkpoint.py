@@ -331,12 +331,15 @@ def _allowed(allowed_missing: Collection[str] | Callable[[str], bool] | None) ->
 def load_into(module: nn.Module, sd: Mapping[str, torch.Tensor], *, file: str | Path,
               allowed_missing: Collection[str] | Callable[[str], bool] | None = None,
               ignored_unexpected: Collection[str] = LLAMA_FILE_IGNORED,
-              device: torch.device | str | None = None) -> LoadResult:
+              device: torch.device | str | None = None,
+              keep_dtype: Callable[[str], bool] | None = None) -> LoadResult:
     """Strictly load `sd` into `module`, converting each tensor to the module's dtype for that entry.
 
     The module may live on the meta device (built without memory): tensors are then assigned on
     `device` (default CPU). A tensor whose dtype and device already match is used as is (it stays in
-    the file mapping), so no second copy is made. All checks run before the first assignment.
+    the file mapping), so no second copy is made; so is a float tensor whose key `keep_dtype` accepts,
+    in the file's dtype (for weights converted later, layer by layer: `llama.model.for_inference`).
+    All checks run before the first assignment.
     `sd` from `load_state_dict` (a `MappedStateDict`) lets the pages of each converted tensor go as
     soon as its copy exists; do not read those source tensors again afterwards (they re-read the file).
     """
@@ -369,6 +372,8 @@ def load_into(module: nn.Module, sd: Mapping[str, torch.Tensor], *, file: str | 
         dev = torch.device(device) if device is not None else (
             torch.device("cpu") if target.is_meta else target.device)
         dtype = target.dtype if (target.is_floating_point() or not value.is_floating_point()) else value.dtype
+        if keep_dtype is not None and value.is_floating_point() and keep_dtype(key):
+            dtype = value.dtype
         converted[key] = value.to(device=dev, dtype=dtype)
         if isinstance(sd, MappedStateDict) and converted[key].data_ptr() != value.data_ptr():
             release_pages(value)  # the file's bytes are no longer needed in memory

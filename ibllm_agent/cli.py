@@ -6,6 +6,7 @@
     ibllm ask --depth room.png --imu walk.csv "What is this?"                (depth maps, thermal, IMU)
     ibllm ask --model 7B --llama-dir /data/llama --visual-cache --image photo.jpg "What is this?"
     ibllm chat --image dog.jpg
+    ibllm draw --audio rain.wav "a photo" -o rain.png                         (image output)
     ibllm download 7B --dest ~/.cache/ibllm_agent
     ibllm serve --port 8000                          (an OpenAI-compatible API; see `ibllm serve --help`)
     ibllm doctor
@@ -32,10 +33,13 @@ import sys
 from pathlib import Path
 
 from ibllm_agent import modalities
+from ibllm_agent.llama.quant import QUANTIZE_CHOICES
 from ibllm_agent.params import DEFAULT_GENERATION, DEFAULT_VISUAL_CACHE, GenerationParams, VisualCacheParams
 
 logger = logging.getLogger(__name__)
 
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+"""--dtype (`placement.DTYPE_CHOICES`, repeated here so that `ibllm --help` imports no torch)."""
 MEDIA_FLAGS = modalities.MEDIA
 """One --<medium> flag (and /<medium> chat command) per medium of the registry."""
 UI_PACKAGE = "ui"
@@ -64,8 +68,14 @@ def load_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--imagebind", dest="imagebind_ckpt", help="ImageBind checkpoint (default: imagebind_w3D.pth "
                                                               "from the download folder)")
     g.add_argument("--knn-index", help="FAISS visual cache file (default: knn.index from the download folder)")
-    g.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    g.add_argument("--dtype", default=None, help="float32 (CPU default), float16 (CUDA default) or bfloat16")
+    g.add_argument("--device", default=None, help="auto (CUDA, then Apple MPS, then the CPU), cpu, cuda, cuda:N or mps; "
+                                                  "default: auto for official weights, cpu for the toy")
+    g.add_argument("--dtype", default=None, choices=DTYPE_CHOICES,
+                   help="auto (default): float16 on a GPU, bfloat16 on a CPU with native bfloat16 (official weights), "
+                        "else float32")
+    g.add_argument("--quantize", default=None, choices=["none", *QUANTIZE_CHOICES],
+                   help="weight-only quantisation of LLaMA's linear layers: int8 (per channel) or int4 (groups of "
+                        "128); a LLaMA written by `ibllm quantize` is read as it is")
     g.add_argument("--max-seq-len", type=int, default=2048, help="longest prompt + answer in tokens")
     g.add_argument("--download-root", help="where `ibllm download` put the weights")
     g.add_argument("--visual-cache", action=argparse.BooleanOptionalAction, default=False,
@@ -76,10 +86,11 @@ def load_options(args) -> dict:
     """`ibllm_agent.load` keywords from the `load_flags`."""
     return dict(name=args.model, llama_dir=args.llama_dir, llama_type=args.llama_type,
                 imagebind_ckpt=args.imagebind_ckpt, knn=args.visual_cache, knn_index=args.knn_index,
-                device=args.device, dtype=args.dtype, max_seq_len=args.max_seq_len, download_root=args.download_root)
+                device=args.device, dtype=None if args.dtype == "auto" else args.dtype, max_seq_len=args.max_seq_len,
+                download_root=args.download_root, quantize=args.quantize)
 
 
-def _model_flags(p: argparse.ArgumentParser) -> None:
+def _model_flags(p: argparse.ArgumentParser, *, sampling: bool = True) -> None:
     load_flags(p)
     c = p.add_argument_group("visual cache")
     c.add_argument("--visual-cache-size", type=int, default=DEFAULT_VISUAL_CACHE.size, help="neighbours retrieved")
@@ -87,16 +98,37 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
                    help="softmax temperature over their similarities")
     c.add_argument("--visual-cache-weight", type=float, default=DEFAULT_VISUAL_CACHE.weight,
                    help="share of the neighbours in the query")
+    if sampling:
+        _sampling_flags(p)
+    for name in MEDIA_FLAGS:
+        p.add_argument(modalities.get(name).cli_flag, action="append", default=[], metavar="FILE[:WEIGHT]",
+                       help=f"{modalities.get(name).noun} ({name} file), repeatable; optional mixing weight after "
+                            "a colon (negative subtracts)")
+
+
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("sampling")
     s.add_argument("--temperature", type=float, default=DEFAULT_GENERATION.temperature,
                    help=f"0 = greedy (default {DEFAULT_GENERATION.temperature}, as upstream)")
     s.add_argument("--top-p", type=float, default=DEFAULT_GENERATION.top_p)
     s.add_argument("--max-tokens", "--max-gen-len", dest="max_tokens", type=int, default=DEFAULT_GENERATION.max_tokens)
     s.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
-    for name in MEDIA_FLAGS:
-        p.add_argument(modalities.get(name).cli_flag, action="append", default=[], metavar="FILE[:WEIGHT]",
-                       help=f"{modalities.get(name).noun} ({name} file), repeatable; optional mixing weight after "
-                            "a colon (negative subtracts)")
+
+
+def _draw_flags(p: argparse.ArgumentParser) -> None:
+    from ibllm_agent.params import DEFAULT_DRAW
+
+    d = p.add_argument_group("drawing")
+    d.add_argument("-o", "--out", default="drawing.png", help="the PNG to write (default drawing.png)")
+    d.add_argument("--unclip-dir", help="local Stable unCLIP folder (stabilityai/stable-diffusion-2-1-unclip, "
+                                        "diffusers layout); needed for the official weights, never downloaded")
+    d.add_argument("--steps", type=int, default=DEFAULT_DRAW.steps, help="denoising steps (the toy draws in one)")
+    d.add_argument("--guidance", type=float, default=DEFAULT_DRAW.guidance, help="classifier-free guidance scale")
+    d.add_argument("--seed", type=int, default=None, help="make the picture reproducible")
+    d.add_argument("--height", type=int, default=None, help="pixels, a multiple of 8 (default: the generator's)")
+    d.add_argument("--width", type=int, default=None)
+    d.add_argument("--noise-level", type=int, default=DEFAULT_DRAW.noise_level,
+                   help="noise on the image embedding, 0-999: more variation around the input")
 
 
 def _load_model(args):
@@ -108,9 +140,12 @@ def _load_model(args):
 def _settings(args) -> tuple[GenerationParams, VisualCacheParams]:
     """The flags as the two parameter objects every layer passes (checked before the model loads)."""
     return (GenerationParams(max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                             seed=args.seed),
-            VisualCacheParams(enabled=args.visual_cache, size=args.visual_cache_size, t=args.visual_cache_t,
-                              weight=args.visual_cache_weight))
+                             seed=args.seed), _visual_cache(args))
+
+
+def _visual_cache(args) -> VisualCacheParams:
+    return VisualCacheParams(enabled=args.visual_cache, size=args.visual_cache_size, t=args.visual_cache_t,
+                             weight=args.visual_cache_weight)
 
 
 def banner(model) -> str:
@@ -158,6 +193,30 @@ def cmd_ask(args) -> int:
     return 0
 
 
+def cmd_draw(args) -> int:
+    """Draw a picture of the inputs (the reference's image_generate): the toy decoder for the toy model,
+    Stable unCLIP from --unclip-dir for the official weights."""
+    from ibllm_agent.image_generation import ConditioningError, attach_unclip, generate_image
+    from ibllm_agent.params import DrawParams
+
+    params = DrawParams(steps=args.steps, guidance=args.guidance, seed=args.seed, height=args.height,
+                        width=args.width, noise_level=args.noise_level)
+    visual_cache = _visual_cache(args)
+    media = _media_inputs(args)
+    if not media:
+        raise ConditioningError(f"draw needs at least one input: {', '.join(f'--{m} FILE' for m in MEDIA_FLAGS)}")
+    model = _load_model(args)
+    print(banner(model), file=sys.stderr)
+    if args.unclip_dir:
+        attach_unclip(model, args.unclip_dir)
+    result = generate_image(model, media, args.prompt, params, visual_cache)
+    path = result.save(args.out)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{path} ({result.image.width}x{result.image.height}, {result.generator}, {result.seconds:.2f} s)")
+    return 0
+
+
 CHAT_HELP = (f"Type a question. Attach media with {', '.join(f'/{m} FILE[:W]' for m in MEDIA_FLAGS)}; /clear "
              "drops them; /quit ends. Each question is answered on its own with the current attachments.")
 
@@ -197,10 +256,30 @@ def cmd_chat(args) -> int:
 
 
 def cmd_download(args) -> int:
+    from ibllm_agent.licenses import license_notice
     from ibllm_agent.pretrained import download
 
+    print(license_notice(args.name), file=sys.stderr)
     path = download(args.name, args.dest, progress=not args.no_progress)
     print(path)
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    import time
+
+    from ibllm_agent.factory import save_quantized
+
+    t = time.perf_counter()
+    written = save_quantized(args.llama_dir, args.out_dir, args.llama_type, quantize=args.quantize,
+                             group_size=args.group_size, adapter=args.adapter, imagebind=args.imagebind,
+                             dtype=args.dtype)
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    adapter = written.get("adapter", "ADAPTER")
+    imagebind = f" --imagebind {written['imagebind']}" if "imagebind" in written else ""
+    print(f"done in {time.perf_counter() - t:.0f} s; use it with: ibllm ask --model {adapter} --llama-dir "
+          f"{written['llama_dir']} --llama-type {args.llama_type}{imagebind} ...", file=sys.stderr)
     return 0
 
 
@@ -219,10 +298,16 @@ def cmd_doctor(args) -> int:
             lines.append(f"{name} {importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
             lines.append(f"{name} MISSING")
+    from ibllm_agent.placement import cpu_bf16, resolve_placement
+
     cuda = torch.cuda.is_available()
+    fast_bf16, why_bf16 = cpu_bf16()
     lines.append(f"device: cuda {'yes: ' + torch.cuda.get_device_name(0) if cuda else 'no'}; "
                  f"cpu threads {torch.get_num_threads()}; bf16 matmul on CPU "
-                 f"{'yes (AMX/AVX512-BF16)' if _cpu_bf16() else 'not accelerated'}")
+                 f"{'yes' if fast_bf16 else 'not accelerated'} ({why_bf16})")
+    auto = resolve_placement("auto", "auto")
+    lines.append(f"auto for official weights: {auto.describe()}; the toy model: "
+                 f"{resolve_placement(None, None, official=False).describe()}")
     try:
         import imageio_ffmpeg
 
@@ -237,14 +322,6 @@ def cmd_doctor(args) -> int:
     lines.append(f"official weights in {root}: {', '.join(have) if have else 'none (see `ibllm download --help`)'}")
     print("\n".join(lines))
     return 0
-
-
-def _cpu_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def ui_app() -> Path:
@@ -363,6 +440,16 @@ def cmd_ui(args) -> int:
     return run_supervised(cmd, "streamlit")
 
 
+cmd_quantize_doc = """Quantise Meta's LLaMA weights once, so that a 7B loads quantised without first being read
+in floating point:
+
+    ibllm quantize /data/llama /data/llama-int4 --quantize int4 --adapter 7B.pth --imagebind imagebind_w3D.pth
+    ibllm ask --model /data/llama-int4/adapter.safetensors --llama-dir /data/llama-int4 \\
+        --imagebind /data/llama-int4/imagebind.safetensors --image photo.jpg "What is this?"
+
+The quantised LLaMA keeps Meta's keys and no adapter weights (LoRA stays in floating point beside it)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ibllm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -379,6 +466,14 @@ def build_parser() -> argparse.ArgumentParser:
     _model_flags(p)
     p.set_defaults(func=cmd_chat)
 
+    p = sub.add_parser("draw", help="draw a picture of media files (image output: Stable unCLIP, or the toy's "
+                                    "decoder)")
+    p.add_argument("prompt", nargs="?", default="", help='text guiding the picture, e.g. "a photo" (the toy '
+                                                        "decoder does not read it)")
+    _model_flags(p, sampling=False)
+    _draw_flags(p)
+    p.set_defaults(func=cmd_draw)
+
     p = sub.add_parser("download", help="fetch official weights (resumable); used only when asked")
     from ibllm_agent.pretrained import FILES
 
@@ -386,6 +481,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", help="download folder (default $IBLLM_HOME or ~/.cache/ibllm_agent)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("quantize", help="write LLaMA's weights quantised (int8/int4 safetensors) to load without "
+                                        "a float copy", description=cmd_quantize_doc)
+    p.add_argument("llama_dir", help="Meta's LLaMA folder: tokenizer.model and <llama-type>/params.json + "
+                                     "consolidated.00.pth")
+    p.add_argument("out_dir", help="where to write the same layout, quantised")
+    p.add_argument("--llama-type", default="7B")
+    p.add_argument("--quantize", required=True, choices=QUANTIZE_CHOICES)
+    p.add_argument("--group-size", type=int, default=128, help="int4: columns per (scale, zero) group")
+    p.add_argument("--adapter", help="also write this adapter checkpoint (7B.pth) as adapter.safetensors in --dtype")
+    p.add_argument("--imagebind", help="also write this ImageBind checkpoint as imagebind.safetensors in --dtype")
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                   help="of the tensors that stay floating point (embeddings, norms; the adapter and ImageBind)")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("doctor", help="versions, devices, ffmpeg, toy and official weights")
     p.set_defaults(func=cmd_doctor)

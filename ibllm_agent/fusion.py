@@ -34,22 +34,31 @@ class FusionError(ValueError):
     """Embeddings and weights that do not make a usable feature; the message says which input."""
 
 
-def fusion_weights(weights: Sequence[float], *, names: Sequence[str] | None = None) -> list[float]:
-    """w_i / (sum_j |w_j| + 1e-6), in float64 as the reference computes them, after checking each weight."""
+def checked_weights(weights: Sequence[float], *, names: Sequence[str] | None = None,
+                    error: type[ValueError] | None = None, purpose: str = "fuse") -> list[float]:
+    """The weights as floats, each finite (within float32) and non-zero, or `error` (default FusionError)
+    naming the weight. Shared with image generation, which divides them differently."""
+    error = error or FusionError
     if len(weights) == 0:
-        raise FusionError("at least one input is needed to fuse")
+        raise error(f"at least one input is needed to {purpose}")
     out = []
     for i, value in enumerate(weights):
         what = f"weight of {names[i]!r}" if names else f"weight {i}"
         try:
             w = float(value)
         except (TypeError, ValueError):
-            raise FusionError(f"{what} must be a number, got {value!r}") from None
+            raise error(f"{what} must be a number, got {value!r}") from None
         if not math.isfinite(w) or abs(w) > FLOAT32_MAX:
-            raise FusionError(f"{what} must be a finite number within float32 range, got {value!r}")
+            raise error(f"{what} must be a finite number within float32 range, got {value!r}")
         if w == 0:
-            raise FusionError(f"{what} is 0, which would leave that input out; remove the input instead")
+            raise error(f"{what} is 0, which would leave that input out; remove the input instead")
         out.append(w)
+    return out
+
+
+def fusion_weights(weights: Sequence[float], *, names: Sequence[str] | None = None) -> list[float]:
+    """w_i / (sum_j |w_j| + 1e-6), in float64 as the reference computes them, after checking each weight."""
+    out = checked_weights(weights, names=names)
     total = sum(abs(w) for w in out)
     return [w / (total + 1e-6) for w in out]
 

@@ -2,9 +2,10 @@
 
 `build_perception_graph(model)` is a deterministic pipeline that needs no tool-calling LLM:
 
-    START -> route -> encode -> combine -> retrieve -> answer -> END
+    START -> route -> encode -> combine -> retrieve -> answer -> [draw] -> END
                |                              ^   (no media and no expression: straight to answer;
-               +------------------------------+    retrieve=False, or no cache and retrieve unset: skipped)
+               +------------------------------+    retrieve=False, or no cache and retrieve unset: skipped;
+                                                   draw only when the input asks for it)
 
 - route: check the input (unknown keys are an error that lists the accepted ones), then detect each
   attached file's modality from its content (refusing paths outside the roots);
@@ -15,7 +16,10 @@
 - retrieve: nearest visual-cache items of the combined feature (and the answer then uses the cache);
   `retrieve=True` without a cache is an error, not a skipped step;
 - answer: `ChatImageBindLLM` on the question conditioned on the combined feature (tokens stream
-  with `stream_mode="messages"`, node results with `stream_mode="updates"`).
+  with `stream_mode="messages"`, node results with `stream_mode="updates"`);
+- draw (when the input has `"draw": True` or `{"prompt": ..., "seed": ..., "steps": ...}`): a picture of the
+  attached media (`ibllm_agent.image_generation`, the reference's image output), written as a PNG into the
+  graph's `output_dir`; its path is `image`. A graph built without `output_dir` refuses such a request.
 
     graph = build_perception_graph("toy", roots=["media"])
     for update in graph.stream({"question": "What is this?", "media": ["rain.wav"]}, stream_mode="updates"):
@@ -69,9 +73,11 @@ class GraphInputError(ValueError):
 
 
 INPUT_KEYS = {"question": (str,), "media": (list, tuple), "expression": (str, type(None)),
-              "retrieve": (bool, type(None)), "k": (int,)}
+              "retrieve": (bool, type(None)), "k": (int,), "draw": (bool, dict, type(None))}
 """What the caller may set, and the types each takes."""
 MEDIA_SPEC_KEYS = set(MediaSpec.__annotations__)
+DRAW_KEYS = {"prompt", "seed", "steps", "guidance", "noise_level"}
+"""What `"draw": {...}` may set (the rest of `DrawParams` keeps its defaults)."""
 
 
 def check_input(data: Any) -> None:
@@ -88,6 +94,10 @@ def check_input(data: Any) -> None:
                                   f"got {type(value).__name__}")
     if "k" in data and not 1 <= data["k"] <= 100:
         raise GraphInputError(f"input 'k' must be between 1 and 100, got {data['k']}")
+    if isinstance(data.get("draw"), dict):
+        extra = sorted(set(data["draw"]) - DRAW_KEYS)
+        if extra:
+            raise GraphInputError(f"input 'draw' may have {sorted(DRAW_KEYS)}; got {extra}")
     for i, spec in enumerate(data.get("media") or []):
         if isinstance(spec, dict):
             extra = sorted(set(spec) - MEDIA_SPEC_KEYS)
@@ -127,6 +137,8 @@ class PerceptionState(TypedDict, total=False):
     composition: str  # combine: what the feature is
     neighbors: list[dict]  # retrieve: cache items
     answer: str
+    draw: bool | dict | None  # the caller: draw a picture of the media too
+    image: str  # draw: the PNG written into the output folder
     messages: Annotated[list, add_messages]
     steps: Annotated[list[str], operator.add]
 
@@ -140,6 +152,11 @@ class _Nodes:
     def route(self, state: PerceptionState) -> dict:
         from ibllm_agent.media import detect_format
 
+        if state.get("draw") and self.p.output_dir is None:  # refused before anything is computed
+            raise GraphInputError("draw was asked for, but the graph has no output folder "
+                                  "(build_perception_graph(..., output_dir=...))")
+        if state.get("draw") and not state.get("media"):
+            raise GraphInputError("draw needs media to draw from (an expression alone has no pictures to mix)")
         inputs = []
         for spec in state.get("media") or []:
             spec = {"path": spec} if isinstance(spec, str) else dict(spec)
@@ -195,7 +212,20 @@ class _Nodes:
         messages = [HumanMessage(question), AIMessage(reply.text, response_metadata=reply.response_metadata)]
         return {"answer": reply.text, "messages": messages, "steps": ["answer"]}
 
+    def draw(self, state: PerceptionState) -> dict:
+        from ibllm_agent.params import DrawParams
+
+        request = state.get("draw")
+        settings = dict(request) if isinstance(request, dict) else {}
+        prompt = settings.pop("prompt", "")
+        items = [(self.p.load_file(item["path"], item["modality"]), item["weight"]) for item in state["inputs"]]
+        result, path = self.p.draw(items, prompt, DrawParams(**settings))
+        return {"image": str(path), "steps": [f"draw ({result.generator})"]}
+
     # --- routing ---
+
+    def after_answer(self, state: PerceptionState) -> str:
+        return "draw" if state.get("draw") else END
 
     def after_route(self, state: PerceptionState) -> str:
         return "encode" if state["inputs"] or state.get("expression") else "answer"
@@ -209,20 +239,24 @@ class _Nodes:
 
 
 def build_perception_graph(model: Any = "toy", roots: Sequence[str | Path] | None = None, *,
-                           cache: Any = None, checkpointer: Any = None, max_tokens: int = 128, **perception_kwargs):
+                           cache: Any = None, checkpointer: Any = None, max_tokens: int = 128,
+                           output_dir: str | Path | None = None, **perception_kwargs):
     """The compiled deterministic graph (see the module docstring). Input: {"question", "media",
-    "expression"?, "retrieve"?, "k"?}; output adds "inputs", "handles", "feature", "composition",
-    "neighbors", "answer", "messages" and "steps" (the nodes visited, in order)."""
-    nodes = _Nodes(Perception(model, roots, cache=cache, max_tokens=max_tokens, **perception_kwargs))
+    "expression"?, "retrieve"?, "k"?, "draw"?}; output adds "inputs", "handles", "feature", "composition",
+    "neighbors", "answer", "messages", "image" (when drawn) and "steps" (the nodes visited, in order).
+    output_dir: the folder the draw node writes its PNGs into (drawing is refused without one)."""
+    nodes = _Nodes(Perception(model, roots, cache=cache, max_tokens=max_tokens, output_dir=output_dir,
+                              **perception_kwargs))
     graph = StateGraph(PerceptionState)
-    for name in ("route", "encode", "combine", "retrieve", "answer"):
+    for name in ("route", "encode", "combine", "retrieve", "answer", "draw"):
         graph.add_node(name, getattr(nodes, name))
     graph.add_edge(START, "route")
     graph.add_conditional_edges("route", nodes.after_route, {"encode": "encode", "answer": "answer"})
     graph.add_edge("encode", "combine")
     graph.add_conditional_edges("combine", nodes.after_combine, {"retrieve": "retrieve", "answer": "answer"})
     graph.add_edge("retrieve", "answer")
-    graph.add_edge("answer", END)
+    graph.add_conditional_edges("answer", nodes.after_answer, {"draw": "draw", END: END})
+    graph.add_edge("draw", END)
     compiled = graph.compile(checkpointer=checkpointer)
     compiled.__class__ = PerceptionGraph  # the same object, checking its input (see PerceptionGraph)
     return compiled

@@ -98,6 +98,9 @@ class ImageBindLLM(nn.Module):
         self.card = card or ModelCard()
         self.visual_cache: VisualCache | None = None
         """The cache `visual_query` blends from (FAISS or Chroma); `load(knn=True)` attaches one."""
+        self.image_generator = None
+        """What `generate_image` draws with (`image_generation.UnclipGenerator` or the toy decoder);
+        attached on first use for the toy, by `image_generation.attach_unclip` for the official weights."""
         self._blank: torch.Tensor | None = None
         self._legacy_cache = None  # forward_inference's sequence state, as the reference keeps it
         self._legacy_adapter = None
@@ -126,19 +129,23 @@ class ImageBindLLM(nn.Module):
 
     # ----- ImageBind ----------------------------------------------------------------------------------
     @torch.inference_mode()
-    def image_bind_forward(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """ImageBind on `{branch: tensor}` (ImageBind's names), inputs moved to the model's device/dtype."""
+    def image_bind_forward(self, inputs: Mapping[str, torch.Tensor], *, prenorm: bool = False
+                           ) -> dict[str, torch.Tensor]:
+        """ImageBind on `{branch: tensor}` (ImageBind's names), inputs moved to the model's device/dtype.
+        `prenorm=True`: the head outputs before the final normalisation and scale (averaged over clips),
+        what the reference's image generation reads (`image_bind(..., prenorm=True)[1]`)."""
         moved = {}
         for branch, value in inputs.items():
             if branch not in BRANCHES:
                 raise UnknownModalityError(f"unknown ImageBind modality {branch!r}; expected one of {BRANCHES}")
             value = torch.as_tensor(value).to(self.device)
             moved[branch] = value if branch == "text" else value.to(self.dtype)
-        return self.image_bind(moved)
+        return self.image_bind(moved, prenorm=True)[1] if prenorm else self.image_bind(moved)
 
     @torch.inference_mode()
-    def encode(self, items: Sequence) -> torch.Tensor:
-        """ImageBind embeddings [N, feature_dim] (float32, CPU) of `MediaInput`s, batched per branch and shape."""
+    def encode(self, items: Sequence, *, prenorm: bool = False) -> torch.Tensor:
+        """ImageBind embeddings [N, feature_dim] (float32, CPU) of `MediaInput`s, batched per branch and shape
+        (`prenorm`: before the final normalisation, see `image_bind_forward`)."""
         groups: dict[tuple, list[int]] = {}
         for i, item in enumerate(items):
             branch = modalities.get(item.modality).branch
@@ -146,7 +153,7 @@ class ImageBindLLM(nn.Module):
         out = torch.empty(len(items), self.feature_dim)
         for (branch, _), idx in groups.items():
             batch = torch.stack([items[i].tensor for i in idx])
-            out[idx] = self.image_bind_forward({branch: batch})[branch].float().cpu()
+            out[idx] = self.image_bind_forward({branch: batch}, prenorm=prenorm)[branch].float().cpu()
         return out
 
     @torch.inference_mode()
@@ -214,6 +221,60 @@ class ImageBindLLM(nn.Module):
         fused = fuse(torch.stack(embeddings), [weight for _, weight in inputs.values()], names=list(inputs))
         cache = VisualCacheParams(size=cache_size, t=cache_t, weight=cache_weight)
         return self.visual_query(fused.cpu(), cache)[0]
+
+    # ----- image output: the conditioning vector of Stable unCLIP ---------------------------------------
+    @torch.inference_mode()
+    def image_embedding(self, inputs, visual_cache: VisualCacheParams | bool | None = None, *,
+                        return_neighbors: bool = False):
+        """The vector the reference's `image_generate` hands to Stable unCLIP as `image_embeds`, [B, D]
+        float32 on the CPU: ImageBind outputs before the final normalisation, point embeddings / 5,
+        weights / (sum + 1e-6), and with the visual cache the direction blended with its neighbours and
+        scaled back to the mixture's norm (`ibllm_agent.image_generation`, which explains why this is not
+        `fusion.fuse`).
+
+        `inputs`: the reference's `{"Image"|"Video"|"Audio"|"Point"|"Text"|...: [tensor, weight]}` with
+        batched tensors, or `MediaInput`s, alone or as `(MediaInput, weight)` pairs. `visual_cache`:
+        params, a switch, or None = use the cache when one is loaded (the reference's `knn=True`).
+        `return_neighbors`: also return the cache items each row leaned on.
+        """
+        from ibllm_agent import image_generation
+
+        embeddings, weights, branches, names = [], [], [], []
+        if isinstance(inputs, Mapping):
+            if not inputs:
+                raise image_generation.ConditioningError("inputs: at least one modality is needed")
+            for key, (value, weight) in inputs.items():
+                branch = upstream_branch(key)
+                embeddings.append(self.image_bind_forward({branch: value}, prenorm=True)[branch].float().cpu())
+                weights.append(weight)
+                branches.append(branch)
+                names.append(key)
+        else:
+            pairs = [item if isinstance(item, tuple) else (item, 1.0) for item in inputs]
+            if not pairs:
+                raise image_generation.ConditioningError("inputs: at least one input is needed")
+            items = [item for item, _ in pairs]
+            embeddings = list(self.encode(items, prenorm=True)[:, None])  # N x (1, D)
+            weights = [w for _, w in pairs]
+            branches = [modalities.get(item.modality).branch for item in items]
+            names = [getattr(item, "name", item.modality) for item in items]
+        mixed = image_generation.mix_prenorm(embeddings, weights, branches, names=names)
+        params = VisualCacheParams.of(visual_cache)
+        use_cache = self.visual_cache is not None if params.enabled is None else params.enabled
+        neighbors: list[list[Neighbor]] = [[] for _ in range(mixed.shape[0])]
+        if use_cache:
+            if self.visual_cache is None:
+                raise ValueError("the visual cache is on but none is loaded (load(..., knn=True, knn_index=...))")
+            mixed, neighbors = image_generation.cache_blend_keep_norm(self.visual_cache, mixed, params)
+        return (mixed, neighbors) if return_neighbors else mixed
+
+    def generate_image(self, inputs, prompt: str = "", params=None, visual_cache=None, **overrides):
+        """Draw a picture of `inputs` (see `image_embedding`) with `prompt`: `ibllm_agent.image_generation.
+        generate_image`, through the generator attached as `self.image_generator` (Stable unCLIP for the
+        official weights, the toy decoder for the toy). Returns a `DrawResult`."""
+        from ibllm_agent.image_generation import generate_image
+
+        return generate_image(self, inputs, prompt, params, visual_cache, **overrides)
 
     # ----- LLaMA with the visual query ------------------------------------------------------------------
     def adapter_queries(self, visual_query: torch.Tensor) -> list[torch.Tensor | None]:

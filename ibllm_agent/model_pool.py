@@ -63,9 +63,13 @@ class PooledModelFields(BaseModel):
     """A FAISS index to attach to the model as its visual cache, or "default" for the model's own (the toy's
     shipped cache; `knn.index` in the download folder for official weights). None: no cache."""
     device: str | None = None
-    """Torch device to load the model on ("cpu", "cuda")."""
+    """Torch device to load the model on ("auto", "cpu", "cuda", "mps"); default: auto for official weights
+    (CUDA, then MPS, then the CPU), the CPU for the toy."""
     dtype: str | None = None
-    """Weights dtype ("float32", "float16", "bfloat16"); default float32 on CPU, float16 on CUDA."""
+    """Weights dtype ("auto", "float32", "float16", "bfloat16"); default auto: float16 on a GPU, bfloat16 on a
+    CPU with native bfloat16 for official weights, else float32 (the toy: float32 on the CPU)."""
+    quantize: str | None = None
+    """"int8" or "int4": weight-only quantisation of LLaMA's linear layers (`ibllm_agent.load(quantize=...)`)."""
     max_seq_len: int | None = None
     """Context window (prompt + answer) to load the model with; default the loader's (2048)."""
 
@@ -115,7 +119,8 @@ class PooledModelFields(BaseModel):
         self._llm = shared_model(self.model, llama_dir=self.llama_dir, llama_type=self.llama_type,
                                  imagebind_ckpt=self.imagebind_ckpt, knn=True if index else None,
                                  knn_index=index if index and index != "default" else None,
-                                 device=self.device, dtype=self.dtype, max_seq_len=self.max_seq_len)
+                                 device=self.device, dtype=None if self.dtype == "auto" else self.dtype,
+                                 quantize=self.quantize, max_seq_len=self.max_seq_len)
         if self.model_name is None:
             self.model_name = self._llm.card.name or str(self.model)
         return self

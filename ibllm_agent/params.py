@@ -1,4 +1,4 @@
-"""The two parameter objects every layer passes whole: how to decode, and how to use the visual cache.
+"""The parameter objects every layer passes whole: how to decode, how to use the visual cache, how to draw.
 
 The defaults are the reference's (`generate(max_gen_len=256, temperature=0.1, top_p=0.75, cache_size=10,
 cache_t=20, cache_weight=0.5)`) and are written only here. The CLI, the app, the chat model, the tools
@@ -133,6 +133,52 @@ class VisualCacheParams:
         return replace(self, **_known(self, changes))
 
 
+MAX_DRAW_STEPS = 500
+"""Most denoising steps one picture may take (diffusers' default is 20; 1,000 on a CPU is hours)."""
+DRAW_SIDE_RANGE = (64, 2048)
+"""Smallest and largest picture side in pixels (Stable unCLIP works at 768; 2048 needs ~40 GB in float16)."""
+MAX_GUIDANCE = 50.0
+
+
+@dataclass(frozen=True)
+class DrawParams:
+    """How to draw one picture (`ibllm_agent.image_generation`). Defaults are what the reference's
+    `pipe(prompt=..., image_embeds=...)` call uses: diffusers' StableUnCLIPImg2ImgPipeline defaults."""
+
+    steps: int = 20
+    """Denoising steps (`num_inference_steps`); the toy decoder draws in one pass and ignores it."""
+    guidance: float = 10.0
+    """Classifier-free guidance scale (`guidance_scale`; <= 1 turns guidance off); ignored by the toy."""
+    seed: int | None = None
+    """Seed of the sampling noise (and of the toy's embedding noise); None = a fresh picture each time."""
+    height: int | None = None
+    """Picture height in pixels, a multiple of 8; None = the pipeline's own size (768 for Stable unCLIP,
+    112 for the toy)."""
+    width: int | None = None
+    noise_level: int = 0
+    """Noise added to the image embedding before drawing (unCLIP's `noise_level`, 0-999): more noise,
+    more variation around the input. The toy adds noise of relative norm `2 * noise_level / 1000`."""
+
+    def __post_init__(self):
+        set_ = object.__setattr__
+        set_(self, "steps", _number("draw", "steps", self.steps, low=1, high=MAX_DRAW_STEPS, integer=True))
+        set_(self, "guidance", _number("draw", "guidance", self.guidance, low=0, high=MAX_GUIDANCE))
+        if self.seed is not None:
+            set_(self, "seed", _number("draw", "seed", self.seed, low=0, high=2**63 - 1, integer=True))
+        for side in ("height", "width"):
+            value = getattr(self, side)
+            if value is None:
+                continue
+            value = _number("draw", side, value, low=DRAW_SIDE_RANGE[0], high=DRAW_SIDE_RANGE[1], integer=True)
+            if value % 8:
+                raise ParamsError(f"draw.{side} must be a multiple of 8 (the autoencoder's scale), got {value}")
+            set_(self, side, value)
+        set_(self, "noise_level", _number("draw", "noise_level", self.noise_level, low=0, high=999, integer=True))
+
+    def updated(self, **changes: Any) -> DrawParams:
+        return replace(self, **_known(self, changes))
+
+
 def _known(obj, changes: dict[str, Any]) -> dict[str, Any]:
     names = {f.name for f in fields(obj)}
     unknown = sorted(set(changes) - names)
@@ -143,3 +189,4 @@ def _known(obj, changes: dict[str, Any]) -> dict[str, Any]:
 
 DEFAULT_GENERATION = GenerationParams()
 DEFAULT_VISUAL_CACHE = VisualCacheParams()
+DEFAULT_DRAW = DrawParams()

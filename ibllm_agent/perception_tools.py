@@ -12,8 +12,10 @@
 | `retrieve_from_cache` | nearest items of the visual cache (FAISS / Chroma) with scores and metadata | the neighbours |
 | `search_collection` | cross-modal search in a Chroma collection (only when one is given) | the hits |
 | `classify_media` | zero-shot classification against candidate labels | label probabilities |
+| `generate_image` | draws a picture of media files (only when an `output_dir` is given) | the PNG's path or an image block |
 
-Files are confined to `roots` (see `ibllm_agent.sources`); URLs only with `allow_urls=True`.
+Files are confined to `roots` (see `ibllm_agent.sources`); URLs only with `allow_urls=True`. The one tool
+that writes, `generate_image`, writes only new PNG files under names it chooses inside `output_dir`.
 Every failure (bad path, bad expression, unreadable media, no cache) comes back to the agent as a
 tool error message (`ToolMessage(status="error")`) it can read and correct, never as an exception
 that ends the run. Vectors live in a per-toolkit `EmbeddingStore`: call `get_tools` once per
@@ -116,8 +118,13 @@ class Perception:
     def __init__(self, model: Any = "toy", roots: Sequence[str | Path] | None = None, *, allow_urls: bool = False,
                  max_bytes: int = DEFAULT_MAX_BYTES, policy: SourcePolicy | None = None, cache: Any = None,
                  collection: Any = None, store: EmbeddingStore | None = None, max_tokens: int = 128,
-                 temperature: float = 0.0):
+                 temperature: float = 0.0, output_dir: str | Path | None = None):
         self.llm = shared_model(model)
+        self.output_dir = None
+        if output_dir is not None:
+            self.output_dir = Path(output_dir).expanduser().resolve()
+            if not self.output_dir.is_dir():
+                raise SourceError(f"output folder {str(output_dir)!r} is not a folder")
         if policy is None:
             roots = list(roots) if roots is not None else [Path.cwd()]
             policy = SourcePolicy(roots=tuple(roots), allow_urls=allow_urls, max_bytes=max_bytes)
@@ -182,6 +189,37 @@ class Perception:
         if self.cache is None:
             raise ToolException("no visual cache is loaded (load the model with knn=True, or pass cache= to get_tools)")
         return nearest(self.cache, vector, k)
+
+    def load_file(self, path: str, modality: str | None = None):
+        """A media file inside the roots -> `MediaInput`."""
+        from ibllm_agent.media import load_media
+
+        source, name = self.policy.read(path)
+        return load_media(source, modality, name=name)
+
+    def draw(self, items: list, prompt: str, params) -> tuple[Any, Path]:
+        """Draw `items` ([(MediaInput, weight)]) and write the PNG under a new name in `output_dir`; the name
+        is ours (the inputs' stems, then a number), so nothing from the caller reaches the path, and an
+        existing file is never overwritten. Returns (DrawResult, path)."""
+        from ibllm_agent.image_generation import generate_image
+
+        if self.output_dir is None:
+            raise ToolException("no output folder is configured (get_tools(..., output_dir=...))")
+        result = generate_image(self.llm, items, prompt, params)
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "-", "-".join(Path(m.name).stem for m, _ in items))[:40].strip("-")
+        for n in range(1, 100_000):
+            path = self.output_dir / f"{stem or 'drawing'}-{n:03d}.png"
+            try:
+                path.touch(exist_ok=False)  # reserves the name atomically: a concurrent call takes the next one
+            except FileExistsError:
+                continue
+            try:
+                result.save(path)
+            except BaseException:
+                path.unlink(missing_ok=True)  # no empty or half-written picture left behind
+                raise
+            return result, path
+        raise ToolException(f"{self.output_dir} holds too many drawings named {stem}-*.png")
 
     def describe(self, blocks: list, question: str | None) -> str:
         message = HumanMessage(content=[question or self.chat.default_question, *blocks])
@@ -402,6 +440,42 @@ class ClassifyMediaTool(PerceptionTool):
         return f"{what}: {lines}", dict(ranked)
 
 
+class GenerateImageInput(BaseModel):
+    media: list[str] = Field(min_length=1, max_length=8, description=f"Media files to draw from ({_MEDIA_NOUNS}), "
+                             "relative to the media folder; several are mixed.")
+    weights: list[float] | None = Field(default=None, description="One mixing weight per file (default 1 each).")
+    prompt: str = Field(default="", max_length=1000, description='Text guiding the picture, e.g. "a photo".')
+    seed: int | None = Field(default=None, ge=0, description="Make the picture reproducible.")
+    steps: int | None = Field(default=None, ge=1, le=500, description="Denoising steps (Stable unCLIP).")
+
+
+class GenerateImageTool(PerceptionTool):
+    name: str = "generate_image"
+    description: str = ("Draw a picture of what media files show or sound like (ImageBind-LLM's image output: the "
+                        "inputs' ImageBind embedding conditions an image generator). Writes a PNG into the output "
+                        "folder and returns its name.")
+    args_schema: type[BaseModel] = GenerateImageInput
+    response_format: str = "content_and_artifact"
+    artifact: Literal["path", "base64"] = "path"
+    """What the artifact is: the PNG's path, or a LangChain image content block (base64)."""
+
+    @_tool_errors
+    def _run(self, media: list[str], weights: list[float] | None = None, prompt: str = "", seed: int | None = None,
+             steps: int | None = None, run_manager=None) -> tuple[str, Any]:
+        from ibllm_agent.params import DrawParams
+
+        if weights is not None and len(weights) != len(media):
+            raise ToolException(f"give one weight per file: {len(media)} files, {len(weights)} weights")
+        params = DrawParams(seed=seed, **({"steps": steps} if steps is not None else {}))
+        items = [self.perception.load_file(path) for path in media]
+        result, path = self.perception.draw(list(zip(items, weights or [1.0] * len(items))), prompt, params)
+        shown = path.name
+        note = f" ({'; '.join(result.notes)})" if result.notes else ""
+        text = (f"Drew {shown} ({result.image.width}x{result.image.height}) from {', '.join(i.name for i in items)}"
+                f"{' with the prompt ' + repr(prompt) if prompt else ''}{note}.{self.perception.toy_note}")
+        return text, (str(path) if self.artifact == "path" else result.content_block())
+
+
 def _format_hits(title: str, hits: list[dict]) -> str:
     if not hits:
         return f"{title}: nothing found"
@@ -416,13 +490,15 @@ def _format_hits(title: str, hits: list[dict]) -> str:
 
 TOOL_CLASSES: tuple[type[PerceptionTool], ...] = (
     DescribeMediaTool, EmbedMediaTool, EmbeddingArithmeticTool, DescribeEmbeddingTool, RetrieveFromCacheTool,
-    SearchCollectionTool, ClassifyMediaTool,
+    SearchCollectionTool, ClassifyMediaTool, GenerateImageTool,
 )
 
 
 def get_tools(model: Any = "toy", roots: Sequence[str | Path] | None = None, *, allow_urls: bool = False,
               max_bytes: int = DEFAULT_MAX_BYTES, policy: SourcePolicy | None = None, cache: Any = None,
-              collection: Any = None, store: EmbeddingStore | None = None, max_tokens: int = 128) -> list[BaseTool]:
+              collection: Any = None, store: EmbeddingStore | None = None, max_tokens: int = 128,
+              output_dir: str | Path | None = None, image_artifact: Literal["path", "base64"] = "path"
+              ) -> list[BaseTool]:
     """The perception tools over one model, confined to `roots` (default: the current folder); `policy`, a
     ready `SourcePolicy` with roots, replaces roots, allow_urls and max_bytes.
 
@@ -430,9 +506,11 @@ def get_tools(model: Any = "toy", roots: Sequence[str | Path] | None = None, *, 
     cache: a `VisualCache` for retrieve_from_cache (default: the model's, when loaded with knn=True);
     the tool is left out when there is none. collection: a chromadb collection (or langchain Chroma)
     of ImageBind embeddings enables search_collection. store: share handles between tool lists.
+    output_dir: an existing folder enables generate_image, which writes its PNGs there and nowhere else
+    (image_artifact: the artifact is the PNG's "path" or a "base64" image block).
     """
     perception = Perception(model, roots, allow_urls=allow_urls, max_bytes=max_bytes, policy=policy, cache=cache,
-                            collection=collection, store=store, max_tokens=max_tokens)
+                            collection=collection, store=store, max_tokens=max_tokens, output_dir=output_dir)
     where = f" Files: {perception.policy.describe()}."
     tools = []
     for cls in TOOL_CLASSES:
@@ -440,6 +518,9 @@ def get_tools(model: Any = "toy", roots: Sequence[str | Path] | None = None, *, 
             continue
         if cls is SearchCollectionTool and perception.collection is None:
             continue
+        if cls is GenerateImageTool and perception.output_dir is None:
+            continue
         default = cls.model_fields["description"].default
-        tools.append(cls(perception=perception, description=default + where + perception.toy_note))
+        extra = {"artifact": image_artifact} if cls is GenerateImageTool else {}
+        tools.append(cls(perception=perception, description=default + where + perception.toy_note, **extra))
     return tools

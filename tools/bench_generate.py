@@ -44,8 +44,10 @@ def copy_seconds(src: torch.Tensor, dst: torch.Tensor) -> float:
 
 
 def step_bytes(llama: Transformer) -> int:
-    """Weight bytes one decode step reads: every parameter except the embedding table (one row each)."""
-    return sum(p.numel() * p.element_size() for n, p in llama.named_parameters() if n != "tok_embeddings.weight")
+    """Weight bytes one decode step reads: every parameter except the embedding table (one row each), and the
+    buffers (a quantised layer's weights and scales)."""
+    return sum(t.numel() * t.element_size() for t in [*llama.parameters(), *llama.buffers()]
+               if t is not llama.tok_embeddings.weight)
 
 
 @torch.inference_mode()
@@ -123,7 +125,7 @@ def load_parity(parity_dir: Path):
     import ibllm_agent
 
     return ibllm_agent.load(str(parity_dir / "adapter.pth"), str(parity_dir / "llama"),
-                            imagebind_ckpt=str(parity_dir / "imagebind.pth"))
+                            imagebind_ckpt=str(parity_dir / "imagebind.pth"), dtype="float32")
 
 
 def measure_load(parity_dir: Path) -> dict:

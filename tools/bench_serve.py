@@ -7,8 +7,16 @@
 Each level sends one streaming chat request per client, all at once, and waits for every answer. Per level:
 aggregate completion tokens/s (all tokens / wall time), p50 and p99 time to first token, p50 and p99
 inter-token latency (gaps between streamed text pieces), errors; each figure also as a ratio to the
-single-client level of the same run (machines are noisy: compare within a run). Requests sample at a high
-temperature without a seed, so answers run to --max-tokens (EOS is rare) and share a batch in the engine.
+single-client level of the same round. The levels run in --rounds interleaved rounds (1, 8, 32, 64, 1, 8, ...)
+and the table gives each ratio's median and best over the rounds (machines are noisy: compare within a
+round). Requests sample at a high temperature without a seed, so answers run to --max-tokens (EOS is rare)
+and share a batch in the engine.
+
+    python tools/bench_serve.py --parity DIR --levels 1 32 --soak 600    # + a 10-minute soak at 8 clients
+
+--soak S keeps --soak-clients clients busy for S seconds (each sends its next request when its answer
+ends) and samples the server's resident memory (`process_resident_memory_bytes` on /metrics) every 10 s:
+after the first minute (warm-up: allocator pools, first-call caches) RSS should stay flat.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import argparse
 import asyncio
 import base64
 import json
+import re
+import statistics
 import sys
 import tempfile
 import time
@@ -103,24 +113,84 @@ async def run_level(url: str, headers: dict, body: dict, clients: int) -> Level:
     return level
 
 
-def bench(name: str, url: str, args, image: bytes | None) -> list[dict]:
+def bench(name: str, url: str, args, image: bytes | None) -> dict:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     body = request_body(args, image)
     asyncio.run(run_level(url, headers, body, 2))  # warm-up: first-call costs are not serving costs
-    rows = []
-    for clients in args.levels:
-        level = asyncio.run(run_level(url, headers, body, clients))
-        rows.append(level.summary())
-    base = rows[0]
-    print(f"\n{name}: {args.max_tokens} tokens per answer, {'an image' if image else 'text only'} per request")
-    print(f"{'clients':>7} {'tok/s':>8} {'x1':>6} {'TTFT p50':>9} {'p99':>7} {'x1':>6} {'ITL p50':>8} {'p99':>7} "
-          f"{'x1':>6} {'errors':>6}")
-    for row in rows:
-        print(f"{row['clients']:>7} {row['tokens_per_s']:>8.1f} {row['tokens_per_s'] / base['tokens_per_s']:>6.2f} "
-              f"{row['ttft_p50_s'] * 1e3:>7.0f}ms {row['ttft_p99_s'] * 1e3:>5.0f}ms "
-              f"{row['ttft_p50_s'] / base['ttft_p50_s']:>6.2f} {row['itl_p50_s'] * 1e3:>6.1f}ms "
-              f"{row['itl_p99_s'] * 1e3:>5.1f}ms {row['itl_p50_s'] / base['itl_p50_s']:>6.2f} {row['errors']:>6}")
-    return rows
+    rounds = []
+    for _ in range(args.rounds):
+        rounds.append([asyncio.run(run_level(url, headers, body, clients)).summary() for clients in args.levels])
+    print(f"\n{name}: {args.max_tokens} tokens per answer, {'an image' if image else 'text only'} per request, "
+          f"{args.rounds} interleaved rounds; ratios to one client of the same round, median (best)")
+    print(f"{'clients':>7} {'tok/s':>8} {'x1 tok/s':>13} {'TTFT p50':>9} {'p99':>7} {'x1':>6} {'ITL p50':>8} "
+          f"{'p99':>7} {'x1':>6} {'errors':>6}")
+    table = []
+    for i, clients in enumerate(args.levels):
+        rows = [r[i] for r in rounds]
+        speedups = [r[i]["tokens_per_s"] / r[0]["tokens_per_s"] for r in rounds]
+        row = {"clients": clients, "errors": sum(r["errors"] for r in rows),
+               "speedup_median": statistics.median(speedups), "speedup_best": max(speedups)}
+        for key in ("tokens_per_s", "ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s"):
+            row[key] = statistics.median(r[key] for r in rows)
+        row["ttft_ratio"] = statistics.median(r[i]["ttft_p50_s"] / r[0]["ttft_p50_s"] for r in rounds)
+        row["itl_ratio"] = statistics.median(r[i]["itl_p50_s"] / r[0]["itl_p50_s"] for r in rounds)
+        table.append(row)
+        print(f"{clients:>7} {row['tokens_per_s']:>8.1f} {row['speedup_median']:>6.2f} ({row['speedup_best']:>4.2f}) "
+              f"{row['ttft_p50_s'] * 1e3:>7.0f}ms {row['ttft_p99_s'] * 1e3:>5.0f}ms {row['ttft_ratio']:>6.2f} "
+              f"{row['itl_p50_s'] * 1e3:>6.1f}ms {row['itl_p99_s'] * 1e3:>5.1f}ms {row['itl_ratio']:>6.2f} "
+              f"{row['errors']:>6}")
+    result = {"levels": table, "rounds": rounds}
+    if args.soak:
+        result["soak"] = asyncio.run(soak(url, headers, body, args.soak_clients, args.soak))
+    return result
+
+
+def server_rss(http_base: str) -> float:
+    text = httpx.get(http_base + "/metrics", timeout=30).text
+    found = re.search(r"^process_resident_memory_bytes ([0-9.e+]+)$", text, re.M)
+    if found is None:
+        raise RuntimeError("the server's /metrics has no process_resident_memory_bytes (not Linux?)")
+    return float(found.group(1))
+
+
+async def soak(url: str, headers: dict, body: dict, clients: int, seconds: float, warmup_s: float = 60.0) -> dict:
+    """`clients` clients in closed loops for `seconds`; server RSS every 10 s, judged after `warmup_s`."""
+    base = url.rsplit("/v1", 1)[0]
+    level = Level(clients)
+    deadline = time.perf_counter() + seconds
+    requests = 0
+
+    async def client(http):
+        nonlocal requests
+        while time.perf_counter() < deadline:
+            await one_client(http, url, body, level)
+            requests += 1
+
+    samples = []
+
+    async def sampler():
+        started = time.perf_counter()
+        while time.perf_counter() < deadline:
+            samples.append((time.perf_counter() - started, await asyncio.to_thread(server_rss, base)))
+            await asyncio.sleep(10)
+
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(None, connect=30), limits=limits) as http:
+        started = time.perf_counter()
+        await asyncio.gather(sampler(), *(client(http) for _ in range(clients)))
+        level.wall_s = time.perf_counter() - started
+    samples.append((level.wall_s, server_rss(base)))
+    judged = [rss for t, rss in samples if t >= warmup_s] or [samples[-1][1]]
+    first, low, high = judged[0], min(judged), max(judged)
+    out = {"clients": clients, "seconds": level.wall_s, "requests": requests, "errors": level.errors,
+           "tokens_per_s": level.tokens_per_s, "rss_first_mb": first / 2**20, "rss_last_mb": judged[-1] / 2**20,
+           "rss_min_mb": low / 2**20, "rss_max_mb": high / 2**20, "rss_spread": (high - low) / first,
+           "rss_at_start_mb": samples[0][1] / 2**20, "samples": [(round(t), rss / 2**20) for t, rss in samples]}
+    print(f"\nsoak: {clients} clients for {level.wall_s:.0f} s: {requests} requests, {level.errors} errors, "
+          f"{level.tokens_per_s:.1f} tok/s; RSS after {warmup_s:.0f} s warm-up {out['rss_first_mb']:.0f} MB -> "
+          f"{out['rss_last_mb']:.0f} MB (min {out['rss_min_mb']:.0f}, max {out['rss_max_mb']:.0f}: spread "
+          f"{out['rss_spread']:.1%} of the first; at start {out['rss_at_start_mb']:.0f} MB)")
+    return out
 
 
 def toy_image() -> bytes:
@@ -143,9 +213,12 @@ def main() -> int:
     parser.add_argument("--temperature", type=float, default=50.0, help="high: answers run to --max-tokens")
     parser.add_argument("--text-only", action="store_true", help="no image in the requests")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of all levels")
+    parser.add_argument("--soak", type=float, default=0.0, help="then a soak of this many seconds")
+    parser.add_argument("--soak-clients", type=int, default=8)
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
-    args.levels = sorted(set(args.levels))
+    args.levels = sorted(set(args.levels) | {1})  # every ratio is to one client
     image = None if args.text_only else toy_image()
     results = {}
     if args.url:

@@ -184,6 +184,27 @@ reply = chat.invoke([message])
 [(n["metadata"].get("caption", n["id"]), round(n["score"], 3)) for n in reply.response_metadata["cache_neighbors"][:3]]
 """),
         md("""
+## Draw what it hears: image output
+
+ImageBind-LLM also answers with a picture: the inputs' ImageBind embedding (the reference's
+`image_generate`: pre-normalisation outputs, weighted, blended with the visual cache) conditions an image
+generator. With the official weights that is Stable unCLIP (`attach_unclip(model, folder)`, a local copy of
+`stabilityai/stable-diffusion-2-1-unclip`); the toy model ships its own small decoder, trained on toy
+pictures only, so sounds, clips and 3D shapes reach it only through the shared space.
+"""),
+        code("""
+drawn = {name: model.generate_image([load_media(path)], "a photo") for name, path in files.items()}
+fig, axes = plt.subplots(1, 4, figsize=(10, 2.8))
+for ax, (name, result) in zip(axes, drawn.items()):
+    ax.imshow(result.image)
+    ax.set_title(f"drawn from the {name}")
+    ax.set_axis_off()
+plt.show()
+result = drawn["audio"]
+print(result.generator, result.image.size, f"{result.seconds:.2f} s;", *result.notes)
+result.save("drum-drawn.png")  # a PNG, as `ibllm draw --audio ... -o drum-drawn.png` writes
+"""),
+        md("""
 ## The official 7B weights, on a GPU
 
 The same calls work with the released weights. Fetch them once (`ibllm download 7B`, `ibllm download
@@ -202,6 +223,12 @@ if torch.cuda.is_available() and (llama_dir / "tokenizer.model").is_file():
     chat_7b = ChatImageBindLLM(model=official, temperature=0)
     print(chat_7b.invoke([HumanMessage([{"type": "text", "text": "What do you hear?"},
                                         {"type": "audio", "url": files["audio"]}])]).text)
+    unclip_dir = Path(os.environ.get("UNCLIP_DIR", "~/stable-diffusion-2-1-unclip")).expanduser()
+    if unclip_dir.is_dir():  # pictures: Stable unCLIP from a local folder (never downloaded here)
+        from ibllm_agent.image_generation import attach_unclip
+
+        attach_unclip(official, unclip_dir)
+        official.generate_image([load_media(files["audio"])], "a photo", seed=0).image.save("drum-unclip.png")
 else:
     print("No GPU or no LLaMA weights here: the cells above ran on the toy world.")
 """),

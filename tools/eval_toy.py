@@ -2,6 +2,7 @@
 
     python tools/eval_toy.py                       # the shipped model (ibllm_agent/assets/toy)
     python tools/eval_toy.py --toy-dir /tmp/toy --per-concept 10
+    python tools/eval_toy.py --quantize int4       # the same table with int4 weights (compare with float32)
 
 Per input modality: the share of answers to "What is this?" that name the right concept, with the
 visual cache off and on; top-1 retrieval of a held-out image of the same concept; the modality gap
@@ -26,17 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def load_toy(toy_dir: Path | None):
-    """`ibllm_agent.load("toy", knn=True)`, or the same files from another build folder."""
+def load_toy(toy_dir: Path | None, quantize: str | None = None, dtype: str | None = None):
+    """`ibllm_agent.load("toy", knn=True)`, or the same files from another build folder; `quantize` / `dtype`
+    as `load` (the table of a quantised toy, to compare with float32's)."""
     import ibllm_agent
     from ibllm_agent.factory import build_from_files
     from ibllm_agent.pretrained import toy_files
 
     if toy_dir is None:
-        return ibllm_agent.load("toy", knn=True)
+        return ibllm_agent.load("toy", knn=True, quantize=quantize, dtype=dtype)
     files = toy_files(toy_dir)
     return build_from_files(files.adapter, files.llama_dir, files.llama_type, imagebind_ckpt=files.imagebind,
-                            knn_index=files.knn_index, name="toy", is_toy=True)
+                            knn_index=files.knn_index, name="toy", is_toy=True, quantize=quantize, dtype=dtype)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="norm of the perturbation added to each unit audio embedding (5: large enough that "
                              "the shared offset costs answers)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quantize", choices=["int8", "int4"], help="LLaMA's linear weights quantised")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default float32")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from ibllm_agent.train.toy_eval import evaluate, table
 
     t0 = time.perf_counter()
-    model = load_toy(args.toy_dir)
+    model = load_toy(args.toy_dir, args.quantize, args.dtype)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     model.generate_batch([format_prompt("What is this?")], None, max_tokens=16, temperature=0.0)

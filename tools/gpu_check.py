@@ -16,6 +16,12 @@
    step / copy bandwidth, the copy measured in the same run as (bytes read + written) / time;
    decoding eager and as a CUDA graph (cuda_graphs.py), and the graph without LoRA.
 4. compiled: the graphed step compiled with torch.compile first, at batch 1 (and how long that takes).
+5. quant (issue 16): the 7B with LoRA merged and q/k/v, w1/w3 fused (float), and with int8 and int4
+   weights (`load(quantize=...)`'s layers, fused, LoRA apart): decode tokens/s at batch 1 and 8, eager
+   and as a CUDA graph, bytes read per step and the fraction of the bandwidth bound, peak memory; and the
+   kernels alone on an 11008x4096 product (float16, int8 dequantising, torch._weight_int8pack_mm where
+   the build has it on CUDA, int4 tinygemm). The toy section also answers with int8, int4 and fused
+   models on the device; the parity section also runs tests/parity/test_quant_parity.py there.
 Each section reports its own error instead of stopping the others.
 """
 
@@ -75,7 +81,8 @@ def pytest_run(args: list[str], env: dict) -> dict:
 def parity(device: str) -> dict:
     """The fixture model's parity tests on `device` in float32, then the suite's own GPU tests."""
     env = {**os.environ, "IBLLM_TEST_DEVICE": device, "COLUMNS": "400"}  # whole assertion lines
-    out = {"model_parity": pytest_run([str(ROOT / "tests" / "parity" / "test_model_parity.py")], env)}
+    out = {"model_parity": pytest_run([str(ROOT / "tests" / "parity" / "test_model_parity.py")], env),
+           "quant_parity": pytest_run([str(ROOT / "tests" / "parity" / "test_quant_parity.py")], env)}
     if device.startswith("cuda"):
         out["model_parity_no_tf32_conv"] = pytest_run([str(ROOT / "tests" / "parity" / "test_model_parity.py")],
                                                       {**env, "IBLLM_TEST_NO_TF32": "1"})
@@ -116,12 +123,16 @@ def toy_precision(device: str, per_concept: int) -> dict:
     reference, ref_text = answers(ibllm_agent.load("toy"))
     labels = [name for name, _ in items] + [name for i in range(per_concept) for name in toy.CONCEPT_NAMES]
     out = {"n": len(reference), "cpu_float32_right": sum(toy.names_concept(t, y) for t, y in zip(ref_text, labels))}
-    for dtype in ("float16", "bfloat16"):
-        tokens, text = answers(ibllm_agent.load("toy", device=device, dtype=dtype))
+    half = "float16" if device.startswith("cuda") else "bfloat16"
+    variants = {"float16": dict(dtype="float16"), "bfloat16": dict(dtype="bfloat16"),
+                f"fused_{half}": dict(dtype=half, fuse=True), f"int8_{half}": dict(dtype=half, quantize="int8"),
+                f"int4_{half}": dict(dtype=half, quantize="int4")}
+    for name, options in variants.items():
+        tokens, text = answers(ibllm_agent.load("toy", device=device, **options))
         same = [a == b for a, b in zip(tokens, reference)]
-        out[dtype] = {"identical": sum(same), "agreement": sum(same) / len(same),
-                      "right": sum(toy.names_concept(t, y) for t, y in zip(text, labels)),
-                      "differences": [(a, b) for a, b, s in zip(ref_text, text, same) if not s][:5]}
+        out[name] = {"identical": sum(same), "agreement": sum(same) / len(same),
+                     "right": sum(toy.names_concept(t, y) for t, y in zip(text, labels)),
+                     "differences": [(a, b) for a, b, s in zip(ref_text, text, same) if not s][:5]}
     return out
 
 
@@ -172,6 +183,21 @@ def encode_times(model, device: torch.device) -> dict:
     return out
 
 
+def decode_rows(model, dev: torch.device, batches: list[int], prompt_len: int, steps: int, bandwidth: float) -> dict:
+    """Decode tokens/s and step ms per batch, eager (and as a CUDA graph on CUDA), and batch 1's fraction of
+    the bandwidth bound (`step_bytes` per step / step time / `bandwidth`)."""
+    row = {}
+    modes = {"eager": False, "graph": True} if dev.type == "cuda" else {"eager": False}
+    for mode, graph in modes.items():
+        for b in batches:
+            decode_times(model, b, prompt_len, 3, graph)  # warm-up at this batch
+            _, step = decode_times(model, b, prompt_len, steps, graph)
+            row[f"{mode}_decode_tok_s_b{b}"] = b / step
+            row[f"{mode}_step_ms_b{b}"] = 1e3 * step
+        row[f"{mode}_bound_fraction_b1"] = step_bytes(model.llama) / (row[f"{mode}_step_ms_b1"] / 1e3) / bandwidth
+    return row
+
+
 def copy_bandwidth(device: torch.device, gib: float) -> float:
     """(bytes read + bytes written) / second of one device-to-device copy."""
     src = torch.ones(int(gib * (1 << 30)) // 2, dtype=torch.float16, device=device)
@@ -196,15 +222,7 @@ def speed(device: str, preset: str, huge: bool, batches: list[int], prompt_len: 
         prefill, _ = decode_times(model, 1, prefill_len, 1, False)
         prefill, _ = decode_times(model, 1, prefill_len, 1, False)  # the second, warm
         row["prefill_len"], row["prefill_tok_s"] = prefill_len, prefill_len / prefill
-        modes = {"eager": False, "graph": True} if dev.type == "cuda" else {"eager": False}
-        for mode, graph in modes.items():
-            for b in batches:
-                decode_times(model, b, prompt_len, 3, graph)  # warm-up at this batch
-                _, step = decode_times(model, b, prompt_len, steps, graph)
-                row[f"{mode}_decode_tok_s_b{b}"] = b / step
-                row[f"{mode}_step_ms_b{b}"] = 1e3 * step
-            row[f"{mode}_bound_fraction_b1"] = step_bytes(model.llama) / (row[f"{mode}_step_ms_b1"] / 1e3) / (
-                out["copy_GBps"] * 1e9)
+        row.update(decode_rows(model, dev, batches, prompt_len, steps, out["copy_GBps"] * 1e9))
         row.update(encode_times(model, dev))
         if dev.type == "cuda":
             row["peak_memory_GB"] = torch.cuda.max_memory_allocated(dev) / 1e9
@@ -234,11 +252,68 @@ def compiled(device: str, preset: str, huge: bool, prompt_len: int, steps: int, 
     return out
 
 
+# ---------------------------------------------------------------------------------------------------
+# 5. merged/fused and quantised decoding at the 7B size
+# ---------------------------------------------------------------------------------------------------
+
+
+def quant_speed(device: str, preset: str, huge: bool, batches: list[int], prompt_len: int, steps: int) -> dict:
+    from ibllm_agent.llama.model import for_inference
+
+    dev = torch.device(device)
+    dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
+    bw = copy_bandwidth(dev, 4.0 if dev.type == "cuda" else 0.25)
+    out = {"dtype": str(dtype), "copy_GBps": bw / 1e9}
+    for variant, options in {"unfused": {}, "fused": dict(merge_lora=True, fuse=True),
+                             "int8": dict(quantize="int8", fuse=True), "int4": dict(quantize="int4", fuse=True)}.items():
+        model = build_random(preset, huge, dev, dtype)
+        if options:
+            for_inference(model.llama, dtype, **options)
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(dev)
+        row = {"llama_step_GB": step_bytes(model.llama) / 1e9,
+               **decode_rows(model, dev, batches, prompt_len, steps, bw)}
+        if dev.type == "cuda":
+            row["peak_memory_GB"] = torch.cuda.max_memory_allocated(dev) / 1e9
+        out[variant] = row
+        del model
+    out["kernels"] = quant_kernels(dev, dtype)
+    return out
+
+
+@torch.inference_mode()
+def quant_kernels(dev: torch.device, dtype: torch.dtype, n: int = 11008, k: int = 4096) -> dict:
+    """Milliseconds of one [rows, k] x [k, n] product per kernel, rows 1 and 8."""
+    import torch.nn.functional as F
+
+    from ibllm_agent.llama.quant import QuantLinear
+
+    lin = torch.nn.Linear(k, n, bias=False, device=dev, dtype=torch.float32)
+    q8 = QuantLinear.from_linear(lin, "int8")
+    q4 = QuantLinear.from_linear(lin, "int4")
+    q4.repack()
+    w = lin.weight.to(dtype)
+    out = {"int4_layout": q4.layout}
+    for rows in (1, 8):
+        x = torch.randn(rows, k, device=dev, dtype=dtype)
+        kernels = {"float": lambda x=x: F.linear(x, w), "int8_layer": lambda x=x: q8(x), "int4_layer": lambda x=x: q4(x)}
+        if hasattr(torch, "_weight_int8pack_mm"):
+            scales = q8.scales.to(dtype)
+            kernels["int8pack_mm"] = lambda x=x, s=scales: torch._weight_int8pack_mm(x, q8.qweight, s)
+        for name, fn in kernels.items():
+            try:
+                out[f"{name}_ms_rows{rows}"] = 1e3 * timed(fn, dev, reps=20)
+            except (RuntimeError, NotImplementedError) as e:
+                out[f"{name}_ms_rows{rows}"] = f"{type(e).__name__}: {str(e)[:200]}"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--small", action="store_true", help="dry run: a mid-size LLaMA, tiny ImageBind, fewer samples")
-    p.add_argument("--skip", nargs="*", default=[], choices=["parity", "toy", "speed", "compiled"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["parity", "toy", "speed", "compiled", "quant"])
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     report = {"torch": torch.__version__, "device": args.device}
@@ -252,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
                                4 if args.small else 32, ["bfloat16"] if args.small else ["float16", "bfloat16"]),
         "compiled": lambda: compiled(args.device, "mid" if args.small else "7B", not args.small, 64,
                                      4 if args.small else 32, "float16"),
+        "quant": lambda: quant_speed(args.device, "mid" if args.small else "7B", not args.small,
+                                     [1, 8], 64, 4 if args.small else 32),
     }
     for name, run in sections.items():
         if name in args.skip:

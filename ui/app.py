@@ -17,7 +17,7 @@ import streamlit as st
 import torch
 
 from ibllm_agent import modalities
-from ibllm_agent.params import GenerationParams, VisualCacheParams
+from ibllm_agent.params import DEFAULT_DRAW, DrawParams, GenerationParams, VisualCacheParams
 from ui import backend, views
 from ui.attachments import (
     ALL_FILE_TYPES,
@@ -33,6 +33,9 @@ from ui.conversation import Reply, Turn, to_messages
 from ui.explorer import cosine_matrix, heatmap_figure, with_mixture, zero_shot
 from ui.settings import AppConfig, ConfigError, ModelSpec, PathRefused, config_path, confine, debug_flag
 
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZE_OPTIONS = ["none", "int8", "int4"]
 VIEWS = {"chat": ":material/forum: Chat", "explorer": ":material/scatter_plot: Embedding explorer"}
 
 st.set_page_config(page_title="ImageBind-LLM", page_icon=":material/hearing:", layout="wide")
@@ -63,6 +66,7 @@ def init_state(config: AppConfig) -> None:
     state.setdefault("pending", None)  # a question waiting for its answer (set by a submission or an example)
     state.setdefault("uploads", 0)  # bumps the upload panel's key, which empties it after each upload
     state.setdefault("embeddings", {})  # sha256 -> ImageBind embedding, for the explorer
+    state.setdefault("pending_draw", False)  # a Draw button was pressed
 
 
 def report(message: str, exc: BaseException) -> None:
@@ -116,6 +120,19 @@ def read_input_as(key: str) -> None:
                 st.session_state.history.append(Turn("assistant", "", error=str(exc)))
 
 
+def request_draw() -> None:
+    st.session_state.pending_draw = True
+
+
+def draw_callback(model, mixture: str):
+    """The Draw button's callback under an answer conditioned on `mixture`, or None (no button): a Draw
+    button draws the current inputs, so it is offered only under answers about exactly those inputs."""
+    inputs = st.session_state.inputs
+    if inputs and mixture == mixture_summary(inputs) and backend.can_draw(model):
+        return request_draw
+    return None
+
+
 def try_example(modality: str) -> None:
     name, data = backend.toy_example(modality, seed=time.time_ns() % 2**31)
     try:
@@ -127,7 +144,7 @@ def try_example(modality: str) -> None:
 # ----- page parts ---------------------------------------------------------------------------------------
 
 PATH_FIELDS = {"name": "Model", "llama_dir": "LLaMA folder", "imagebind_ckpt": "ImageBind checkpoint",
-               "visual_cache_index": "Cache index"}
+               "visual_cache_index": "Cache index", "unclip_dir": "Stable unCLIP folder"}
 """The ModelSpec fields that name server files, with their labels in the sidebar."""
 
 
@@ -145,6 +162,9 @@ def model_paths(config: AppConfig) -> dict[str, str]:
                                         help="imagebind_w3D.pth (with Point-Bind, for 3D)"),
         "visual_cache_index": st.text_input("Cache index", spec.visual_cache_index or "", key="cache_index",
                                             help="knn.index (optional)"),
+        "unclip_dir": st.text_input("Stable unCLIP folder", spec.unclip_dir or "", key="unclip_dir",
+                                    help="stable-diffusion-2-1-unclip in the diffusers layout (optional: the Draw "
+                                         "button with the official weights; never downloaded)"),
     }
 
 
@@ -183,37 +203,53 @@ def model_choice(config: AppConfig) -> dict[str, str]:
     return {f: getattr(choices[name], f) for f in PATH_FIELDS}
 
 
-def sidebar_model(config: AppConfig) -> None:
+def sidebar_model(config: AppConfig):
     """Title, new chat, and which model to load (a form: nothing reloads while paths are typed). Paths typed
-    here reach the disk only inside the config's model folders; without any, there is nothing to type."""
+    here reach the disk only inside the config's model folders; without any, there is nothing to type.
+    Returns the panel's placeholder for notes about the loaded model."""
     with st.sidebar:
         st.markdown("## :material/hearing: ImageBind-LLM")
         st.caption(f"Ask about {modalities.describe()}.")
         st.button("New chat", icon=":material/add_comment:", on_click=new_chat, width="stretch", key="new_chat")
-        with st.expander("Model", icon=":material/memory:"), st.form("model", border=False):
-            spec = st.session_state.spec
-            typed = model_paths(config) if config.app.model_folders else None
-            chosen = None if typed else model_choice(config)
-            # an operator who lets visitors pick weights (model folders) lets them pick a server too; otherwise
-            # the server is the config's or $IBLLM_SERVER_URL, since a typed URL makes this machine fetch it
-            server = st.text_input("Server URL", spec.server_url or "", key="server_url",
-                                   help="The /v1 URL of an `ibllm serve` (e.g. http://gpu-host:8000/v1): it answers, "
-                                        "and the fields above are left to it. Empty: load the model here."
-                                   ) if config.app.model_folders else spec.server_url
-            left, right = st.columns(2)
-            device = left.selectbox("Device", ["cpu", "cuda"], index=0 if spec.device == "cpu" else 1, key="device")
-            dtypes = ["auto", "float32", "float16", "bfloat16"]
-            dtype = right.selectbox("Precision", dtypes, index=dtypes.index(spec.dtype or "auto"), key="dtype",
-                                    help="auto: float32 on CPU, float16 on CUDA")
-            if st.form_submit_button("Load", width="stretch"):
-                try:
-                    chosen = chosen or checked_paths(typed, config)
-                except PathRefused as exc:
-                    st.error(str(exc), icon=":material/block:")
-                    return
-                st.session_state.spec = replace(config.model if chosen["name"] == config.model.name else ModelSpec(),
-                                                 **chosen, device=device, dtype=None if dtype == "auto" else dtype,
-                                                 server_url=(server or "").strip() or None)
+        with st.expander("Model", icon=":material/memory:"):
+            model_form(config)
+            return st.empty()  # filled once the model has loaded: the official weights' licences
+
+
+def model_form(config: AppConfig) -> None:
+    """The model panel's form; a submitted form replaces `st.session_state.spec`."""
+    with st.form("model", border=False):
+        spec = st.session_state.spec
+        typed = model_paths(config) if config.app.model_folders else None
+        chosen = None if typed else model_choice(config)
+        # an operator who lets visitors pick weights (model folders) lets them pick a server too; otherwise
+        # the server is the config's or $IBLLM_SERVER_URL, since a typed URL makes this machine fetch it
+        server = st.text_input("Server URL", spec.server_url or "", key="server_url",
+                               help="The /v1 URL of an `ibllm serve` (e.g. http://gpu-host:8000/v1): it answers, "
+                                    "and the fields above are left to it. Empty: load the model here."
+                               ) if config.app.model_folders else spec.server_url
+        left, right = st.columns(2)
+        devices = list(DEVICE_CHOICES) + ([spec.device] if spec.device not in DEVICE_CHOICES else [])
+        device = left.selectbox("Device", devices, index=devices.index(spec.device), key="device",
+                                help="auto: CUDA, then Apple MPS, then the CPU (the toy stays on the CPU)")
+        dtypes = list(DTYPE_CHOICES)
+        dtype = right.selectbox("Precision", dtypes, index=dtypes.index(spec.dtype or "auto"), key="dtype",
+                                help="auto: float16 on a GPU; on a CPU bfloat16 for official weights when the "
+                                     "CPU has native bfloat16, else float32 (the toy: float32)")
+        quantize = st.selectbox("Quantize weights", QUANTIZE_OPTIONS, index=QUANTIZE_OPTIONS.index(spec.quantize or "none"),
+                                key="quantize",
+                                help="int8 / int4: LLaMA's linear weights in 8 or 4 bits: 2-4x less memory and "
+                                     "faster CPU decoding, slightly different answers")
+        if st.form_submit_button("Load", width="stretch"):
+            try:
+                chosen = chosen or checked_paths(typed, config)
+            except PathRefused as exc:
+                st.error(str(exc), icon=":material/block:")
+                return
+            st.session_state.spec = replace(config.model if chosen["name"] == config.model.name else ModelSpec(),
+                                             **chosen, device=device, dtype=None if dtype == "auto" else dtype,
+                                             quantize=None if quantize == "none" else quantize,
+                                             server_url=(server or "").strip() or None)
 
 
 def sidebar_settings(config: AppConfig, model) -> tuple[GenerationParams, VisualCacheParams, int]:
@@ -239,6 +275,39 @@ def sidebar_settings(config: AppConfig, model) -> tuple[GenerationParams, Visual
                 t=st.slider("Softmax temperature", 1.0, 100.0, c.t, 1.0, key="cache_t"),
                 weight=st.slider("Cache weight", 0.0, 1.0, c.weight, 0.05, key="cache_weight"))
     return generation, visual_cache, history
+
+
+def sidebar_drawing(model) -> tuple[str, DrawParams]:
+    """The Draw button's prompt and settings."""
+    with st.sidebar, st.expander("Drawing", icon=":material/brush:"):
+        prompt = st.text_input("Prompt", "a photo", key="draw_prompt",
+                               help="Guides Stable unCLIP; the toy decoder draws from the inputs alone")
+        seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="draw_seed")
+        steps = st.slider("Steps", 1, 100, DEFAULT_DRAW.steps, key="draw_steps", disabled=model.card.is_toy,
+                          help="Denoising steps (Stable unCLIP); the toy decoder draws in one pass")
+    return prompt, DrawParams(seed=int(seed), steps=steps)
+
+
+def draw_picture(model, prompt: str, params: DrawParams, visual_cache: VisualCacheParams) -> None:
+    """Draw the current inputs into the chat and record the picture in the history."""
+    inputs, history = st.session_state.inputs, st.session_state.history
+    mixture = mixture_summary(inputs)
+    with st.chat_message("assistant", avatar=views.AVATARS["assistant"]):
+        try:
+            with st.spinner("Drawing…"):
+                result = backend.draw(model, inputs, prompt, params, visual_cache)
+        except Exception as exc:  # noqa: BLE001 - any failure becomes a message, the app keeps running
+            message = f"Sorry, that could not be drawn: {exc}"
+            st.error(message, icon=":material/error:")
+            history.append(Turn("assistant", "", error=message))
+            return
+        png = result.png_bytes()
+        st.image(png, width=320)
+        how = f"{result.generator}{f' · “{prompt}”' if prompt and result.generator != 'toy-decoder' else ''} · " \
+              f"{result.seconds:.1f} s"
+        turn = Turn("assistant", "", mixture=mixture, image=png, drawing=how, neighbors=result.neighbors)
+        st.caption(turn.footer())
+    history.append(turn)
 
 
 def inputs_panel(*, expanded: bool) -> None:
@@ -302,7 +371,7 @@ def answer(model, question: str, generation: GenerationParams, visual_cache: Vis
             history.append(Turn("assistant", "", error=message))
             return
         turn = reply.turn(mixture)
-        views.answer_footer(turn)
+        views.answer_footer(turn, index=len(history), on_draw=draw_callback(model, turn.mixture))
     history.append(turn)
 
 
@@ -347,7 +416,7 @@ DEBUG = config.app.debug or debug_flag(sys.argv[1:])
 if DEBUG:  # tracebacks in Streamlit's own error boxes too (`ibllm ui --debug` sets it on the command line)
     st.set_option("client.showErrorDetails", "full")
 init_state(config)
-sidebar_model(config)
+model_notes = sidebar_model(config)
 try:
     model = shared_model(st.session_state.spec)
 except Exception as exc:  # noqa: BLE001 - a bad path or checkpoint must not take the app down
@@ -356,7 +425,11 @@ except Exception as exc:  # noqa: BLE001 - a bad path or checkpoint must not tak
     st.button("Back to the toy model", key="back_to_toy",
               on_click=lambda: st.session_state.update(spec=ModelSpec(server_url=None)))
     st.stop()
+notice = backend.license_notice(model)
+if notice:
+    model_notes.caption(notice)
 generation, visual_cache, history_messages = sidebar_settings(config, model)
+draw_prompt, draw_params = sidebar_drawing(model)
 
 view = st.segmented_control("View", list(VIEWS), format_func=VIEWS.get, default="chat", key="view",
                             label_visibility="collapsed") or "chat"
@@ -380,7 +453,10 @@ else:
     if not st.session_state.history:
         welcome(model)
     for i, t in enumerate(st.session_state.history):
-        views.turn(t, index=i)
+        views.turn(t, index=i, on_draw=draw_callback(model, t.mixture))
     question, st.session_state.pending = st.session_state.pending, None
     if question:
         answer(model, question, generation, visual_cache, history_messages)
+    drawing, st.session_state.pending_draw = st.session_state.pending_draw, False
+    if drawing:
+        draw_picture(model, draw_prompt, draw_params, visual_cache)

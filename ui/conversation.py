@@ -37,9 +37,15 @@ class Turn:
     output_tokens: int = 0
     finish_reason: str = ""
     """"stop" (the model ended the answer) or "length" (cut at max tokens)."""
+    image: bytes | None = None
+    """A drawn picture (PNG) instead of a text answer (the Draw button)."""
+    drawing: str = ""
+    """How the picture was drawn: generator, prompt, seconds."""
 
     def footer(self) -> str:
         """The caption under an answer: what conditioned it, how long it is, whether it was cut."""
+        if self.image is not None:
+            return f"Drawn from {self.mixture} · {self.drawing}"
         parts = [f"Conditioned on {self.mixture}" if self.mixture else "Text only"]
         if self.output_tokens:
             parts.append(f"{self.output_tokens} tokens")
@@ -54,7 +60,7 @@ def to_messages(history: list[Turn], question: str, inputs: list[Attachment], *,
     then the question with its media blocks."""
     messages: list[BaseMessage] = []
     for turn in history:
-        if turn.error is not None or not turn.text:
+        if turn.error is not None or not turn.text or turn.image is not None:
             continue
         messages.append(HumanMessage(turn.text) if turn.role == "user" else AIMessage(turn.text))
     if max_history is not None:

@@ -12,7 +12,9 @@ typed there are accepted only inside the folders of `[app] model_folders` (see `
     llama_dir = "/weights/llama"          # holds tokenizer.model and 7B/params.json + consolidated.00.pth
     imagebind_ckpt = "/weights/imagebind_w3D.pth"
     visual_cache_index = "/weights/knn.index"   # optional: the visual cache
-    device = "cuda"
+    unclip_dir = "/weights/stable-diffusion-2-1-unclip"   # optional: pictures (the Draw button)
+    device = "auto"                       # or "cpu", "cuda", "mps"
+    quantize = "int8"                     # optional: "int8" / "int4" weights (a 7B on a laptop)
 
     [generation]                          # ibllm_agent.GenerationParams
     temperature = 0.1
@@ -61,10 +63,16 @@ class ModelSpec:
     """ImageBind (+ Point-Bind) checkpoint, e.g. imagebind_w3D.pth; None = the loader's default."""
     visual_cache_index: str | None = None
     """FAISS index of cached image features for the visual cache; None = the model's own (the toy ships one)."""
-    device: str = "cpu"
-    """Torch device: "cpu", "cuda", "cuda:1", ..."""
+    device: str = "auto"
+    """Torch device: "auto" (the loader's choice: CUDA, then Apple MPS, then the CPU for official weights; the
+    CPU for the toy), "cpu", "cuda", "cuda:1", "mps"."""
     dtype: str | None = None
-    """"float32", "float16" or "bfloat16"; None lets the loader choose for the device."""
+    """"float32", "float16" or "bfloat16"; None lets the loader choose for the device ("auto")."""
+    quantize: str | None = None
+    """"int8" or "int4": weight-only quantisation of LLaMA's linear layers (less memory, faster CPU decoding)."""
+    unclip_dir: str | None = None
+    """Local Stable unCLIP folder (stabilityai/stable-diffusion-2-1-unclip) for the Draw button with the
+    official weights; the toy model draws with its own decoder."""
     server_url: str | None = field(default_factory=lambda: os.environ.get(SERVER_ENV) or None)
     """The /v1 URL of an `ibllm serve` ($IBLLM_SERVER_URL by default): the app asks it and loads no model
     (the fields above are then the server's business); its key comes from $IBLLM_API_KEY."""
@@ -77,7 +85,8 @@ class ModelSpec:
         """Keyword arguments for `ibllm_agent.load`, without the ones left at None."""
         kwargs = {"llama_dir": self.llama_dir, "llama_type": self.llama_type,
                   "imagebind_ckpt": self.imagebind_ckpt, "knn_index": self.visual_cache_index,
-                  "device": self.device, "dtype": self.dtype}
+                  "device": None if self.device == "auto" else self.device, "dtype": self.dtype,
+                  "quantize": self.quantize}
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         # `load`'s (the reference's) names: attach a cache whenever an index is known; the toy carries its own
         kwargs["knn"] = self.visual_cache_index is not None or self.is_toy

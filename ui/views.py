@@ -146,11 +146,14 @@ def neighbors(items: list[Neighbor], *, limit: int = 5) -> None:
                 st.caption(f"similarity {item.score:.3f} · weight {item.weight:.0%}")
 
 
-def turn(t: Turn, *, index: int) -> None:
-    """One message of the history, with its attachments or its cache neighbours."""
+def turn(t: Turn, *, index: int, on_draw=None) -> None:
+    """One message of the history, with its attachments, its drawn picture or its cache neighbours;
+    `on_draw` (None: no button) is the callback of a Draw button under an answer."""
     with st.chat_message(t.role, avatar=AVATARS[t.role]):
         if t.error is not None:
             st.error(t.error, icon=":material/error:")
+        elif t.image is not None:
+            st.image(t.image, width=320)
         elif t.text:
             st.markdown(t.text)
         if t.attachments:
@@ -159,10 +162,14 @@ def turn(t: Turn, *, index: int) -> None:
                 with cols[i % len(cols)]:
                     attachment(att, key=f"turn{index}_{i}", width=180)
         if t.role == "assistant" and t.error is None:
-            answer_footer(t)
+            answer_footer(t, index=index, on_draw=on_draw)
 
 
-def answer_footer(t: Turn) -> None:
-    """Under an answer: what conditioned it and its length, then the cache neighbours it leaned on."""
+def answer_footer(t: Turn, *, index: int, on_draw=None) -> None:
+    """Under an answer: what conditioned it and its length, the cache neighbours it leaned on, and a Draw
+    button (a picture of the same inputs) when `on_draw` is given."""
     st.caption(t.footer())
     neighbors(t.neighbors)
+    if on_draw is not None and t.image is None:
+        st.button("Draw", icon=":material/brush:", key=f"draw_{index}", on_click=on_draw,
+                  help="Draw a picture of these inputs (ImageBind-LLM's image output)")

@@ -195,7 +195,7 @@ def build_from_media(items: Sequence[MediaItem], cache: VisualCache,
             keep.append((item_id, item))
         if loaded:
             vectors = np.asarray(encode(loaded), dtype=np.float32)  # (n, dim)
-            metas = [_metadata(item, media, item_id) for (item_id, item), media in zip(keep, loaded)]
+            metas = [item_metadata(item, media, item_id) for (item_id, item), media in zip(keep, loaded)]
             report.added += cache.add(vectors, ids=[i for i, _ in keep], metadatas=metas)
         bar.update(min(batch_size, len(todo) - lo))
     bar.close()
@@ -204,7 +204,8 @@ def build_from_media(items: Sequence[MediaItem], cache: VisualCache,
     return report
 
 
-def _metadata(item: MediaItem, media, item_id: str) -> dict:
+def item_metadata(item: MediaItem, media, item_id: str) -> dict:
+    """What a build stores beside the vector of `item` (loaded as `media`, content id `item_id`)."""
     meta = {"uri": str(item.path.resolve()), "modality": media.modality, "sha256": item_id, "name": media.name,
             "mime": media.mime, **item.extra}
     if item.caption:

@@ -36,6 +36,17 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="files encoded at once")
     p.add_argument("--modalities", default=",".join(modalities.MEDIA),
                    help="comma-separated media kinds to keep (add `text` for text files)")
+    r = p.add_argument_group("Ray Data (the `ray` extra): the same build over a cluster")
+    r.add_argument("--ray", action="store_true", help="decode in Ray tasks and embed in a pool of Ray actors")
+    r.add_argument("--address", default=None,
+                   help="the cluster: HEAD:6379 or ray://HEAD:10001 (default: start one on this machine)")
+    r.add_argument("--embed-actors", type=int, default=1, help="actors holding the model (one per GPU)")
+    r.add_argument("--gpus-per-actor", type=float, default=0.0)
+    r.add_argument("--cpus-per-actor", type=float, default=1.0)
+    r.add_argument("--write-batch", type=int, default=128,
+                   help="vectors per write to Chroma (at most its max batch size)")
+    r.add_argument("--timeout", type=float, default=None,
+                   help="seconds the whole build may take; past them it stops (rerun to finish)")
     p.set_defaults(func=_build)
 
     p = sub.add_parser("import-faiss", help="copy a FAISS index (e.g. the official knn.index) into Chroma")
@@ -108,18 +119,19 @@ def _errors(func):
     """Clear one-line errors for bad input instead of tracebacks."""
     def run(args) -> int:
         from ibllm_agent.media import MediaError
+        from ibllm_agent.ray_cluster import ClusterError
 
         try:
             return func(args)
-        except (CacheError, MediaError, FileNotFoundError) as e:
+        except (CacheError, ClusterError, MediaError, FileNotFoundError) as e:
             return _fail(e)
     return run
 
 
-def _open_chroma(args, dim: int = 1024, create: bool = True):
+def _open_chroma(args, dim: int = 1024, create: bool = True, client=None):
     from ibllm_agent.cache.chroma import ChromaCache, ChromaHnsw
 
-    return ChromaCache.open(args.collection, path=args.path, url=args.url, dim=dim, create=create,
+    return ChromaCache.open(args.collection, path=args.path, url=args.url, client=client, dim=dim, create=create,
                             hnsw=ChromaHnsw.preset(args.hnsw))
 
 
@@ -145,13 +157,33 @@ def _build(args) -> int:
     from ibllm_agent.cache.build import build_from_media, list_media
 
     items = list_media(args.source)
-    model = _load_model(args)
-    cache = _open_chroma(args, dim=model.feature_dim)
-    report = build_from_media(items, cache, model.encode, batch_size=args.batch_size,
-                              modalities=[m.strip() for m in args.modalities.split(",") if m.strip()],
-                              progress=True)
+    wanted = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    if args.ray:
+        report, cache = _build_on_ray(args, items, wanted)
+    else:
+        model = _load_model(args)
+        cache = _open_chroma(args, dim=model.feature_dim)
+        report = build_from_media(items, cache, model.encode, batch_size=args.batch_size, modalities=wanted,
+                                  progress=True)
     print(json.dumps({"collection": args.collection, "count": len(cache), **report.__dict__}, indent=1))
     return 0
+
+
+def _build_on_ray(args, items, wanted):
+    """The Ray Data build: the driver loads no model (the actors do), it reads the dimension from the card."""
+    from ibllm_agent.cache.chroma import connect as chroma_client
+    from ibllm_agent.cache.ray_data import RayBuildOptions, build_with_ray, feature_dim_on_cluster
+    from ibllm_agent.ray_cluster import connect
+
+    client = chroma_client(args.path, args.url)  # an unreachable Chroma fails before any cluster work
+    connect(args.address)
+    options = RayBuildOptions(batch_size=args.batch_size, embed_actors=args.embed_actors,
+                              gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
+                              write_batch=args.write_batch, timeout_s=args.timeout)
+    load_kwargs = {"llama_dir": args.llama_dir, "imagebind_ckpt": args.imagebind_ckpt, "device": args.device}
+    cache = _open_chroma(args, dim=feature_dim_on_cluster(args.model, load_kwargs, options), client=client)
+    return build_with_ray(items, cache, args.model, load_kwargs, modalities=wanted, options=options,
+                          progress=True), cache
 
 
 @_errors

@@ -16,6 +16,7 @@ has its own positions (slot - padding) and its padding slots are masked out.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -164,7 +165,12 @@ def check_llama_file(args: ModelArgs, sd: Mapping[str, torch.Tensor], *, params_
                               f"has {found}", file=params_file, field=field)
 
     def shape(key: str) -> tuple[int, ...] | None:
+        """The matrix shape of a weight, also when `ibllm quantize` stored it (`.qweight`; int4 packs 2 per byte)."""
         tensor = sd.get(key)
+        if tensor is None and key.endswith(".weight"):
+            tensor = sd.get(key.removesuffix(".weight") + ".qweight")
+            if tensor is not None and tensor.ndim == 2 and tensor.dtype == torch.uint8:
+                return tensor.shape[0], 2 * tensor.shape[1]
         return tuple(tensor.shape) if tensor is not None and tensor.ndim == 2 else None
 
     embeddings = shape("tok_embeddings.weight")  # (vocab, dim)
@@ -182,8 +188,10 @@ def check_llama_file(args: ModelArgs, sd: Mapping[str, torch.Tensor], *, params_
                               f"{args.vocab_size}", file=llama_file, field="vocab_size")
     vocab = args.vocab_size if args.vocab_size > 0 else embeddings[0] if embeddings else 0
     implied = args.meta_parameter_count(vocab)
-    found = sum(t.numel() for key, t in sd.items()
-                if key not in LLAMA_FILE_IGNORED and not ADAPTER_ONLY_LLAMA_KEY.match(key))
+    found = sum(t.numel() * (2 if key.endswith(".qweight") and t.dtype == torch.uint8 else 1)
+                for key, t in sd.items()
+                if key not in LLAMA_FILE_IGNORED and not ADAPTER_ONLY_LLAMA_KEY.match(key)
+                and not key.endswith((".scales", ".scales_and_zeros")))  # a quantised file's weights count once
     if found != implied:
         raise CheckpointError(f"{llama_file}: holds {found:,} LLaMA parameters, but the sizes in {params_file} "
                               f"imply {implied:,}", file=llama_file)
@@ -318,16 +326,27 @@ class _SlotWriter:
 _ONEDNN_LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None) if torch.backends.mkldnn.is_available() else None
 
 
+@functools.cache
+def _bf16_mv() -> bool:
+    """One bfloat16 row through torch.mv: faster than F.linear on a CPU without native bfloat16 (measured on
+    an Intel Xeon without AVX512-BF16), 1.6x slower on one with it (AMD EPYC with AVX512-BF16: 9.5 vs 15 GB/s
+    on LLaMA-7B's matrices), where F.linear's oneDNN path uses the instructions."""
+    from ibllm_agent.placement import cpu_bf16
+
+    return not cpu_bf16()[0]
+
+
 class Linear(nn.Linear):
     """nn.Linear (same parameters and keys), with two CPU inference fast paths measured in
-    tools/bench_generate.py (torch 2.13): one bfloat16 row goes through torch.mv, faster than
-    F.linear's bfloat16 path; float32 inputs of 3 rows or more (batched decoding, prefill) go through
-    oneDNN, 1.2-1.7x faster than MKL's GEMM at 4-64 rows here. Training (grad enabled) uses F.linear."""
+    tools/bench_generate.py (torch 2.13): one bfloat16 row goes through torch.mv on CPUs without
+    native bfloat16, where it beats F.linear's bfloat16 path (`_bf16_mv`); float32 inputs of 3 rows or
+    more (batched decoding, prefill) go through oneDNN, 1.2-1.7x faster than MKL's GEMM at 4-64 rows
+    here. Training (grad enabled) uses F.linear."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu" and not torch.is_grad_enabled():
             rows = x.numel() // x.shape[-1]
-            if x.dtype == torch.bfloat16 and rows == 1:
+            if x.dtype == torch.bfloat16 and rows == 1 and _bf16_mv():
                 out = torch.mv(self.weight, x.reshape(-1)).view(*x.shape[:-1], -1)
                 return out if self.bias is None else out + self.bias
             if (x.dtype == torch.float32 and rows >= 3 and _ONEDNN_LINEAR is not None
@@ -335,6 +354,26 @@ class Linear(nn.Linear):
                 out = _ONEDNN_LINEAR(x.reshape(rows, -1), self.weight, self.bias, "none", [], "")
                 return out.view(*x.shape[:-1], -1)
         return F.linear(x, self.weight, self.bias)
+
+
+def cat_linears(parts: list[nn.Module]) -> nn.Module:
+    """One layer computing `cat([p(x) for p in parts], -1)`: the weights stacked by rows, a missing bias as
+    zeros. Float `Linear`s or `QuantLinear`s (quantisation is per row, so stacking quantised rows is exact)."""
+    from ibllm_agent.llama.quant import QuantLinear
+
+    if all(isinstance(p, QuantLinear) for p in parts):
+        return QuantLinear.cat(parts)
+    if any(isinstance(p, QuantLinear) for p in parts):
+        raise TypeError("cannot fuse quantised and float layers")
+    first = parts[0]
+    out = Linear(first.in_features, sum(p.out_features for p in parts), bias=any(p.bias is not None for p in parts),
+                 device="meta")
+    with torch.no_grad():
+        out.weight = nn.Parameter(torch.cat([p.weight for p in parts]), requires_grad=False)
+        if out.bias is not None:
+            out.bias = nn.Parameter(torch.cat([p.bias if p.bias is not None else p.weight.new_zeros(p.out_features)
+                                               for p in parts]), requires_grad=False)
+    return out
 
 
 def lora_linear(module: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
@@ -362,19 +401,40 @@ class Attention(nn.Module):
             self.lora_wv_l1, self.lora_wv_l2 = Linear(args.dim, r, bias=False), Linear(r, args.dim, bias=False)
             self.lora_wo_l1, self.lora_wo_l2 = Linear(args.dim, r, bias=False), Linear(r, args.dim, bias=False)
         self.gate = nn.Parameter(torch.zeros(1, args.n_heads, 1, 1))
+        self.wqkv: nn.Module | None = None
+        """wq, wk, wv as one product (`fuse`, inference only); None while they are apart."""
+        self.wv_lora_merged = False
+        """wv holds its LoRA (`Transformer.for_inference`): the adapter path, which reads the base wv, subtracts
+        it again (the pair is kept for that)."""
 
     def adapter_value(self, query: torch.Tensor) -> torch.Tensor:
         """tanh(gate) * wv(query) per head for an adapter input (B, 1, dim) -> (B, n_heads, 1, head_dim)."""
-        B = query.shape[0]
-        v = self.wv(query).view(B, 1, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, 1, hd)
+        B, D = query.shape[0], self.n_heads * self.head_dim
+        v = self.wv(query) if self.wqkv is None else self.wqkv(query)[..., 2 * D:]  # once per request
+        if self.wv_lora_merged:  # the base wv, without the LoRA merged into it
+            v = v - self.lora_wv_l2(self.lora_wv_l1(query))
+        v = v.view(B, 1, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, 1, hd)
         return self.gate.tanh().to(v.dtype) * v
+
+    def fuse(self) -> None:
+        """Inference only: wq, wk, wv as one product `wqkv` (one read of x, one kernel instead of three)."""
+        if self.wqkv is None:
+            self.wqkv = cat_linears([self.wq, self.wk, self.wv])
+            del self.wq, self.wk, self.wv
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 cache: KVCache | None, layer: int, adapter: torch.Tensor | None) -> torch.Tensor:
         B, L, D = x.shape
-        q = lora_linear(self, "wq", x).view(B, L, self.n_heads, self.head_dim)
-        k = lora_linear(self, "wk", x).view(B, L, self.n_heads, self.head_dim)
-        v = lora_linear(self, "wv", x).view(B, L, self.n_heads, self.head_dim)
+        if self.wqkv is None:
+            q, k, v = lora_linear(self, "wq", x), lora_linear(self, "wk", x), lora_linear(self, "wv", x)
+        else:
+            q, k, v = self.wqkv(x).split(D, dim=-1)
+            if self.w_lora:
+                q, k, v = (t + getattr(self, f"lora_{n}_l2")(getattr(self, f"lora_{n}_l1")(x))
+                           for t, n in ((q, "wq"), (k, "wk"), (v, "wv")))
+        q = q.reshape(B, L, self.n_heads, self.head_dim)
+        k = k.reshape(B, L, self.n_heads, self.head_dim)
+        v = v.reshape(B, L, self.n_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, L, hd)
         if cache is not None:
@@ -400,9 +460,23 @@ class FeedForward(nn.Module):
             self.lora_w1_l1, self.lora_w1_l2 = Linear(dim, r, bias=False), Linear(r, hidden, bias=False)
             self.lora_w2_l1, self.lora_w2_l2 = Linear(hidden, r, bias=False), Linear(r, dim, bias=False)
             self.lora_w3_l1, self.lora_w3_l2 = Linear(dim, r, bias=False), Linear(r, hidden, bias=False)
+        self.w13: nn.Module | None = None
+        """w1 and w3 as one product (`fuse`, inference only); None while they are apart."""
+
+    def fuse(self) -> None:
+        """Inference only: w1 and w3 as one product `w13`."""
+        if self.w13 is None:
+            self.w13 = cat_linears([self.w1, self.w3])
+            del self.w1, self.w3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return lora_linear(self, "w2", F.silu(lora_linear(self, "w1", x)) * lora_linear(self, "w3", x))
+        if self.w13 is None:
+            return lora_linear(self, "w2", F.silu(lora_linear(self, "w1", x)) * lora_linear(self, "w3", x))
+        h1, h3 = self.w13(x).chunk(2, dim=-1)
+        if self.w_lora:
+            h1 = h1 + self.lora_w1_l2(self.lora_w1_l1(x))
+            h3 = h3 + self.lora_w3_l2(self.lora_w3_l1(x))
+        return lora_linear(self, "w2", F.silu(h1) * h3)
 
 
 class TransformerBlock(nn.Module):
@@ -503,6 +577,82 @@ class Transformer(nn.Module):
             h = h[:, -1:, :]
         logits = self.output(self.norm(h)).float()
         return logits[:, -1, :] if last_only else logits
+
+
+FROZEN_LINEARS = {"attention": ("wq", "wk", "wv", "wo"), "feed_forward": ("w1", "w2", "w3")}
+"""The frozen projections of each block (Meta's weights; the adapter adds bias and LoRA to them)."""
+
+
+@torch.no_grad()
+def for_inference(llama: Transformer, dtype: torch.dtype, *, quantize: str | None = None,
+                  group_size: int | None = None, merge_lora: bool = False, fuse: bool = False,
+                  quantize_output: bool = True, release=None) -> None:
+    """Convert `llama`'s frozen linear layers in place for inference, one layer at a time (memory never holds
+    more than one layer twice), whatever they hold now (float weights still in a file mapping, in the file's
+    dtype, or `QuantLinear`s read from a quantised file):
+
+    * merge_lora: W + l2 @ l1 computed in float32 from the float weight (wv keeps its pair: the adapter
+      path reads the base wv); quantised weights cannot take LoRA and keep it apart;
+    * quantize ("int8"/"int4"): the weight quantised (`quant.QuantLinear`), the output projection too
+      when `quantize_output`; else cast to `dtype`;
+    * fuse: wq/wk/wv -> wqkv and w1/w3 -> w13, then int4 weights packed for their device's kernel.
+
+    `release(tensor)` receives each float source weight once it is no longer needed (factory.py drops its
+    file pages). Afterwards the model can no longer be trained or saved in the official layout.
+    """
+    from ibllm_agent.llama.quant import INT4_GROUP_SIZE, QuantLinear
+
+    group_size = group_size or INT4_GROUP_SIZE
+
+    def convert(module: nn.Module, name: str, merge: bool, q: str | None) -> None:
+        linear = getattr(module, name)
+        if isinstance(linear, QuantLinear):
+            return
+        w = linear.weight.float()
+        if merge:
+            w = w + getattr(module, f"lora_{name}_l2").weight.float() @ getattr(module, f"lora_{name}_l1").weight.float()
+        if q is not None:
+            new = QuantLinear.from_linear(linear, q, group_size=group_size, weight=w)
+        else:
+            new = Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta")
+            new.weight = nn.Parameter(w.to(dtype) if merge or linear.weight.dtype != dtype else linear.weight,
+                                      requires_grad=False)
+            new.bias = linear.bias
+        if release is not None and getattr(new, "weight", None) is not linear.weight:
+            release(linear.weight)
+        setattr(module, name, new)
+
+    def repack(module: nn.Module) -> None:
+        if isinstance(module, QuantLinear):
+            before = module.qweight
+            module.repack()
+            if release is not None and module.qweight is not before:
+                release(before)
+
+    for layer in llama.layers:
+        for part, names in FROZEN_LINEARS.items():
+            module = getattr(layer, part)
+            merge = merge_lora and module.w_lora and not isinstance(getattr(module, names[0], None), QuantLinear)
+            for name in names:
+                convert(module, name, merge, quantize)
+            if merge:
+                for name in names:
+                    if name != "wv":
+                        delattr(module, f"lora_{name}_l1")
+                        delattr(module, f"lora_{name}_l2")
+                module.w_lora = False
+                if part == "attention":
+                    module.wv_lora_merged = True
+            if fuse:
+                parts = [getattr(module, n) for n in names if n not in ("wo", "w2")]
+                module.fuse()  # copies the parts into one tensor: their (file) pages can go
+                for t in (t for part in parts for t in [*part.parameters(), *part.buffers()]):
+                    if release is not None:
+                        release(t)
+        for m in layer.modules():
+            repack(m)
+    convert(llama, "output", False, quantize if quantize_output else None)
+    repack(llama.output)
 
 
 def init_weights(model: Transformer, generator: torch.Generator, std: float = 0.02) -> None:

@@ -7,6 +7,7 @@
 
 Modules: `app` (the FastAPI app factory and its routes), `protocol` (the OpenAI request/response shapes and
 their translation to LangChain content blocks), `metrics` (Prometheus), `engine` (continuous batching),
-`cli` (the `ibllm serve` command). Nothing here is imported by `import ibllm_agent`: FastAPI, uvicorn and
+`cli` (the `ibllm serve` command), `ray_serve` (`ibllm serve --ray`: the app as a Ray Serve deployment, the
+`ray` extra). Nothing here is imported by `import ibllm_agent`: FastAPI, uvicorn and
 prometheus-client are the optional `serve` extra (`pip install 'ibllm-agent[serve]'`).
 """

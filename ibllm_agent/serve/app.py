@@ -4,10 +4,12 @@
     app = create_app(loaded_model, settings=ServeSettings(api_key="s3cret", max_batch=16))
     uvicorn.run(app, host="127.0.0.1", port=8000)             # or `ibllm serve`
 
-Routes: POST /v1/chat/completions, /v1/embeddings, /v1/ibllm/arithmetic, /v1/ibllm/cache/search; GET
-/v1/models, /health, /metrics. A chat request is parsed into LangChain messages (`protocol.py`), turned into
+Routes: POST /v1/chat/completions, /v1/embeddings, /v1/images/generations, /v1/ibllm/arithmetic,
+/v1/ibllm/cache/search; GET /v1/models, /health, /metrics. A chat request is parsed into LangChain messages (`protocol.py`), turned into
 a prompt and a fused feature by `ChatImageBindLLM.prepare` (the chat model's own path, in a worker thread:
-media decoding is CPU work) and decoded by the engine. Every failure is an OpenAI-style error object with
+media decoding is CPU work) and decoded by the engine. An image request reads its media parts the same way
+and draws one picture (`image_generation.generate_image`: the toy's decoder, or Stable unCLIP from the
+`--unclip-dir` folder), one picture at a time. Every failure is an OpenAI-style error object with
 the right status; the server keeps serving.
 """
 
@@ -67,6 +69,8 @@ class Server:
         # no local roots to confine to: protocol.py lets only data: and (with allow_urls) http(s) URLs through
         self.policy = SourcePolicy(roots=None, allow_urls=settings.allow_urls, max_bytes=settings.max_media_bytes)
         self.metrics = Metrics(lambda: self.engine.stats if self.engine is not None else None)
+        # one picture at a time: a diffusers pipeline keeps per-call state (its scheduler's timesteps)
+        self.draw_lock = threading.Lock()
 
     # --- life cycle -------------------------------------------------------------------------------------
 
@@ -77,6 +81,7 @@ class Server:
         started = time.perf_counter()
         try:
             llm = load(model, **load_kwargs)
+            self.attach_generator(llm)
         except Exception as exc:  # noqa: BLE001 - reported by /health and to the caller's hook
             logger.error("could not load the model %r: %s", model, exc)
             self.load_error = exc
@@ -85,6 +90,13 @@ class Server:
             return
         self.metrics.load_seconds.set(time.perf_counter() - started)
         self.attach(llm)
+
+    def attach_generator(self, llm) -> None:
+        """Stable unCLIP from the settings' folder, checked and loaded before the model is served."""
+        if self.settings.unclip_dir:
+            from ibllm_agent.image_generation import attach_unclip
+
+            attach_unclip(llm, self.settings.unclip_dir)
 
     def attach(self, llm) -> None:
         s = self.settings
@@ -95,11 +107,19 @@ class Server:
         self.name = self.chat.model_name
         self.engine = Engine(llm, max_batch=s.max_batch, max_queue=s.max_queue).start()
         self.llm = llm  # last: its presence means ready
-        logger.info("serving %s", llm.card.banner())
+        logger.info("serving %s: %s", llm.card.banner(), llm.card.placement)
 
     def close(self) -> None:
         if self.engine is not None:
             self.engine.stop(deadline_s=self.settings.shutdown_timeout_s)
+
+    def health(self) -> tuple[int, dict]:
+        """(status, body) of `GET /health`; also Ray Serve's health check of a replica."""
+        if self.llm is None:
+            return 503, {"status": "error" if self.load_error else "loading"}
+        if not self.engine.alive:
+            return 503, {"status": "error", "detail": "the decoding engine has stopped"}
+        return 200, {"status": "ok", "model": self.name}
 
     def require_ready(self, model: str | None = None) -> None:
         if self.llm is None:
@@ -113,7 +133,16 @@ class Server:
         llm = self.llm
         return {"id": self.name, "object": "model", "created": self.created, "owned_by": "ibllm",
                 "ibllm": {"feature_dim": int(llm.feature_dim), "max_seq_len": int(llm.max_seq_len),
-                          "toy": llm.card.is_toy, "visual_cache": llm.visual_cache is not None}}
+                          "toy": llm.card.is_toy, "visual_cache": llm.visual_cache is not None,
+                          "quantize": llm.card.quantize, "placement": llm.card.placement,
+                          "image_generator": self.generator_name()}}
+
+    def generator_name(self) -> str | None:
+        """What draws on /v1/images/generations: the attached generator, the toy's decoder, or nothing."""
+        llm = self.llm
+        if llm.image_generator is not None:
+            return llm.image_generator.name
+        return "toy-decoder" if llm.card.is_toy else None
 
     # --- chat -------------------------------------------------------------------------------------------
 
@@ -187,6 +216,21 @@ class Server:
                 out[i] = self.embeddings.embed_media([item.source], item.modality)[0]
         return out
 
+    def draw(self, request: protocol.ImageRequest, params, visual_cache):
+        """One picture of the request's media parts (read as a chat message's are) -> `DrawResult`."""
+        from ibllm_agent.chat_models import load_media_parts
+        from ibllm_agent.image_generation import generate_image
+
+        extensions = request.ibllm
+        parts = [self.media_part(p, f"ibllm.inputs.{i}") for i, p in enumerate(extensions.inputs)]
+        weights = extensions.weights if extensions.weights is not None else [1.0] * len(parts)
+        if len(weights) != len(parts):
+            raise bad_request(f"ibllm.weights has {len(weights)} weights for {len(parts)} inputs",
+                              param="ibllm.weights")
+        media = load_media_parts(parts)
+        with self.draw_lock:
+            return generate_image(self.llm, list(zip(media, weights)), request.prompt, params, visual_cache)
+
     def evaluate(self, request: protocol.VectorRequest) -> tuple[torch.Tensor, str]:
         """An embedding expression over the request's named inputs and the kept handles -> (vector, text)."""
         try:
@@ -244,6 +288,7 @@ def create_app(model: Any = "toy", *, settings: ServeSettings | None = None,
             threading.Thread(target=server.load, args=(model, load_kwargs, on_load_error), name="ibllm-load",
                              daemon=True).start()
         else:
+            server.attach_generator(model)
             server.attach(model)
         yield
         await run_in_threadpool(server.close)
@@ -257,10 +302,8 @@ def create_app(model: Any = "toy", *, settings: ServeSettings | None = None,
 
     @app.get("/health")
     async def health():
-        if server.llm is None:
-            status = "error" if server.load_error else "loading"
-            return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
-        return {"status": "ok", "model": server.name}
+        status, body = server.health()
+        return JSONResponse(body, status_code=status, headers={"Retry-After": RETRY_AFTER_S} if status != 200 else None)
 
     @app.get("/metrics")
     async def metrics():
@@ -329,6 +372,19 @@ def _v1_routes(server: Server) -> APIRouter:
                 for i, v in enumerate(vectors)]
         return {"object": "list", "data": data, "model": server.name,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    @v1.post("/v1/images/generations")
+    async def images(request: Request):
+        body = protocol.parse_body(protocol.ImageRequest, await request.body())
+        server.require_ready(body.model)
+        params, visual_cache = body.draw_params(), body.visual_cache()
+        if server.generator_name() is None:
+            raise bad_request("this server has no image generator (start it with --unclip-dir, a local Stable "
+                              "unCLIP folder)", code="no_image_generator")
+        result = await _off_loop(server.draw, body, params, visual_cache)
+        return {"created": int(time.time()), "output_format": "png", "size": "{}x{}".format(*result.image.size),
+                "data": [{"b64_json": result.base64(), "revised_prompt": result.prompt}],
+                "ibllm": result.summary()}
 
     @v1.post("/v1/ibllm/arithmetic")
     async def arithmetic(request: Request):

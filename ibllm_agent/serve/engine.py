@@ -169,6 +169,11 @@ class Engine:
             self._thread.join(timeout=max(1.0, deadline_s))
 
     @property
+    def alive(self) -> bool:
+        """Whether the worker thread runs (False before `start`, after `stop`, or if it died)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def stats(self) -> dict[str, int]:
         """For metrics: requests waiting, requests in the running batch, steps run."""
         return {"waiting": len(self._waiting), "running": len(self._running), "steps": self.steps}

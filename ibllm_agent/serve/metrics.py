@@ -11,6 +11,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -49,6 +50,8 @@ class Metrics:
         self.completion_tokens = Counter("ibllm_completion_tokens", "Tokens generated", registry=r)
         self.load_seconds = Gauge("ibllm_model_load_seconds", "Time taken to load the model", registry=r)
         r.register(_EngineCollector(engine_stats))
+        # process_resident_memory_bytes & co. (Linux): what a memory-leak alert or a soak test watches
+        ProcessCollector(registry=r)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

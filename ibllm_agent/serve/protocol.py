@@ -30,7 +30,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ibllm_agent.content_blocks import embedding_block
-from ibllm_agent.params import ParamsError, VisualCacheParams
+from ibllm_agent.params import DrawParams, ParamsError, VisualCacheParams
 
 MAX_EMBEDDING_INPUTS = 2048
 """Inputs one /v1/embeddings request may carry (OpenAI's limit)."""
@@ -184,10 +184,7 @@ class ChatCompletionRequest(_Strict):
             if value is not None:
                 out[key] = value
         if self.ibllm is not None and self.ibllm.visual_cache is not None:
-            try:
-                out["visual_cache"] = VisualCacheParams.of(self.ibllm.visual_cache)
-            except ParamsError as exc:
-                raise bad_request(str(exc), param="ibllm.visual_cache") from None
+            out["visual_cache"] = _visual_cache(self.ibllm.visual_cache)
         return out
 
     def stops(self) -> list[str] | None:
@@ -227,6 +224,77 @@ class CacheSearchRequest(VectorRequest):
         if (self.expression is None) == (self.embedding is None):
             raise ValueError("give exactly one of 'expression' and 'embedding'")
         return self
+
+
+MAX_DRAW_INPUTS = 16
+"""Media one picture may be drawn from."""
+
+
+class DrawExtensions(_Strict):
+    """The "ibllm" object of an image request: the media to draw from and how (`DrawParams`)."""
+
+    inputs: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_DRAW_INPUTS)
+    """Content parts as in a chat message (image_url, input_audio, video_url, file), mixed into one picture."""
+    weights: list[float] | None = None
+    """One mixing weight per input (default 1 each; the reference divides by their sum)."""
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    noise_level: int | None = None
+    visual_cache: bool | dict | None = None
+    """As in a chat request; omitted: used when the model has a cache."""
+
+
+class ImageRequest(_Strict):
+    """`POST /v1/images/generations`: OpenAI's image request, drawing ImageBind-LLM's image output. The media
+    to draw from ride in "ibllm" (the SDK's `extra_body`); the prompt guides Stable unCLIP (the toy ignores
+    it). Only what this server can honour is accepted: one picture, returned as base64 PNG."""
+
+    model: str | None = None
+    prompt: str = ""
+    n: int | None = None
+    size: str | None = None
+    """"WIDTHxHEIGHT" or "auto" (the generator's own size)."""
+    response_format: str | None = None
+    user: str | None = None
+    ibllm: DrawExtensions | None = None
+
+    def draw_params(self) -> DrawParams:
+        """The request's settings, checked (a 400 naming the field)."""
+        if self.n not in (None, 1):
+            raise bad_request("only n=1 is supported", param="n")
+        if self.response_format not in (None, "b64_json"):
+            raise bad_request("only response_format 'b64_json' is supported (the server keeps no pictures to link "
+                              "to)", param="response_format")
+        if self.ibllm is None:
+            raise bad_request("give the media to draw from in ibllm.inputs (content parts, as in a chat message): "
+                              "the picture is drawn from their ImageBind embedding, not from the prompt alone",
+                              param="ibllm.inputs")
+        sides = {}
+        if self.size not in (None, "auto"):
+            match = re.fullmatch(r"([0-9]{1,5})x([0-9]{1,5})", self.size)
+            if match is None:
+                raise bad_request(f"size must be 'WIDTHxHEIGHT' (e.g. '768x768') or 'auto', got {self.size!r}",
+                                  param="size")
+            sides = {"width": int(match[1]), "height": int(match[2])}
+        e = self.ibllm
+        given = {"steps": e.steps, "guidance": e.guidance, "seed": e.seed, "noise_level": e.noise_level}
+        try:
+            return DrawParams(**{k: v for k, v in given.items() if v is not None}, **sides)
+        except ParamsError as exc:
+            field = str(exc).split(" ", 1)[0].removeprefix("draw.")
+            raise bad_request(str(exc), param="size" if field in sides else f"ibllm.{field}") from None
+
+    def visual_cache(self) -> VisualCacheParams | None:
+        return None if self.ibllm is None or self.ibllm.visual_cache is None else _visual_cache(self.ibllm.visual_cache)
+
+
+def _visual_cache(value: bool | dict) -> VisualCacheParams:
+    """The "ibllm" object's visual_cache setting, checked."""
+    try:
+        return VisualCacheParams.of(value)
+    except ParamsError as exc:
+        raise bad_request(str(exc), param="ibllm.visual_cache") from None
 
 
 # --- OpenAI content parts -> LangChain v1 blocks ---------------------------------------------------------

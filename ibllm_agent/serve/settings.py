@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 API_KEY_ENV = "IBLLM_API_KEY"
 """The key when none is given: the server's (`ibllm serve`) and its clients' (remote mode, the app)."""
+REPLICA_HEADER = "x-ibllm-replica"
+"""The response header naming the Ray Serve replica that answered (`ibllm serve --ray`)."""
+
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -31,3 +34,5 @@ class ServeSettings:
     """On shutdown, how long running generations may take to finish before they are cancelled."""
     model_name: str | None = None
     """The model id clients ask for; default the loaded model's name ("toy", "7B", ...)."""
+    unclip_dir: str | None = None
+    """Local Stable unCLIP folder that draws on /v1/images/generations (the toy draws with its own decoder)."""

@@ -38,6 +38,10 @@ def history(at: AppTest):
     return at.session_state.history
 
 
+def has_button(at: AppTest, key: str) -> bool:
+    return any(b.key == key for b in at.button)
+
+
 def test_status_line_names_the_model_device_and_precision(app, app_config):
     status = app.main.caption[0].value
     assert f"**{app_config}**" in status and "cpu" in status and "float32" in status
@@ -234,7 +238,7 @@ def test_a_model_that_cannot_load_is_reported_and_the_toy_is_one_click_away(fold
 
 def test_without_model_folders_the_sidebar_takes_no_paths(app, app_config):
     """The configured model, read-only, and the toy: nothing a visitor types reaches the disk."""
-    assert not app.text_input
+    assert [t.key for t in app.text_input] == ["draw_prompt"]  # the Draw button's prompt; no path anywhere
     choice = app.selectbox(key="model_choice")
     assert choice.options == (["toy (built in)"] if app_config == "toy" else [f"{app_config} (configured)",
                                                                               "toy (built in)"])
@@ -246,7 +250,8 @@ def test_paths_outside_the_model_folders_are_refused_alike_whether_they_exist_or
     refusal = f"that path is outside the model folders ({weights.resolve()}); nothing was loaded."
     inside = str(weights / "7B.pth")  # a real model's name: the toy would not use a LLaMA folder or ImageBind
     for key, label, name in [("model_name", "Model", spec.name), ("llama_dir", "LLaMA folder", inside),
-                             ("imagebind_ckpt", "ImageBind checkpoint", inside), ("cache_index", "Cache index", "")]:
+                             ("imagebind_ckpt", "ImageBind checkpoint", inside), ("cache_index", "Cache index", ""),
+                             ("unclip_dir", "Stable unCLIP folder", "")]:
         for outside in ("/etc/hostname", "/nowhere/7B.pth", "../../../etc/hostname", "/etc", f"{weights}2/x"):
             load(folder_app, **{"model_name": name or spec.name, key: outside})
             assert not folder_app.exception
@@ -287,7 +292,8 @@ def test_debug_shows_the_traceback_under_the_friendly_error(tmp_path, monkeypatc
 
 @pytest.mark.slow
 def test_with_a_server_url_the_app_asks_the_server_and_loads_nothing(tmp_path, monkeypatch, toy_files, needs_toy):
-    """IBLLM_SERVER_URL points the app at an `ibllm serve`: the same answers and explorer, no local model."""
+    """IBLLM_SERVER_URL points the app at an `ibllm serve`: the same answers, drawings and explorer, no local
+    model."""
     from langchain_core.messages import HumanMessage
 
     from ibllm_agent import ChatImageBindLLM, factory
@@ -303,6 +309,10 @@ def test_with_a_server_url_the_app_asks_the_server_and_loads_nothing(tmp_path, m
         attach(at, toy_files["audio"], text="What is this?")
         answer = history(at)[-1]
         assert not at.exception and answer.error is None and answer.neighbors
+        at.button(key="draw_1").click().run()  # the server draws (/v1/images/generations)
+        drawn = history(at)[-1]
+        assert not at.exception and drawn.error is None and drawn.image[:4] == b"\x89PNG"
+        assert "toy-decoder" in drawn.footer()
         monkeypatch.undo()
         block = {"type": "audio", "url": str(toy_files["audio"]), "extras": {"weight": 1.0}}
         local = ChatImageBindLLM(model="toy", visual_cache_index="default", temperature=0, max_tokens=64)
@@ -407,3 +417,32 @@ def test_the_model_form_switches_precision_and_the_status_line_follows(app, app_
     assert "bfloat16" in app.main.caption[0].value
     app.chat_input[0].set_value("What is this?").run()
     assert history(app)[-1].text
+
+
+@pytest.mark.usefixtures("needs_toy")
+def test_draw_button_puts_a_picture_of_the_inputs_in_the_chat(app, toy_files):
+    attach(app, toy_files["audio"], text="What do you hear?")
+    assert not has_button(app, "draw_0")  # a question has no Draw button; its answer (turn 1) has
+    app.button(key="draw_1").click().run()
+    assert not app.exception and not app.error
+    drawn = history(app)[-1]
+    assert drawn.role == "assistant" and drawn.image[:4] == b"\x89PNG" and drawn.error is None
+    assert drawn.footer().startswith("Drawn from :material/graphic_eq: dog_audio_0000.wav · toy-decoder")
+    assert any(c.value.startswith("Drawn from") for c in app.caption)
+    assert not has_button(app, "draw_2")  # a picture has no Draw button of its own
+    app.chat_input[0].set_value("And now?").run()  # the picture stays out of the text history sent
+    assert not app.exception and history(app)[-1].text
+
+
+@pytest.mark.usefixtures("needs_toy")
+def test_draw_offers_only_the_current_inputs_and_reports_a_mix_with_nothing_to_draw(app, toy_files):
+    attach(app, toy_files["image"], toy_files["audio"], text="What is this?")
+    assert has_button(app, "draw_1")
+    image, audio = app.session_state.inputs
+    app.slider(key=f"weight_{audio.key}").set_value(0.5).run()
+    app.toggle(key=f"subtract_{image.key}").set_value(True).run()
+    assert not has_button(app, "draw_1")  # that answer was about other inputs: Draw draws the current ones
+    app.chat_input[0].set_value("And now?").run()
+    app.button(key="draw_3").click().run()  # -1 + 0.5: the reference divides by a negative sum
+    assert not app.exception
+    assert "sum to" in history(app)[-1].error and history(app)[-1].image is None

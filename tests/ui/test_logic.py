@@ -33,7 +33,9 @@ from ui.settings import (
 def test_model_spec_defaults_to_the_toy_with_its_cache():
     spec = ModelSpec()
     assert spec.is_toy
-    assert spec.load_kwargs() == {"llama_type": "7B", "device": "cpu", "knn": True}
+    assert spec.load_kwargs() == {"llama_type": "7B", "knn": True}  # device "auto": the loader's rule (toy: CPU)
+    assert ModelSpec(device="cpu", quantize="int4").load_kwargs() == {"llama_type": "7B", "device": "cpu",
+                                                                      "quantize": "int4", "knn": True}
     official = ModelSpec(name="/w/7B.pth", llama_dir="/w/llama", imagebind_ckpt="/w/ib.pth", device="cuda")
     assert official.load_kwargs() == {"llama_dir": "/w/llama", "llama_type": "7B", "imagebind_ckpt": "/w/ib.pth",
                                       "device": "cuda", "knn": False}
@@ -243,3 +245,15 @@ def test_clips_are_reencoded_as_h264_for_the_browser(toy_files):
     playable = browser_video(original)
     assert playable != original and b"avc1" in playable[:4096]
     assert browser_video(b"not a video") == b"not a video"
+
+
+def test_the_model_panel_shows_the_licences_of_official_weights_only():
+    from types import SimpleNamespace
+
+    from ibllm_agent.card import ModelCard
+    from ui import backend
+
+    assert backend.license_notice(SimpleNamespace(card=ModelCard(name="toy", is_toy=True))) is None
+    assert backend.license_notice(SimpleNamespace(card=ModelCard(name="tiny"))) is None
+    notice = backend.license_notice(SimpleNamespace(card=ModelCard(name="7B")))
+    assert "non-commercial" in notice and "LLaMA-1" in notice and "CC BY-NC-SA 4.0" in notice

@@ -103,7 +103,7 @@ def test_load_into_is_strict_with_sorted_lists_and_assigns_nothing_on_error():
 
 def test_official_layout_round_trip(tiny, official):
     loaded = ibllm_agent.load(str(official["adapter"]), str(official["llama_dir"]),
-                              imagebind_ckpt=str(official["imagebind"]))
+                              imagebind_ckpt=str(official["imagebind"]), dtype="float32")
     assert loaded.card.name == "adapter" and not loaded.card.is_toy
     prompt = ibllm_agent.format_prompt("Describe the dog.")
     feature = torch.randn(tiny.feature_dim, generator=torch.Generator().manual_seed(0))

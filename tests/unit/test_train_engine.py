@@ -136,7 +136,7 @@ def test_pretrain_then_finetune_reduce_the_loss_and_load_like_official_files(tmp
     assert ckpt["step"] == 40 and "optimizer" in ckpt
     save_adapter(model, tmp_path / "final.pth")
     loaded = ibllm_agent.load(str(tmp_path / "final.pth"), llama_dir=files["llama_dir"], llama_type="tiny",
-                              imagebind_ckpt=files["imagebind"])
+                              imagebind_ckpt=files["imagebind"], dtype="float32")
     for k, v in adapter_state_dict(model).items():
         assert torch.equal(loaded.state_dict()[k], v), k
     # and computes exactly what the trained model computes
