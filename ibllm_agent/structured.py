@@ -454,12 +454,14 @@ class StructuredOutputParser(_parser_base()):
     def _validate(self, value, *, partial: bool):
         from langchain_core.exceptions import OutputParserException
         from pydantic import ValidationError
+        from pydantic.v1 import ValidationError as ValidationErrorV1
 
         if self.pydantic_object is None:
             return value
         try:
-            return self.pydantic_object.model_validate(value)
-        except ValidationError as e:
+            cls = self.pydantic_object  # pydantic 2 classes validate with model_validate, pydantic.v1 ones parse_obj
+            return cls.model_validate(value) if hasattr(cls, "model_validate") else cls.parse_obj(value)
+        except (ValidationError, ValidationErrorV1) as e:
             if partial:
                 return None
             raise OutputParserException(f"the answer does not validate as {self.pydantic_object.__name__}: {e}",
