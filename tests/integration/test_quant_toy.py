@@ -71,5 +71,6 @@ def test_toy_evaluation_within_a_point_of_float32(reference):
                           mixture_pairs=2)
         for modality, r in report.results.items():
             b = base.results[modality]
-            assert abs(r.accuracy - b.accuracy) * r.n <= max(1, 0.01 * r.n), (scheme, modality, r.accuracy,
+            # answers apart, counted (1/42 * 42 is 1.0000000000000002 in floats)
+            assert round(abs(r.accuracy - b.accuracy) * r.n) <= max(1, 0.01 * r.n), (scheme, modality, r.accuracy,
                                                                                 b.accuracy)
