@@ -117,10 +117,15 @@ def is_main_process() -> bool:
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup to `lr` over `warmup_steps`, then half-cosine down to `min_lr` at `steps`."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.min_lr)
+
+
+def cosine_lr(step: int, lr: float, warmup_steps: int, steps: int, min_lr: float = 0.0) -> float:
+    """The schedule of `lr_at` for loops that are not a `TrainConfig` stage (the toy image decoder)."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, steps - warmup_steps)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def param_groups(module: nn.Module, weight_decay: float) -> list[dict]:

@@ -20,7 +20,6 @@ own encoders which of the 14 captions each drawn picture is closest to.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 
@@ -31,6 +30,7 @@ from ibllm_agent import modalities as registry
 from ibllm_agent import toy
 from ibllm_agent.image_decoder import DecoderConfig, ToyImageDecoder
 from ibllm_agent.media.image import normalize_channels, transform_image
+from ibllm_agent.train.engine import cosine_lr
 
 logger = logging.getLogger(__name__)
 
@@ -94,13 +94,6 @@ def picture_to_encoder(pictures: torch.Tensor, size: int = 224) -> torch.Tensor:
     return normalize_channels(x.transpose(0, 1)).transpose(0, 1)  # channels first for the (3, ...) statistics
 
 
-def _lr(step: int, recipe: DecoderRecipe) -> float:
-    if step < recipe.warmup_steps:
-        return recipe.lr * (step + 1) / recipe.warmup_steps
-    progress = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
-    return recipe.lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-
 def noisy(embeddings: torch.Tensor, max_noise: float, generator: torch.Generator) -> torch.Tensor:
     """Each unit embedding plus a random direction of norm uniform in [0, max_noise]."""
     direction = F.normalize(torch.randn(embeddings.shape, generator=generator), dim=-1)
@@ -126,7 +119,7 @@ def train_decoder(image_bind, pixels: torch.Tensor, embeddings: torch.Tensor, re
     decoder.train()
     for step in range(recipe.steps):
         for group in opt.param_groups:
-            group["lr"] = _lr(step, recipe)
+            group["lr"] = cosine_lr(step, recipe.lr, recipe.warmup_steps, recipe.steps)
         idx = torch.randint(n, (recipe.batch_size,), generator=g)
         target = pixels[idx].float() / 255  # (B, 3, 112, 112)
         clean = embeddings[idx]
