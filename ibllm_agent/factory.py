@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ibllm_agent import placement
+from ibllm_agent import bind_network, placement
 from ibllm_agent.card import ModelCard
 from ibllm_agent.checkpoint import (
     ADAPTER_ONLY_LLAMA_KEY,
@@ -98,7 +98,10 @@ def read_imagebind(path: str | Path) -> tuple[dict[str, torch.Tensor], ImageBind
     """ImageBind's state dict (un-prefixed) and its sizes: from the shapes, plus `imagebind_config.json`
     beside the file for what shapes cannot tell (head counts, the toy's Point-Bind grouping)."""
     path = Path(path)
-    sd = {k.removeprefix("image_bind."): v for k, v in load_state_dict(path).items()}
+    raw = load_state_dict(path)
+    sd = {k.removeprefix("image_bind."): v for k, v in raw.items()}
+    if isinstance(raw, MappedStateDict):
+        sd = MappedStateDict(sd)
     config = path.parent / "imagebind_config.json"
     overrides = read_imagebind_config(config) if config.is_file() else None  # its errors name the config file
     try:
@@ -125,7 +128,8 @@ def build_from_files(adapter_path: str | Path, llama_dir: str | Path, llama_type
     `is_toy` (bfloat16 on a CPU with native bfloat16), None keeps the CPU in float32 (as before "auto").
     quantize: "int8" / "int4" quantises LLaMA's frozen linear layers (`llama.quant`), layer by layer from
     the file mapping, so a float copy of the whole model never exists; a LLaMA file written by `ibllm
-    quantize` loads as it is (its scheme is read from its tensors; asking for another is an error).
+    quantize` loads as it is (its scheme is read from its tensors; asking for another is an error). The
+    bind network's SwiGLU is then quantised too, in int8 (`bind_network.quantize_for_inference`).
     fuse: fuse q/k/v and w1/w3 into one product each and, for float weights, merge LoRA into them
     (`llama.model.for_inference`); None = on CUDA and whenever quantising, off for float on the CPU (whose
     answers then stay the reference's, bit for bit). Quantised weights keep LoRA apart, in floating point:
@@ -158,7 +162,7 @@ def build_from_files(adapter_path: str | Path, llama_dir: str | Path, llama_type
                               f"{llama_file.parent} has {args.n_layers} layers", file=adapter_path)
     if check_memory and not is_toy:
         placement.check_memory({llama_file: llama_sd, adapter_path: adapter_sd, imagebind_ckpt: imagebind_sd},
-                               replace(place, quantize=quantize), quant.QUANTIZED_LLAMA_WEIGHT.match,
+                               replace(place, quantize=quantize), _quantized_weight,
                                what=f"{name or adapter_path.name} ({llama_file.parent.name} LLaMA)")
 
     files = {"llama": llama_file, "adapter": adapter_path, "imagebind": imagebind_ckpt}
@@ -175,12 +179,23 @@ def build_from_files(adapter_path: str | Path, llama_dir: str | Path, llama_type
     # the file's pages of a tensor converted (or fused, or repacked) can be dropped: torch's or safetensors' mapping
     mapped = device.type == "cpu" and (isinstance(llama_sd, MappedStateDict) or llama_file.suffix == ".safetensors")
     del llama_sd
+    adapter_mapped = device.type == "cpu" and (isinstance(adapter_sd, MappedStateDict)
+                                               or adapter_path.suffix == ".safetensors")
     load_into(model, adapter_sd, file=adapter_path, device=device,
               allowed_missing=lambda k: k.startswith("image_bind.") or FROZEN_LLAMA_KEY.match(k) is not None
-              or (spec is not None and k.startswith("llama.") and k.endswith(quant.QUANTIZED_SUFFIXES)))
+              or (spec is not None and k.startswith("llama.") and k.endswith(quant.QUANTIZED_SUFFIXES)),
+              keep_dtype=bind_network.QUANTIZED_FILE_WEIGHT.match if quantize and adapter_mapped else None)
     del adapter_sd
-    load_into(model.image_bind, imagebind_sd, file=imagebind_ckpt, device=device, ignored_unexpected=())
+    if quantize is not None:
+        bind_network.quantize_for_inference(model.bind, release=release_pages if adapter_mapped else None)
+    # a mapped ImageBind file stays unread until an encoder is used, converted then (vision, which every
+    # question uses, even a text-only one through the blank feature, now)
+    lazy = device.type == "cpu" and (isinstance(imagebind_sd, MappedStateDict) or imagebind_ckpt.suffix == ".safetensors")
+    load_into(model.image_bind, imagebind_sd, file=imagebind_ckpt, device=device, ignored_unexpected=(),
+              keep_dtype=(lambda key: True) if lazy else None)
     del imagebind_sd
+    if lazy:
+        model.image_bind.convert_on_first_use(dtype, release_pages, now=("vision",))
     absent = meta_tensors(model)
     if absent:
         raise CheckpointError(f"{llama_file}, {adapter_path} and {imagebind_ckpt} together lack "
@@ -197,6 +212,13 @@ def build_from_files(adapter_path: str | Path, llama_dir: str | Path, llama_type
         model.card.files["knn_index"] = Path(knn_index)
     model.requires_grad_(False)
     return model.eval()
+
+
+def _quantized_weight(key: str) -> str | bool:
+    """For the memory check: LLaMA's frozen linears take the model's scheme, the bind network's its own."""
+    if bind_network.QUANTIZED_FILE_WEIGHT.match(key):
+        return bind_network.QUANTIZE
+    return quant.QUANTIZED_LLAMA_WEIGHT.match(key) is not None
 
 
 def save_official(model: ImageBindLLM, out_dir: str | Path, llama_type: str = "7B", *,
@@ -225,6 +247,8 @@ def save_official(model: ImageBindLLM, out_dir: str | Path, llama_type: str = "7
     adapter = {k: v for k, v in model.state_dict().items()
                if not k.startswith("image_bind.") and not FROZEN_LLAMA_KEY.match(k)}
     torch.save({"model": adapter}, out / "adapter.pth")
+    for modality in model.image_bind.modalities:
+        model.image_bind.materialize(modality)
     torch.save(model.image_bind.state_dict(), out / "imagebind.pth")
     return {"llama_dir": out / "llama", "adapter": out / "adapter.pth", "imagebind": out / "imagebind.pth"}
 
@@ -314,6 +338,8 @@ def build_tiny(*, device="cpu", dtype=None, phase: str = "finetune", seed: int =
     if place.quantize is not None or fuse:
         for_inference(model.llama, place.dtype, quantize=place.quantize,
                       merge_lora=fuse and place.quantize is None, fuse=fuse)
+    if place.quantize is not None:
+        bind_network.quantize_for_inference(model.bind)
     model.card.quantize = place.quantize
     return model
 

@@ -195,15 +195,17 @@ RUNTIME_BYTES = 1 << 30
 
 def model_bytes(tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype, quantize: str | None,
                 quantized: callable) -> int:
-    """Bytes the weights will take: `quantized(name)` tensors at the quantised size (or as stored, when the
-    file is already quantised: integer tensors), float ones in `dtype`."""
+    """Bytes the weights will take: tensors `quantized(name)` accepts at the quantised size (`quantize`, or the
+    scheme it returns when it returns one; as stored when the file is already quantised: integer tensors),
+    float ones in `dtype`."""
     total = 0
     float_bytes = torch.empty((), dtype=dtype).element_size()
     for name, t in tensors:
+        scheme = quantized(name) if quantize is not None else None
         if not t.is_floating_point():
             total += t.numel() * t.element_size()
-        elif quantize is not None and quantized(name):
-            total += int(t.numel() * bytes_per_weight(quantize, float_bytes))
+        elif scheme:
+            total += int(t.numel() * bytes_per_weight(scheme if isinstance(scheme, str) else quantize, float_bytes))
         else:
             total += t.numel() * float_bytes
     return total

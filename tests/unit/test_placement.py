@@ -8,6 +8,7 @@ import torch
 import ibllm_agent
 from ibllm_agent import placement
 from ibllm_agent.factory import resolve_dtype
+from ibllm_agent.llama import quant
 
 
 def test_auto_picks_the_cpu_here_and_says_why(monkeypatch):
@@ -96,3 +97,17 @@ def test_memory_check_names_what_would_fit(monkeypatch):
     assert need == 1_000_000 + 10 * 1000 * 4
     monkeypatch.setenv("IBLLM_SKIP_MEMORY_CHECK", "1")
     placement.check_memory({"llama": sd}, p, lambda k: True, what="x")
+
+
+def test_memory_estimate_counts_the_bind_network_in_int8_whatever_the_scheme():
+    """The bind network's SwiGLU is quantised to int8 in an int4 model too: the estimate must say so."""
+    from ibllm_agent.factory import _quantized_weight
+
+    sd = {"layers.0.feed_forward.w1.weight": torch.empty(256, 256, dtype=torch.float16),
+          "image_bind_f1_1.weight": torch.empty(256, 256, dtype=torch.float32),
+          "image_bind_proj.weight": torch.empty(256, 16, dtype=torch.float32)}
+    p = placement.resolve_placement("cpu", "bfloat16", "int4")
+    llama = placement.model_bytes(sd.items(), torch.bfloat16, "int4", _quantized_weight)
+    int4, int8 = quant.bytes_per_weight("int4"), quant.bytes_per_weight("int8")
+    assert llama == int(256 * 256 * int4) + int(256 * 256 * int8) + 256 * 16 * 2
+    assert p.quantize == "int4"
