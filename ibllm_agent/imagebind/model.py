@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ibllm_agent.checkpoint import (
@@ -366,6 +368,10 @@ def _check_token_counts(sd: Mapping[str, Tensor], args: ImageBindArgs) -> None:
                 )
 
 
+_CONVERSION_LOCK = threading.Lock()
+"""Held while an encoder's weights are converted on first use (rare: once per modality and model)."""
+
+
 class ImageBindModel(nn.Module):
     """ImageBind encoders for every modality in ``args.modalities``, with upstream state-dict keys."""
 
@@ -426,6 +432,54 @@ class ImageBindModel(nn.Module):
     def modalities(self) -> tuple[str, ...]:
         return self.args.modalities
 
+    def branch(self, modality: str) -> list[nn.Module]:
+        """The modules of one modality's encoder: preprocessor, trunk, head, post-processor (point: its trunk)."""
+        self._check_modality(modality)
+        modules = [getattr(self, c)[modality] for c in ("modality_preprocessors", "modality_trunks",
+                                                        "modality_heads", "modality_postprocessors")
+                   if modality in getattr(self, c)]
+        return modules + [self.point_trunk] if modality == "point" else modules
+
+    def convert_on_first_use(self, dtype: torch.dtype, release: Callable[[Tensor], None] | None = None,
+                             now: tuple[str, ...] = ()) -> None:
+        """Convert each modality's floating-point weights to `dtype` when it is first encoded, not now (`now`:
+        these at once). A model loaded from float32 files in a mapping keeps an unused encoder's weights in
+        the file, unread: on ImageBind-huge text, audio, depth, thermal, IMU and 3D are 1.1 GB in bfloat16.
+        `release(tensor)` gets each source once converted (factory.py drops its file pages)."""
+        self._pending = {m: (dtype, release) for m in self.modalities
+                         if any(t.is_floating_point() and t.dtype != dtype
+                                for module in self.branch(m) for t in [*module.parameters(), *module.buffers()])}
+        for m in now:
+            self.materialize(m)
+
+    def _apply(self, fn, recurse=True):
+        # `.to()`, `.half()`, `.cuda()` act on the weights as loaded would be: convert what is pending first
+        for m in list(getattr(self, "_pending", None) or ()):
+            self.materialize(m)
+        return super()._apply(fn, recurse)
+
+    def materialize(self, modality: str) -> None:
+        """Finish a `convert_on_first_use` for `modality` (nothing when none is pending)."""
+        pending = getattr(self, "_pending", None)
+        if not pending or modality not in pending:
+            return
+        with _CONVERSION_LOCK, torch.inference_mode(False), torch.no_grad():
+            if modality not in pending:  # another thread converted it meanwhile
+                return
+            dtype, release = pending[modality]
+            for module in self.branch(modality):
+                for sub in module.modules():
+                    for table in (sub._parameters, sub._buffers):
+                        for name, t in table.items():
+                            if t is None or not t.is_floating_point() or t.dtype == dtype:
+                                continue
+                            new = t.to(dtype)
+                            table[name] = nn.Parameter(new, requires_grad=t.requires_grad) \
+                                if isinstance(t, nn.Parameter) else new
+                            if release is not None:
+                                release(t)
+            del pending[modality]
+
     def forward(
         self, inputs: Mapping[str, Tensor | None], prenorm: bool = False
     ) -> dict[str, Tensor] | tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -454,6 +508,7 @@ class ImageBindModel(nn.Module):
     def encode(self, modality: str, value: Tensor) -> Tensor:
         """One modality's head output [B, out_embed_dim], before post-processing; ``value`` is not split into clips."""
         self._check_modality(modality)
+        self.materialize(modality)
         head = self.modality_heads[modality]
         if modality == "point":
             return head(self.point_trunk(value))

@@ -51,14 +51,7 @@ def embed(image_bind: nn.Module, modality: str, value: Tensor) -> Tensor:
 
 def modality_parameters(image_bind: nn.Module, modality: str) -> list[nn.Parameter]:
     """The parameters of one modality's encoder (preprocessor, trunk, head, post-processor)."""
-    params = []
-    for container in ("modality_preprocessors", "modality_trunks", "modality_heads", "modality_postprocessors"):
-        modules = getattr(image_bind, container)
-        if modality in modules:
-            params += list(modules[modality].parameters())
-    if modality == "point":
-        params += list(image_bind.point_trunk.parameters())
-    return params
+    return [p for module in image_bind.branch(modality) for p in module.parameters()]
 
 
 def train_only(image_bind: nn.Module, modalities: tuple[str, ...]) -> None:

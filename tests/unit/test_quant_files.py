@@ -94,3 +94,63 @@ def test_a_model_converted_for_inference_is_not_saved_in_the_official_layout(tmp
         save_official(ibllm_agent.load("tiny", fuse=True), tmp_path)
     with pytest.raises(ValueError, match="quantised or fused"):
         save_official(ibllm_agent.load("tiny", quantize="int8"), tmp_path)
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_a_quantised_model_holds_its_bind_network_in_int8(official, scheme):
+    """The bind network's SwiGLU linears (604M weights on the 7B) are quantised with LLaMA, always in int8;
+    its projection stays float. Its output stays close to the float network's."""
+    float_model = load_official(official)
+    model = load_official(official, quantize=scheme)
+    for block in model.bind.blocks:
+        for name in ("w1", "w2", "w3"):
+            layer = getattr(block, name)
+            assert isinstance(layer, QuantLinear) and layer.quantize == "int8", (name, layer)
+    assert isinstance(model.bind.proj, torch.nn.Linear)
+    feature = torch.randn(3, model.feature_dim, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        got, want = model.bind(feature), float_model.bind(feature)
+    assert torch.allclose(got, want, rtol=0, atol=0.02 * want.abs().max().item())
+    tiny = ibllm_agent.load("tiny", quantize=scheme)
+    assert isinstance(tiny.bind.blocks[0].w1, QuantLinear)
+
+
+def test_imagebind_encoders_are_converted_on_first_use_with_the_eager_answers(official):
+    """From float32 files into bfloat16: vision is converted at load (every question uses it), the other
+    encoders stay in the file, unread, until they encode; then they give what converting everything at
+    once gives, also when two threads ask at the same moment."""
+    import threading
+
+    from ibllm_agent.imagebind import tokenize
+
+    model = ibllm_agent.load(str(official["adapter"]), str(official["llama_dir"]), "tiny",
+                             imagebind_ckpt=str(official["imagebind"]), dtype="bfloat16")
+    ib = model.image_bind
+    assert {p.dtype for m in ib.branch("vision") for p in m.parameters()} == {torch.bfloat16}
+    assert {p.dtype for m in ib.branch("text") for p in m.parameters()} == {torch.float32}
+    eager = ibllm_agent.load(str(official["adapter"]), str(official["llama_dir"]), "tiny",
+                             imagebind_ckpt=str(official["imagebind"]), dtype="float32")
+    eager.image_bind.to(torch.bfloat16)
+    tokens = tokenize(["a dog", "a cat"])
+    results, errors = [], []
+
+    def encode():
+        try:
+            with torch.inference_mode():
+                results.append(ib({"text": tokens})["text"])
+        except Exception as e:  # noqa: BLE001 - the test reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=encode) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    with torch.inference_mode():
+        want = eager.image_bind({"text": tokens})["text"]
+    for got in results:
+        assert torch.equal(got, want)
+    assert {p.dtype for m in ib.branch("text") for p in m.parameters()} == {torch.bfloat16}
+    assert {p.dtype for m in ib.branch("audio") for p in m.parameters()} == {torch.float32}
+    assert all(not p.is_inference() for m in ib.branch("text") for p in m.parameters())
