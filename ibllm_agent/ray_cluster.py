@@ -78,6 +78,12 @@ address, and its servers then listen there): every process of a loopback cluster
 it. `ray start` refuses extra nodes under it, hence `LocalCluster`."""
 
 
+NODE_HEALTH_CHECK = {"health_check_initial_delay_ms": 1000, "health_check_period_ms": 1000,
+                     "health_check_failure_threshold": 3}
+"""How the head tells a lost node: a check a second, dead after 3 failed in a row (Ray's defaults, every 3 s
+and 5 failures, take ~15 s, which the tests that kill a node would wait through every time)."""
+
+
 class LocalCluster:
     """A head and `workers` extra nodes on 127.0.0.1, in a child process (`python -m ibllm_agent.ray_cluster`),
     each node with its own raylet and object store; `address` is the head's GCS, `env` what a driver needs.
@@ -161,7 +167,8 @@ def _serve_local_cluster(spec: dict) -> None:
     temp = tempfile.mkdtemp(prefix="ibllm-ray-", dir="/tmp")
     common = {"node_ip_address": "127.0.0.1", "object_store_memory": spec["object_store_bytes"]}
     cluster = Cluster(initialize_head=True, head_node_args={
-        **common, "num_cpus": spec["head_cpus"], "include_dashboard": False, "temp_dir": temp})
+        **common, "num_cpus": spec["head_cpus"], "include_dashboard": False, "temp_dir": temp,
+        "_system_config": NODE_HEALTH_CHECK})
 
     def add_worker():
         cluster.add_node(**common, num_cpus=spec["worker_cpus"])

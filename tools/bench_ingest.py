@@ -3,8 +3,8 @@ measured in one run on this machine.
 
     python tools/bench_ingest.py [--n 16] [--rounds 3] [--only image,audio] [--json out.json]
 
-Inputs are toy-world files (image PNG, audio WAV/MP3, video MP4, point PLY) encoded by the shipped toy model
-into a fresh in-memory Chroma collection, one modality at a time. Each round builds n and then 2n files
+Inputs are toy-world files of every medium (image PNG, audio WAV/MP3, video MP4, point PLY, depth, thermal,
+IMU) encoded by the shipped toy model into a fresh in-memory Chroma collection, one modality at a time. Each round builds n and then 2n files
 with both builds, interleaved (single n, Ray n, single 2n, Ray 2n), so that a build's per-item cost,
 (T(2n) - T(n)) / n, and its fixed cost, T(n) - n * per-item, come from the same state of a shared machine.
 The Ray build runs on a `LocalCluster` on 127.0.0.1 with this machine's CPUs: one embedding actor, decode
@@ -34,6 +34,7 @@ os.environ.update(LOOPBACK_ENV)  # read by Ray when it is imported: this driver 
 import chromadb  # noqa: E402
 
 import ibllm_agent  # noqa: E402
+from ibllm_agent import modalities as registry  # noqa: E402
 from ibllm_agent.cache.build import build_from_media, list_media  # noqa: E402
 from ibllm_agent.cache.chroma import ChromaCache  # noqa: E402
 from ibllm_agent.cache.ray_data import RayBuildOptions, build_with_ray  # noqa: E402
@@ -41,7 +42,7 @@ from ibllm_agent.media import load_media  # noqa: E402
 from ibllm_agent.ray_cluster import LocalCluster, connect  # noqa: E402
 from ibllm_agent.toy import CONCEPT_NAMES, ToyWorld  # noqa: E402
 
-MEDIA = ("image", "audio", "video", "point")
+MEDIA = registry.MEDIA
 BATCH = 16
 
 
@@ -124,11 +125,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default=",".join(MEDIA), help="comma-separated modalities")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--object-store-mb", type=int, default=512,
+                        help="the cluster's object store (a batch of 16 decoded videos is ~290 MB)")
     args = parser.parse_args()
 
     model = ibllm_agent.load("toy")
     results = {}
-    with tempfile.TemporaryDirectory() as tmp, LocalCluster(head_cpus=os.cpu_count() or 2, workers=0) as cluster:
+    with tempfile.TemporaryDirectory() as tmp, LocalCluster(
+            head_cpus=os.cpu_count() or 2, workers=0, object_store_bytes=args.object_store_mb << 20) as cluster:
         connect(cluster.address)
         builds = Builds(model, chromadb.EphemeralClient(settings=chromadb.config.Settings(anonymized_telemetry=False)))
         for modality in args.only.split(","):

@@ -166,23 +166,23 @@ def build_from_media(items: Sequence[MediaItem], cache: VisualCache,
 
     modalities = {registry.canonical(m) for m in modalities}
     report = BuildReport(inputs=len(items))
-    ids: dict[str, MediaItem] = {}
-    for item in tqdm(items, desc="hashing", unit="file", disable=not progress):
+    ids: dict[str, tuple[int, MediaItem]] = {}  # content id -> the first file of it and its position
+    for position, item in enumerate(tqdm(items, desc="hashing", unit="file", disable=not progress)):
         if item.problem:
             report.failed.append((str(item.path), item.problem))
             continue
         try:
-            ids.setdefault(item.content_id(), item)
+            ids.setdefault(item.content_id(), (position, item))
         except OSError as e:
             report.failed.append((str(item.path), str(e)))
     report.unique = len(ids)
     present = cache.existing_ids(list(ids))
     report.already_present = len(present)
-    todo = [(i, item) for i, item in ids.items() if i not in present]
+    todo = [(i, position, item) for i, (position, item) in ids.items() if i not in present]
     bar = tqdm(total=len(todo), desc="encoding", unit="file", disable=not progress)
     for lo in range(0, len(todo), batch_size):
         loaded, keep = [], []
-        for item_id, item in todo[lo:lo + batch_size]:
+        for item_id, position, item in todo[lo:lo + batch_size]:
             try:
                 media = load(item.path, item.modality)
             except MediaError as e:
@@ -192,16 +192,24 @@ def build_from_media(items: Sequence[MediaItem], cache: VisualCache,
                 report.skipped_modality += 1
                 continue
             loaded.append(media)
-            keep.append((item_id, item))
+            keep.append((item_id, position, item))
         if loaded:
             vectors = np.asarray(encode(loaded), dtype=np.float32)  # (n, dim)
-            metas = [item_metadata(item, media, item_id) for (item_id, item), media in zip(keep, loaded)]
-            report.added += cache.add(vectors, ids=[i for i, _ in keep], metadatas=metas)
+            metas = [item_metadata(item, media, item_id) for (item_id, _, item), media in zip(keep, loaded)]
+            report.added += add_in_order(cache, vectors, [k[0] for k in keep], metas, [k[1] for k in keep])
         bar.update(min(batch_size, len(todo) - lo))
     bar.close()
     for path, reason in report.failed:
         logger.warning("not added: %s (%s)", path, reason)
     return report
+
+
+def add_in_order(cache, vectors: np.ndarray, ids: list[str], metadatas: list[dict], positions: list[int]) -> int:
+    """`cache.add` of a build's batch; a writer that orders its items itself (`FaissShards`, whose merged
+    index follows the listing) is also given each item's position in the listing."""
+    if getattr(cache, "takes_positions", False):
+        return cache.add(vectors, ids=ids, metadatas=metadatas, positions=positions)
+    return cache.add(vectors, ids=ids, metadatas=metadatas)
 
 
 def item_metadata(item: MediaItem, media, item_id: str) -> dict:

@@ -29,9 +29,12 @@ def register(subparsers) -> None:
                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("build", help="encode a folder or CSV of media into a Chroma collection")
+    p = sub.add_parser("build", help="encode a folder or CSV of media into a Chroma collection or a FAISS index")
     p.add_argument("source", type=Path, help="a folder (all files below it) or a CSV with a `path` column")
-    _chroma_args(p, required=True)
+    _chroma_args(p, required=False)
+    p.add_argument("--faiss", type=Path, metavar="OUT",
+                   help="write an exact FAISS index (knn.index format, ids and metadata in OUT.meta.sqlite) "
+                        "instead of a Chroma collection: shards under OUT.shards/, merged at the end")
     _model_args(p)
     p.add_argument("--batch-size", type=int, default=16, help="files encoded at once")
     p.add_argument("--modalities", default=",".join(modalities.MEDIA),
@@ -156,17 +159,33 @@ def _load_model(args):
 def _build(args) -> int:
     from ibllm_agent.cache.build import build_from_media, list_media
 
+    if (args.collection is None) == (args.faiss is None):
+        raise CacheError("name one target: --collection NAME (Chroma) or --faiss OUT (a FAISS index)")
+    if args.faiss is not None and args.url is not None:
+        raise CacheError("--url names a Chroma server; a --faiss build writes a file")
     items = list_media(args.source)
     wanted = [m.strip() for m in args.modalities.split(",") if m.strip()]
     if args.ray:
         report, cache = _build_on_ray(args, items, wanted)
     else:
         model = _load_model(args)
-        cache = _open_chroma(args, dim=model.feature_dim)
+        cache = _open_build_target(args, model.feature_dim)
         report = build_from_media(items, cache, model.encode, batch_size=args.batch_size, modalities=wanted,
                                   progress=True)
-    print(json.dumps({"collection": args.collection, "count": len(cache), **report.__dict__}, indent=1))
+    if args.faiss is not None:
+        cache = cache.merge()
+    target = {"collection": args.collection} if args.faiss is None else {"faiss": str(args.faiss)}
+    print(json.dumps({**target, "count": len(cache), **report.__dict__}, indent=1))
     return 0
+
+
+def _open_build_target(args, dim: int, client=None):
+    """The collection a build adds to, or the shards of its FAISS index (`merge` writes the file)."""
+    if args.faiss is not None:
+        from ibllm_agent.cache.faiss_shards import FaissShards
+
+        return FaissShards(args.faiss, dim)
+    return _open_chroma(args, dim=dim, client=client)
 
 
 def _build_on_ray(args, items, wanted):
@@ -175,13 +194,14 @@ def _build_on_ray(args, items, wanted):
     from ibllm_agent.cache.ray_data import RayBuildOptions, build_with_ray, feature_dim_on_cluster
     from ibllm_agent.ray_cluster import connect
 
-    client = chroma_client(args.path, args.url)  # an unreachable Chroma fails before any cluster work
+    # an unreachable Chroma fails before any cluster work
+    client = chroma_client(args.path, args.url) if args.faiss is None else None
     connect(args.address)
     options = RayBuildOptions(batch_size=args.batch_size, embed_actors=args.embed_actors,
                               gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
                               write_batch=args.write_batch, timeout_s=args.timeout)
     load_kwargs = {"llama_dir": args.llama_dir, "imagebind_ckpt": args.imagebind_ckpt, "device": args.device}
-    cache = _open_chroma(args, dim=feature_dim_on_cluster(args.model, load_kwargs, options), client=client)
+    cache = _open_build_target(args, feature_dim_on_cluster(args.model, load_kwargs, options), client=client)
     return build_with_ray(items, cache, args.model, load_kwargs, modalities=wanted, options=options,
                           progress=True), cache
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from ibllm_agent import modalities as registry
 from ibllm_agent.cache.base import CacheError, VisualCache
-from ibllm_agent.cache.build import DEFAULT_MODALITIES, BuildReport, MediaItem, item_metadata
+from ibllm_agent.cache.build import DEFAULT_MODALITIES, BuildReport, MediaItem, add_in_order, item_metadata
 from ibllm_agent.ray_cluster import ClusterError
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def build_with_ray(items: Sequence[MediaItem], cache: VisualCache, model: str, l
     hashed = ray.data.from_items([{"position": p, "path": str(item.path)} for p, item in readable],
                                  override_num_blocks=_blocks(len(readable), HASH_BATCH))
     hashed = hashed.map_batches(_hash_batch, batch_size=HASH_BATCH, batch_format="pyarrow")
-    ids: dict[str, MediaItem] = {}
+    ids: dict[str, tuple[int, MediaItem]] = {}  # content id -> the first file of it and its position
     by_position = dict(readable)
     found = sorted(row for batch in _within(hashed.iter_batches(batch_size=None, batch_format="pyarrow"), deadline)
                    for row in zip(batch["position"].to_pylist(), batch["id"].to_pylist(),
@@ -98,12 +98,13 @@ def build_with_ray(items: Sequence[MediaItem], cache: VisualCache, model: str, l
         if error:
             report.failed.append((str(item.path), error))
         else:
-            ids.setdefault(item_id, item)
+            ids.setdefault(item_id, (position, item))
     report.unique = len(ids)
     present = cache.existing_ids(list(ids))
     report.already_present = len(present)
-    todo = [{"id": i, "path": str(item.path), "modality": item.modality or "", "caption": item.caption or "",
-             "extra": json.dumps(item.extra)} for i, item in ids.items() if i not in present]
+    todo = [{"id": i, "position": position, "path": str(item.path), "modality": item.modality or "",
+             "caption": item.caption or "", "extra": json.dumps(item.extra)}
+            for i, (position, item) in ids.items() if i not in present]
     if not todo:
         return _logged(report)
 
@@ -128,8 +129,9 @@ def build_with_ray(items: Sequence[MediaItem], cache: VisualCache, model: str, l
             else:
                 keep.append(j)
         if keep:
-            report.added += cache.add(batch["vector"][keep], ids=[str(batch["id"][j]) for j in keep],
-                                      metadatas=[json.loads(batch["meta"][j]) for j in keep])
+            report.added += add_in_order(cache, batch["vector"][keep], [str(batch["id"][j]) for j in keep],
+                                         [json.loads(batch["meta"][j]) for j in keep],
+                                         [int(batch["position"][j]) for j in keep])
     return _logged(report)
 
 
@@ -232,8 +234,8 @@ def _decode_batch(batch, modalities: list[str]):
 
     from ibllm_agent.media import MediaError, load_media
 
-    columns = {k: [] for k in ("id", "path", "modality", "name", "mime", "tensor", "shape", "dtype", "meta",
-                               "error", "skipped")}
+    columns = {k: [] for k in ("id", "position", "path", "modality", "name", "mime", "tensor", "shape", "dtype",
+                               "meta", "error", "skipped")}
     for row in batch.to_pylist():
         item = MediaItem(Path(row["path"]), row["caption"] or None, row["modality"] or None, json.loads(row["extra"]))
         media, error = None, ""
@@ -245,8 +247,8 @@ def _decode_batch(batch, modalities: list[str]):
             error = f"{item.path}: {e.strerror or e}"
         keep = media is not None and media.modality in modalities
         tensor = media.tensor.contiguous().numpy() if keep else np.zeros(0, np.float32)
-        for key, value in (("id", row["id"]), ("path", row["path"]), ("modality", media.modality if media else ""),
-                           ("name", media.name if media else ""), ("mime", media.mime if media else ""),
+        for key, value in (("id", row["id"]), ("position", row["position"]), ("path", row["path"]),
+                           ("modality", media.modality if media else ""), ("name", media.name if media else ""), ("mime", media.mime if media else ""),
                            ("tensor", tensor.tobytes()), ("shape", json.dumps(tensor.shape)),
                            ("dtype", str(tensor.dtype)),
                            ("meta", json.dumps(item_metadata(item, media, row["id"])) if keep else ""),
@@ -275,6 +277,6 @@ class _Embedder:
             inputs = [MediaInput(r["modality"], torch.from_numpy(np.frombuffer(r["tensor"], r["dtype"]).reshape(
                 json.loads(r["shape"])).copy()), r["name"], r["id"], r["mime"]) for r in (rows[j] for j in ready)]
             vectors[ready] = self.llm.encode(inputs).numpy()
-        return {"id": np.array([r["id"] for r in rows]), "path": np.array([r["path"] for r in rows]),
-                "meta": np.array([r["meta"] for r in rows]), "error": np.array([r["error"] for r in rows]),
+        columns = {k: np.array([r[k] for r in rows]) for k in ("id", "path", "meta", "error")}
+        return {**columns, "position": np.array([r["position"] for r in rows], np.int64),
                 "skipped": np.array([r["skipped"] for r in rows], bool), "vector": vectors}

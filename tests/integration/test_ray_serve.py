@@ -1,6 +1,7 @@
 """`ibllm serve --ray` on a real Ray cluster on 127.0.0.1 (a head and one extra node, small object stores):
 requests spread over two toy replicas and answer as the single-process server does; a replica killed with
-SIGKILL is replaced while the other keeps answering, and the retry of its in-flight request succeeds."""
+SIGKILL is replaced while the other keeps answering, and the retry of its in-flight request succeeds; the
+documented Serve config (examples/ray-serve.yaml) deploys and answers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -31,6 +33,13 @@ def served(cluster):
     with ServerProcess(["--ray", "--address", cluster.address, "--replicas", "2", "--max-batch", "8"],
                        env=LOOPBACK_ENV, ready_timeout_s=300) as process:
         yield process
+
+
+@pytest.fixture(scope="module")
+def expected() -> dict[str, str]:
+    """The single-process server's answer to each prompt."""
+    with ServerProcess(["--model", "toy"]) as single:
+        return {p: chat(single.base, p).json()["choices"][0]["message"]["content"] for p in PROMPTS}
 
 
 def chat(base: str, prompt: str, **extra) -> httpx.Response:
@@ -67,17 +76,49 @@ def stream_to_done(lines) -> bool:
         return False
 
 
-def test_two_replicas_share_the_requests_and_answer_as_one_process(served):
+def test_two_replicas_share_the_requests_and_answer_as_one_process(served, expected):
     replica_pids(served.base, want=2)  # both up (after the kill test, its replacement too)
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda p: chat(served.base, p), PROMPTS * 3))
     assert all(r.status_code == 200 for r in answers), [r.text for r in answers if r.status_code != 200]
     assert len({r.headers[REPLICA_HEADER] for r in answers}) == 2
     assert httpx.get(served.base + "/health", timeout=10).json()["status"] == "ok"
-    with ServerProcess(["--model", "toy"]) as single:
-        expected = {p: chat(single.base, p).json()["choices"][0]["message"]["content"] for p in PROMPTS}
     for prompt, response in zip(PROMPTS * 3, answers):
         assert response.json()["choices"][0]["message"]["content"] == expected[prompt]
+
+
+CONFIG_DRIVER = """
+import sys, yaml
+from ray import serve
+from ray.serve.schema import ServeDeploySchema
+from ibllm_agent.ray_cluster import connect
+
+config = ServeDeploySchema.model_validate(yaml.safe_load(open(sys.argv[2])))  # Serve's own check of the file
+app = config.applications[0]
+module, name = app.import_path.split(":")
+builder = getattr(__import__(module, fromlist=[name]), name)
+connect(sys.argv[1])
+if sys.argv[3] == "deploy":
+    serve.run(builder({**app.args, "replicas": 1}), name="ibllm-config", route_prefix="/config")
+else:
+    serve.delete("ibllm-config")
+"""
+
+
+def test_the_documented_serve_config_deploys_and_answers(cluster, served, expected):
+    """examples/ray-serve.yaml, as Serve reads it: its application built by its import path with its args and
+    deployed beside the module's (one replica: the cluster's 3 CPUs hold the module's two), answering as the
+    single-process server does."""
+    config = Path(__file__).resolve().parents[2] / "examples" / "ray-serve.yaml"
+    driver = [sys.executable, "-c", CONFIG_DRIVER, cluster.address, str(config)]
+    run = subprocess.run([*driver, "deploy"], env=cluster.env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    try:
+        answer = chat(served.base + "/config", "What is a dog?")
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["choices"][0]["message"]["content"] == expected["What is a dog?"]
+    finally:
+        subprocess.run([*driver, "delete"], env=cluster.env, capture_output=True, text=True, timeout=120)
 
 
 def test_a_killed_replica_is_replaced_and_a_retry_succeeds(served):

@@ -128,3 +128,63 @@ def test_model_answers_with_a_chroma_cache_and_names_its_neighbours(tmp_path, ti
     best = neighbors[0][0]
     assert best.metadata["uri"] == str(paths[4].resolve()) and best.score == pytest.approx(1.0, abs=1e-5)
     assert best.weight > neighbors[0][1].weight and sum(n.weight for n in neighbors[0]) == pytest.approx(1.0)
+
+
+def test_faiss_shards_merge_in_listing_order_and_resume(tmp_path, tiny_model):
+    from ibllm_agent.cache.faiss_shards import FaissShards, shard_folder
+
+    paths = write_images(tmp_path / "media", 7, seed=2)
+    items = list_media(tmp_path / "media")
+    reference = FaissCache.create(tiny_model.feature_dim)
+    build_from_media(items, reference, tiny_model.encode, batch_size=3)
+    want_ids, want_vectors, want_metas = next(reference.iter_batches(7))
+
+    calls = []
+
+    def dies_on_the_third_batch(inputs):
+        calls.append(len(inputs))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return tiny_model.encode(inputs)
+
+    out = tmp_path / "knn.index"
+    with pytest.raises(KeyboardInterrupt):  # a build killed before its merge keeps its full shards
+        build_from_media(items, FaissShards(out, tiny_model.feature_dim, shard_rows=2), dies_on_the_third_batch,
+                         batch_size=2)
+    assert len(list(shard_folder(out).glob("*.npz"))) == 2 and not out.exists()
+    rerun = FaissShards(out, tiny_model.feature_dim, shard_rows=2)
+    report = build_from_media(items, rerun, tiny_model.encode, batch_size=2)
+    assert (report.already_present, report.added) == (4, 3)
+    assert len(rerun.merge()) == 7 and not shard_folder(out).exists()
+    got_ids, got_vectors, got_metas = next(FaissCache.load(out).iter_batches(7))
+    assert got_ids == want_ids and got_metas == want_metas  # the order of one uninterrupted build
+    assert [m["uri"] for m in got_metas] == [str(p.resolve()) for p in paths]
+    np.testing.assert_allclose(got_vectors, want_vectors, atol=1e-6, rtol=0)
+
+    # items that arrive out of order (a Ray build's batches) are merged in the order of their positions
+    shuffled = FaissShards(tmp_path / "shuffled.index", tiny_model.feature_dim, shard_rows=3)
+    for rows in ([5, 2], [6, 0, 3], [1, 4]):
+        shuffled.add(want_vectors[rows], ids=[want_ids[r] for r in rows], metadatas=[want_metas[r] for r in rows],
+                     positions=rows)
+    assert next(shuffled.merge().iter_batches(7))[0] == want_ids
+
+    # a later build into the merged file stores nothing twice and appends the new files after the old ones
+    more = write_images(tmp_path / "more", 1, seed=9)
+    again = FaissShards(out, tiny_model.feature_dim)
+    report = build_from_media(items + list_media(more[0].parent), again, tiny_model.encode)
+    assert (report.already_present, report.added) == (7, 1)
+    assert len(again.merge()) == 8 and next(FaissCache.load(out).iter_batches(8))[0][:7] == want_ids
+
+
+def test_a_shard_of_another_build_is_refused(tmp_path):
+    from ibllm_agent.cache.faiss_shards import FaissShards, shard_folder
+
+    writer = FaissShards(tmp_path / "a.index", 8)
+    writer.add(np.eye(8, dtype=np.float32)[:2], ids=["x", "x"], metadatas=[{}, {}], positions=[0, 1])
+    writer.flush()
+    assert len(FaissShards(tmp_path / "a.index", 8)) == 1
+    with pytest.raises(CacheError, match="not this build's"):
+        FaissShards(tmp_path / "a.index", 4)
+    (shard_folder(tmp_path / "a.index") / "0-bad.npz").write_bytes(b"not a shard")
+    with pytest.raises(CacheError, match="unreadable"):
+        FaissShards(tmp_path / "a.index", 8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import faiss
 import numpy as np
@@ -57,12 +58,17 @@ def test_import_stats_export_roundtrip(tmp_path, knn_index, capsys):
         assert [row[0] for row in approx.search(original.get_vectors(0, 20), 1).ids] == [str(i) for i in range(20)]
 
 
+def pictures(folder, n: int, seed: int):
+    """`folder` with n random 32x32 PNGs p0.png, p1.png, ..."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    return folder
+
+
 def test_build_then_query_a_file_and_a_text(tmp_path, capsys):
-    media = tmp_path / "media"
-    media.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(media / f"p{i}.png")
+    media = pictures(tmp_path / "media", 4, seed=0)
     db = tmp_path / "db"
     code, out, _ = run(capsys, "build", media, "--collection", "photos", "--path", db, "--model", "tiny")
     assert code == 0 and json.loads(out)["added"] == 4
@@ -89,3 +95,22 @@ def test_bad_input_gives_one_line_errors(tmp_path, knn_index, capsys):
     code, _, err = run(capsys, "import-faiss", knn_index, "--collection", "c1c", "--path", tmp_path / "db",
                        "--dim", "512")
     assert code == 2 and "dimension 1024, but the model expects 512" in err
+
+
+def test_build_into_a_faiss_index(tmp_path, capsys):
+    media = pictures(tmp_path / "media", 3, seed=1)
+    (media / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a picture")
+    out = tmp_path / "knn.index"
+    code, out_text, _ = run(capsys, "build", media, "--faiss", out, "--model", "tiny")
+    report = json.loads(out_text)
+    assert code == 0 and (report["faiss"], report["count"], report["added"]) == (str(out), 3, 3)
+    assert [os.path.basename(p) for p, _ in report["failed"]] == ["broken.png"]
+    code, out_text, _ = run(capsys, "build", media, "--faiss", out, "--model", "tiny")
+    assert json.loads(out_text)["already_present"] == 3 and FaissCache.load(out, dim=None).index.ntotal == 3
+    code, out_text, _ = run(capsys, "query", media / "p1.png", "--faiss", out, "--model", "tiny", "-k", "1",
+                            "--json")
+    assert json.loads(out_text)["metadata"]["uri"].endswith("p1.png")
+    code, _, err = run(capsys, "build", media, "--model", "tiny")
+    assert code == 2 and "name one target" in err
+    code, _, err = run(capsys, "build", media, "--faiss", out, "--collection", "c", "--model", "tiny")
+    assert code == 2 and "name one target" in err
