@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 HASH_BATCH = 64
 """Files hashed per task: hashing is I/O, cheap per file, so fewer, larger tasks."""
+SHIP_LIMIT = 4 << 20
+"""A decoded tensor larger than this (bytes) is not passed through the object store: the embedding actor
+decodes the file again. A 40 KB video decodes to 18 MB of float32 clips; shipping those spilled the store
+to disk and made the Ray build 25x slower than one process on video (tools/bench_ingest.py)."""
 
 
 @dataclass(frozen=True)
@@ -235,7 +239,7 @@ def _decode_batch(batch, modalities: list[str]):
     from ibllm_agent.media import MediaError, load_media
 
     columns = {k: [] for k in ("id", "position", "path", "modality", "name", "mime", "tensor", "shape", "dtype",
-                               "meta", "error", "skipped")}
+                               "meta", "error", "skipped", "redecode")}
     for row in batch.to_pylist():
         item = MediaItem(Path(row["path"]), row["caption"] or None, row["modality"] or None, json.loads(row["extra"]))
         media, error = None, ""
@@ -246,13 +250,14 @@ def _decode_batch(batch, modalities: list[str]):
         except OSError as e:  # deleted or made unreadable since it was hashed
             error = f"{item.path}: {e.strerror or e}"
         keep = media is not None and media.modality in modalities
-        tensor = media.tensor.contiguous().numpy() if keep else np.zeros(0, np.float32)
+        redecode = keep and media.tensor.numel() * media.tensor.element_size() > SHIP_LIMIT
+        tensor = media.tensor.contiguous().numpy() if keep and not redecode else np.zeros(0, np.float32)
         for key, value in (("id", row["id"]), ("position", row["position"]), ("path", row["path"]),
                            ("modality", media.modality if media else ""), ("name", media.name if media else ""), ("mime", media.mime if media else ""),
                            ("tensor", tensor.tobytes()), ("shape", json.dumps(tensor.shape)),
                            ("dtype", str(tensor.dtype)),
                            ("meta", json.dumps(item_metadata(item, media, row["id"])) if keep else ""),
-                           ("error", error), ("skipped", media is not None and not keep)):
+                           ("error", error), ("skipped", media is not None and not keep), ("redecode", redecode)):
             columns[key].append(value)
     return pa.table(columns)
 
@@ -266,16 +271,30 @@ class _Embedder:
         self.llm = ibllm_agent.load(model, **load_kwargs)
 
     def __call__(self, batch):
+        from pathlib import Path
+
         import torch
 
-        from ibllm_agent.media import MediaInput
+        from ibllm_agent.media import MediaError, MediaInput, load_media
 
         rows = batch.to_pylist()
         vectors = np.zeros((len(rows), self.llm.feature_dim), np.float32)
-        ready = [j for j, r in enumerate(rows) if not r["error"] and not r["skipped"]]
+        inputs, ready = [], []
+        for j, r in enumerate(rows):
+            if r["error"] or r["skipped"]:
+                continue
+            if r["redecode"]:
+                try:
+                    media = load_media(Path(r["path"]), r["modality"])
+                except (MediaError, OSError) as e:  # changed since the decode task read it
+                    r["error"] = f"{r['path']}: {e}"
+                    continue
+                inputs.append(MediaInput(r["modality"], media.tensor, r["name"], r["id"], r["mime"]))
+            else:
+                inputs.append(MediaInput(r["modality"], torch.from_numpy(np.frombuffer(r["tensor"], r["dtype"]).reshape(
+                    json.loads(r["shape"])).copy()), r["name"], r["id"], r["mime"]))
+            ready.append(j)
         if ready:
-            inputs = [MediaInput(r["modality"], torch.from_numpy(np.frombuffer(r["tensor"], r["dtype"]).reshape(
-                json.loads(r["shape"])).copy()), r["name"], r["id"], r["mime"]) for r in (rows[j] for j in ready)]
             vectors[ready] = self.llm.encode(inputs).numpy()
         columns = {k: np.array([r[k] for r in rows]) for k in ("id", "path", "meta", "error")}
         return {**columns, "position": np.array([r["position"] for r in rows], np.int64),
