@@ -176,11 +176,9 @@ def build_from_files(adapter_path: str | Path, llama_dir: str | Path, llama_type
     keep = quant.QUANTIZED_LLAMA_WEIGHT.match if convert else None
     load_into(model.llama, llama_sd, file=llama_file, allowed_missing=ADAPTER_ONLY_LLAMA_KEY.match, device=device,
               keep_dtype=keep)
-    # the file's pages of a tensor converted (or fused, or repacked) can be dropped: torch's or safetensors' mapping
-    mapped = device.type == "cpu" and (isinstance(llama_sd, MappedStateDict) or llama_file.suffix == ".safetensors")
+    mapped = _in_file_mapping(llama_sd, llama_file, device)
     del llama_sd
-    adapter_mapped = device.type == "cpu" and (isinstance(adapter_sd, MappedStateDict)
-                                               or adapter_path.suffix == ".safetensors")
+    adapter_mapped = _in_file_mapping(adapter_sd, adapter_path, device)
     load_into(model, adapter_sd, file=adapter_path, device=device,
               allowed_missing=lambda k: k.startswith("image_bind.") or FROZEN_LLAMA_KEY.match(k) is not None
               or (spec is not None and k.startswith("llama.") and k.endswith(quant.QUANTIZED_SUFFIXES)),
@@ -190,7 +188,7 @@ def build_from_files(adapter_path: str | Path, llama_dir: str | Path, llama_type
         bind_network.quantize_for_inference(model.bind, release=release_pages if adapter_mapped else None)
     # a mapped ImageBind file stays unread until an encoder is used, converted then (vision, which every
     # question uses, even a text-only one through the blank feature, now)
-    lazy = device.type == "cpu" and (isinstance(imagebind_sd, MappedStateDict) or imagebind_ckpt.suffix == ".safetensors")
+    lazy = _in_file_mapping(imagebind_sd, imagebind_ckpt, device)
     load_into(model.image_bind, imagebind_sd, file=imagebind_ckpt, device=device, ignored_unexpected=(),
               keep_dtype=(lambda key: True) if lazy else None)
     del imagebind_sd
@@ -212,6 +210,12 @@ def build_from_files(adapter_path: str | Path, llama_dir: str | Path, llama_type
         model.card.files["knn_index"] = Path(knn_index)
     model.requires_grad_(False)
     return model.eval()
+
+
+def _in_file_mapping(sd, path: Path, device: torch.device) -> bool:
+    """Whether the tensors of `sd` (read from `path`) stay in torch's or safetensors' file mapping on `device`:
+    then the pages of a tensor once converted (or fused, quantised, repacked) can be dropped (`release_pages`)."""
+    return device.type == "cpu" and (isinstance(sd, MappedStateDict) or path.suffix == ".safetensors")
 
 
 def _quantized_weight(key: str) -> str | bool:
