@@ -135,6 +135,7 @@ class LocalCluster:
         self._reply()
 
     def stop(self) -> None:
+        self._disconnect()
         if self.process.poll() is None:
             self.process.stdin.close()  # end of input: the child shuts the cluster down
             try:
@@ -142,6 +143,15 @@ class LocalCluster:
             except Exception:  # noqa: BLE001 - a child that hangs on shutdown is killed
                 self.process.kill()
                 self.process.wait()
+
+    def _disconnect(self) -> None:
+        """Leave the cluster first if this process joined it: Ray aborts a driver whose cluster vanished, after a
+        minute and without the traceback that ended the `with` block."""
+        import sys
+
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized() and ray.get_runtime_context().gcs_address == self.address:
+            ray.shutdown()
 
     def __enter__(self) -> LocalCluster:
         return self
