@@ -36,7 +36,8 @@ def register(subparsers) -> None:
                    help="write an exact FAISS index (knn.index format, ids and metadata in OUT.meta.sqlite) "
                         "instead of a Chroma collection: shards under OUT.shards/, merged at the end")
     _model_args(p)
-    p.add_argument("--batch-size", type=int, default=16, help="files encoded at once")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="files encoded at once (default: 16; with --ray 64, per decode task and actor call)")
     p.add_argument("--modalities", default=",".join(modalities.MEDIA),
                    help="comma-separated media kinds to keep (add `text` for text files)")
     r = p.add_argument_group("Ray Data (the `ray` extra): the same build over a cluster")
@@ -46,6 +47,8 @@ def register(subparsers) -> None:
     r.add_argument("--embed-actors", type=int, default=1, help="actors holding the model (one per GPU)")
     r.add_argument("--gpus-per-actor", type=float, default=0.0)
     r.add_argument("--cpus-per-actor", type=float, default=1.0)
+    r.add_argument("--threads-per-actor", type=int, default=None,
+                   help="torch threads of an actor embedding on the CPU (default: its node's cores / --embed-actors)")
     r.add_argument("--write-batch", type=int, default=128,
                    help="vectors per write to Chroma (at most its max batch size)")
     r.add_argument("--timeout", type=float, default=None,
@@ -170,7 +173,7 @@ def _build(args) -> int:
     else:
         model = _load_model(args)
         cache = _open_build_target(args, model.feature_dim)
-        report = build_from_media(items, cache, model.encode, batch_size=args.batch_size, modalities=wanted,
+        report = build_from_media(items, cache, model.encode, batch_size=args.batch_size or 16, modalities=wanted,
                                   progress=True)
     if args.faiss is not None:
         cache = cache.merge()
@@ -197,9 +200,9 @@ def _build_on_ray(args, items, wanted):
     # an unreachable Chroma fails before any cluster work
     client = chroma_client(args.path, args.url) if args.faiss is None else None
     connect(args.address)
-    options = RayBuildOptions(batch_size=args.batch_size, embed_actors=args.embed_actors,
+    options = RayBuildOptions(batch_size=args.batch_size or RayBuildOptions.batch_size, embed_actors=args.embed_actors,
                               gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
-                              write_batch=args.write_batch, timeout_s=args.timeout)
+                              threads_per_actor=args.threads_per_actor, write_batch=args.write_batch, timeout_s=args.timeout)
     load_kwargs = {"llama_dir": args.llama_dir, "imagebind_ckpt": args.imagebind_ckpt, "device": args.device}
     cache = _open_build_target(args, feature_dim_on_cluster(args.model, load_kwargs, options), client=client)
     return build_with_ray(items, cache, args.model, load_kwargs, modalities=wanted, options=options,

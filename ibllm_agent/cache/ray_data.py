@@ -40,18 +40,31 @@ SHIP_LIMIT = 4 << 20
 """A decoded tensor larger than this (bytes) is not passed through the object store: the embedding actor
 decodes the file again. A 40 KB video decodes to 18 MB of float32 clips; shipping those spilled the store
 to disk and made the Ray build 25x slower than one process on video (tools/bench_ingest.py)."""
+CALL_BYTES = 256 << 20
+"""Decoded input a model call holds at most (or one file's, if larger): a batch of 64 videos is 1.2 GB of
+clips, and the toy's actor grew to 3.1 GB on it; 256 MB is what the single process's batch of 16 holds."""
+
+ACTOR_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+"""The embedding actors' OpenMP threads sleep between model calls instead of spinning: spinning, they took
+the cores the decode tasks beside them needed (images: 5.7 -> 4.9 ms/item on 2 cores, tools/bench_ingest.py)."""
 
 
 @dataclass(frozen=True)
 class RayBuildOptions:
     """How the pipeline uses the cluster (the `ibllm cache build --ray` flags)."""
 
-    batch_size: int = 16
-    """Files decoded per task and encoded per model call."""
+    batch_size: int = 64
+    """Files decoded per task and encoded per model call. Larger than the single process's 16: each task and
+    each actor call has a fixed cost, which at 16 held the Ray build to ~0.8x the single process's per-item
+    rate on 2 cores and at 64 no longer (tools/bench_ingest.py); one process measured no faster at 64."""
     embed_actors: int = 1
     """Actors holding the model (one per GPU on a GPU cluster)."""
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
+    threads_per_actor: int | None = None
+    """Torch threads of an actor embedding on the CPU. Ray sets them to the actor's `cpus_per_actor` (1), which
+    halved the rate of encode-bound media (point clouds, video) against one process using every core; the
+    default gives each actor an equal share of its node's cores (the decode tasks take turns on them)."""
     write_batch: int = 128
     """Vectors per add to the cache (capped at Chroma's max batch size): what a killed build may have to
     embed again, against fewer, larger writes."""
@@ -119,9 +132,10 @@ def build_with_ray(items: Sequence[MediaItem], cache: VisualCache, model: str, l
         _decode_batch, fn_kwargs={"modalities": modalities}, batch_size=options.batch_size, batch_format="pyarrow",
         memory=options.decode_memory_bytes)
     embedded = decoded.map_batches(
-        _Embedder, fn_constructor_args=(model, load_kwargs), batch_size=options.batch_size, batch_format="pyarrow",
+        _Embedder, fn_constructor_args=(model, load_kwargs, options.threads_per_actor or 0, options.embed_actors),
+        batch_size=options.batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=options.embed_actors), num_gpus=options.gpus_per_actor,
-        num_cpus=options.cpus_per_actor)
+        num_cpus=options.cpus_per_actor, runtime_env={"env_vars": ACTOR_ENV})
     write_batch = min(options.write_batch, getattr(cache, "max_batch_size", options.write_batch))
     for batch in _within(embedded.iter_batches(batch_size=write_batch, batch_format="numpy"), deadline):
         keep = []
@@ -265,10 +279,16 @@ def _decode_batch(batch, modalities: list[str]):
 class _Embedder:
     """An actor of the pool: loads the model once, then encodes batches of decoded files."""
 
-    def __init__(self, model: str, load_kwargs: dict):
+    def __init__(self, model: str, load_kwargs: dict, threads: int, actors: int):
+        import os
+
+        import torch
+
         import ibllm_agent
 
         self.llm = ibllm_agent.load(model, **load_kwargs)
+        if self.llm.device.type == "cpu":
+            torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // actors))
 
     def __call__(self, batch):
         from pathlib import Path
@@ -279,7 +299,14 @@ class _Embedder:
 
         rows = batch.to_pylist()
         vectors = np.zeros((len(rows), self.llm.feature_dim), np.float32)
-        inputs, ready = [], []
+        inputs, ready, held = [], [], 0
+
+        def encode():
+            if ready:
+                vectors[ready] = self.llm.encode(inputs).numpy()
+            inputs.clear()
+            ready.clear()
+
         for j, r in enumerate(rows):
             if r["error"] or r["skipped"]:
                 continue
@@ -294,8 +321,11 @@ class _Embedder:
                 inputs.append(MediaInput(r["modality"], torch.from_numpy(np.frombuffer(r["tensor"], r["dtype"]).reshape(
                     json.loads(r["shape"])).copy()), r["name"], r["id"], r["mime"]))
             ready.append(j)
-        if ready:
-            vectors[ready] = self.llm.encode(inputs).numpy()
+            held += inputs[-1].tensor.numel() * inputs[-1].tensor.element_size()
+            if held >= CALL_BYTES:
+                encode()
+                held = 0
+        encode()
         columns = {k: np.array([r[k] for r in rows]) for k in ("id", "path", "meta", "error")}
         return {**columns, "position": np.array([r["position"] for r in rows], np.int64),
                 "skipped": np.array([r["skipped"] for r in rows], bool), "vector": vectors}
