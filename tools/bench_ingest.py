@@ -1,7 +1,7 @@
 """Cache ingestion throughput: items/s per modality of the single-process build and of the Ray Data build,
 measured in one run on this machine.
 
-    python tools/bench_ingest.py [--n 16] [--rounds 3] [--only image,audio] [--json out.json]
+    python tools/bench_ingest.py [--n 64] [--rounds 3] [--only image,audio] [--whole 4096] [--json out.json]
 
 Inputs are toy-world files of every medium (image PNG, audio WAV/MP3, video MP4, point PLY, depth, thermal,
 IMU) encoded by the shipped toy model into a fresh in-memory Chroma collection, one modality at a time. Each round builds n and then 2n files
@@ -57,8 +57,8 @@ def write_inputs(folder: Path, modality: str, count: int) -> list[Path]:
 class Builds:
     """Times both builds of a list of files into fresh collections of one in-memory Chroma."""
 
-    def __init__(self, model, client):
-        self.model, self.client, self.runs = model, client, 0
+    def __init__(self, model, client, options: RayBuildOptions, single_batch: int):
+        self.model, self.client, self.options, self.single_batch, self.runs = model, client, options, single_batch, 0
 
     def _cache(self):
         self.runs += 1
@@ -67,7 +67,7 @@ class Builds:
     def single(self, folder: Path) -> float:
         items, cache = list_media(folder), self._cache()
         started = time.perf_counter()
-        report = build_from_media(items, cache, self.model.encode, batch_size=BATCH)
+        report = build_from_media(items, cache, self.model.encode, batch_size=self.single_batch)
         elapsed = time.perf_counter() - started
         assert report.added == len(items), report
         return elapsed
@@ -75,7 +75,7 @@ class Builds:
     def ray(self, folder: Path) -> float:
         items, cache = list_media(folder), self._cache()
         started = time.perf_counter()
-        report = build_with_ray(items, cache, "toy", {}, options=RayBuildOptions(batch_size=BATCH))
+        report = build_with_ray(items, cache, "toy", {}, options=self.options)
         elapsed = time.perf_counter() - started
         assert report.added == len(items), report
         return elapsed
@@ -121,12 +121,20 @@ def summary(values: list[float], best=min) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=16, help="files of the short build; the long one has 2n")
+    parser.add_argument("--n", type=int, default=64, help="files of the short build; the long one has 2n")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default=",".join(MEDIA), help="comma-separated modalities")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--object-store-mb", type=int, default=512,
                         help="the cluster's object store (a batch of 16 decoded videos is ~290 MB)")
+    parser.add_argument("--whole", type=int, default=0, metavar="N",
+                        help="also time both whole builds of N image files (interleaved, --rounds times)")
+    parser.add_argument("--single-batch", type=int, default=BATCH,
+                        help="files per model call of the single process (its default; 64 measured no faster)")
+    parser.add_argument("--ray-batch", type=int, default=RayBuildOptions().batch_size,
+                        help="files per decode task and per actor call (the Ray build's default)")
+    parser.add_argument("--threads-per-actor", type=int, default=None,
+                        help="torch threads of the embedding actor (default: the build's, all the node's cores)")
     args = parser.parse_args()
 
     model = ibllm_agent.load("toy")
@@ -134,7 +142,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, LocalCluster(
             head_cpus=os.cpu_count() or 2, workers=0, object_store_bytes=args.object_store_mb << 20) as cluster:
         connect(cluster.address)
-        builds = Builds(model, chromadb.EphemeralClient(settings=chromadb.config.Settings(anonymized_telemetry=False)))
+        builds = Builds(model, chromadb.EphemeralClient(settings=chromadb.config.Settings(anonymized_telemetry=False)),
+                        RayBuildOptions(batch_size=args.ray_batch,
+                                        threads_per_actor=args.threads_per_actor), args.single_batch)
         for modality in args.only.split(","):
             files = write_inputs(Path(tmp), modality, 2 * args.n)
             short, long = Path(tmp) / f"{modality}-short", Path(tmp) / f"{modality}-long"
@@ -146,8 +156,8 @@ def main() -> int:
             times = {"single": ([], []), "ray": ([], [])}
             for _ in range(args.rounds):
                 for i, folder in enumerate((short, long)):
-                    times["single"][i].append(builds.single(folder))
-                    times["ray"][i].append(builds.ray(folder))
+                    for build in ("single", "ray"):
+                        times[build][i].append(getattr(builds, build)(folder))
             row = {}
             for build, (t_short, t_long) in times.items():
                 per_item = [(b - a) / args.n for a, b in zip(t_short, t_long)]
@@ -170,6 +180,18 @@ def main() -> int:
                   f"ray/single marginal rate {row['ray_marginal_rate_vs_single']['median']:.2f} "
                   f"(best {row['ray_marginal_rate_vs_single']['best']:.2f}), end to end {row['ray_end_to_end_rate_vs_single_2n']['median']:.2f}   "
                   f"decode {decode:.1f} ms, encode {encode:.1f} ms", flush=True)
+        if args.whole:
+            folder = write_inputs(Path(tmp) / "whole", "image", args.whole)[0].parent
+            runs = {"single": [], "ray": []}
+            for _ in range(args.rounds):
+                for build in runs:
+                    runs[build].append(getattr(builds, build)(folder))
+            ratios = [s / r for s, r in zip(runs["single"], runs["ray"])]
+            results["whole_job_images"] = {"files": args.whole, **{k: summary(v) for k, v in runs.items()},
+                                           "ray_rate_vs_single": summary(ratios, best=max)}
+            print(f"whole job, {args.whole} images: single {statistics.median(runs['single']):.1f} s, "
+                  f"ray {statistics.median(runs['ray']):.1f} s, ray/single rate {statistics.median(ratios):.2f} "
+                  f"(best {max(ratios):.2f})", flush=True)
         photo = photo_decode_ms(Path(tmp))
         print(f"1024x768 JPEG photo: decode + preprocess {photo['median']:.1f} ms (best {photo['best']:.1f})")
     if args.json:
