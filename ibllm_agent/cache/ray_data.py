@@ -42,11 +42,12 @@ decodes the file again. A 40 KB video decodes to 18 MB of float32 clips; shippin
 to disk and made the Ray build 25x slower than one process on video (tools/bench_ingest.py)."""
 CALL_BYTES = 256 << 20
 """Decoded input a model call holds at most (or one file's, if larger): a batch of 64 videos is 1.2 GB of
-clips, and the toy's actor grew to 3.1 GB on it; 256 MB is what the single process's batch of 16 holds."""
+clips, and the toy's actor grew to 3.1 GB on it; 256 MB is about what the single process's batch of 16 holds."""
 
 ACTOR_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 """The embedding actors' OpenMP threads sleep between model calls instead of spinning: spinning, they took
-the cores the decode tasks beside them needed (images: 5.7 -> 4.9 ms/item on 2 cores, tools/bench_ingest.py)."""
+the cores the decode tasks beside them needed (images at batch 16 on 2 cores: 0.63x -> 0.77x the single
+process's per-item rate, tools/bench_ingest.py)."""
 
 
 @dataclass(frozen=True)
