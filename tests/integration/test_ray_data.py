@@ -165,7 +165,7 @@ def test_ray_faiss_build_writes_the_single_process_index_and_reports_the_unusabl
     print(f"single-process FAISS build: {time.monotonic() - started:.1f} s")
     started = time.monotonic()
     code, ray, err = build(str(media), "--ray", "--address", cluster.address, "--faiss", str(out["ray"]),
-                           "--batch-size", "8", "--timeout", "300")
+                           "--timeout", "300")  # the default batch (64): every file in one decode task and call
     assert code == 0, err
     print(f"Ray FAISS build: {time.monotonic() - started:.1f} s")
 

@@ -1,7 +1,7 @@
 """`ibllm serve --ray` on a real Ray cluster on 127.0.0.1 (a head and one extra node, small object stores):
 requests spread over two toy replicas and answer as the single-process server does; a replica killed with
-SIGKILL is replaced while the other keeps answering, and the retry of its in-flight request succeeds; the
-documented Serve config (examples/ray-serve.yaml) deploys and answers."""
+SIGKILL is replaced while the other keeps answering, and the retry of its in-flight request succeeds;
+`serve run` of the documented Serve config (examples/ray-serve.yaml) deploys it and answers."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("ray", reason="the `ray` extra is not installed")
 
-from ibllm_agent.ray_cluster import LOOPBACK_ENV, LocalCluster  # noqa: E402
+from ibllm_agent.ray_cluster import LOOPBACK_ENV, PACKAGE_ROOT, LocalCluster  # noqa: E402
 from ibllm_agent.serve.process import ServerProcess, free_port  # noqa: E402
 from ibllm_agent.serve.settings import REPLICA_HEADER  # noqa: E402
 
@@ -87,38 +87,53 @@ def test_two_replicas_share_the_requests_and_answer_as_one_process(served, expec
         assert response.json()["choices"][0]["message"]["content"] == expected[prompt]
 
 
-CONFIG_DRIVER = """
-import sys, yaml
-from ray import serve
-from ray.serve.schema import ServeDeploySchema
-from ibllm_agent.ray_cluster import connect
+def test_serve_run_deploys_the_documented_config(tmp_path, expected):
+    """`serve run examples/ray-serve.yaml`, Serve's own CLI, as the README documents it: on a Ray instance of its
+    own (`--address local`; by default it would join the module's cluster and replace its apps with the file's),
+    it deploys the file's two replicas and answers as the single-process server; Ctrl-C ends it. Only the
+    file's port is moved to a free one."""
+    import yaml
 
-config = ServeDeploySchema.model_validate(yaml.safe_load(open(sys.argv[2])))  # Serve's own check of the file
-app = config.applications[0]
-module, name = app.import_path.split(":")
-builder = getattr(__import__(module, fromlist=[name]), name)
-connect(sys.argv[1])
-if sys.argv[3] == "deploy":
-    serve.run(builder({**app.args, "replicas": 1}), name="ibllm-config", route_prefix="/config")
-else:
-    serve.delete("ibllm-config")
-"""
-
-
-def test_the_documented_serve_config_deploys_and_answers(cluster, served, expected):
-    """examples/ray-serve.yaml, as Serve reads it: its application built by its import path with its args and
-    deployed beside the module's (one replica: the cluster's 3 CPUs hold the module's two), answering as the
-    single-process server does."""
-    config = Path(__file__).resolve().parents[2] / "examples" / "ray-serve.yaml"
-    driver = [sys.executable, "-c", CONFIG_DRIVER, cluster.address, str(config)]
-    run = subprocess.run([*driver, "deploy"], env=cluster.env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "ray-serve.yaml").read_text())
+    port = free_port()
+    config["http_options"]["port"] = port
+    (tmp_path / "ray-serve.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH"))
+                                                       if p), **LOOPBACK_ENV}
+    log = (tmp_path / "serve.log").open("w+")
+    process = subprocess.Popen([str(Path(sys.executable).with_name("serve")), "run", "--address", "local",
+                                str(tmp_path / "ray-serve.yaml")],
+                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
     try:
-        answer = chat(served.base + "/config", "What is a dog?")
+        end = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, _tail(log)
+            assert time.monotonic() < end, f"serve run answered nothing within 300 s: {_tail(log)}"
+            try:
+                if httpx.get(base + "/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        replica_pids(base, want=2)
+        answer = chat(base, "What is a dog?")
         assert answer.status_code == 200, answer.text
         assert answer.json()["choices"][0]["message"]["content"] == expected["What is a dog?"]
     finally:
-        subprocess.run([*driver, "delete"], env=cluster.env, capture_output=True, text=True, timeout=120)
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: serve run deletes the app and stops its Ray instance
+        try:
+            process.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode is not None
+
+
+def _tail(log) -> str:
+    log.flush()
+    log.seek(0)
+    return log.read()[-3000:]
 
 
 def test_a_killed_replica_is_replaced_and_a_retry_succeeds(served):
