@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 from urllib.parse import urlparse
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+from ibllm_agent.serve.process import PACKAGE_ROOT, checkout_pythonpath
+
 RAY_CLIENT_PORT = 10001
 GCS_PORT = 6379
 
@@ -59,8 +59,7 @@ def connect(address: str | None, *, timeout_s: float = 5.0, namespace: str | Non
         return ray
     env = {}
     if "site-packages" not in str(PACKAGE_ROOT):
-        path = os.environ.get("PYTHONPATH")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), path) if p)
+        env["PYTHONPATH"] = checkout_pythonpath()
     try:
         ray.init(address=address, namespace=namespace, runtime_env={"env_vars": env} if env else None,
                  logging_level="WARNING", log_to_driver=False, include_dashboard=False if address is None else None)
@@ -100,8 +99,7 @@ class LocalCluster:
         import sys
         import tempfile
 
-        path = os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p)
-        self.env = {**os.environ, "PYTHONPATH": path, **LOOPBACK_ENV}
+        self.env = {**os.environ, "PYTHONPATH": checkout_pythonpath(), **LOOPBACK_ENV}
         self.log = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ibllm_agent.ray_cluster", json.dumps(

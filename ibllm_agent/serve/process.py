@@ -20,6 +20,11 @@ from pathlib import Path
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
+def checkout_pythonpath() -> str:
+    """PYTHONPATH with this checkout first, so that a child process runs the same code as its parent."""
+    return os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -36,12 +41,10 @@ class ServerProcess:
         self.url = self.base + "/v1"
         self.health: list[int] = []
         """The /health statuses seen while waiting (0: no answer yet)."""
-        # this checkout first, so a child runs the same code as its parent
-        path = os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")) if p)
         self.log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server never blocks on it
         self.process = subprocess.Popen([sys.executable, "-m", "ibllm_agent.cli", "serve", *args, "--host",
                                          "127.0.0.1", "--port", str(self.port)],
-                                        env={**os.environ, "PYTHONPATH": path, **(env or {})},
+                                        env={**os.environ, "PYTHONPATH": checkout_pythonpath(), **(env or {})},
                                         stdout=subprocess.DEVNULL, stderr=self.log)
         self._wait_ready(ready_timeout_s)
 

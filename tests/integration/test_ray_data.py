@@ -25,8 +25,8 @@ from chroma_process import CHROMA, Server  # noqa: E402
 from ibllm_agent.cache.chroma import connect  # noqa: E402
 from ibllm_agent.cache.faiss import FaissCache  # noqa: E402
 from ibllm_agent.cache.faiss_shards import shard_folder  # noqa: E402
-from ibllm_agent.ray_cluster import LOOPBACK_ENV, PACKAGE_ROOT, LocalCluster  # noqa: E402
-from ibllm_agent.serve.process import free_port  # noqa: E402
+from ibllm_agent.ray_cluster import LOOPBACK_ENV, LocalCluster  # noqa: E402
+from ibllm_agent.serve.process import checkout_pythonpath, free_port  # noqa: E402
 from ibllm_agent.toy import CONCEPT_NAMES, ToyWorld  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not CHROMA.is_file(), reason=f"the chroma CLI is not installed at {CHROMA}")
@@ -35,8 +35,7 @@ COUNTS = {"image": 400, "audio": 300, "video": 100, "point": 300, "depth": 300, 
 """~2,000 files of every medium the toy world renders; fewer videos, the dearest to render and to embed."""
 SMALL = 8
 """Files per medium of the FAISS builds' folder."""
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH"))
-                                                   if p), **LOOPBACK_ENV}
+ENV = {**os.environ, "PYTHONPATH": checkout_pythonpath(), **LOOPBACK_ENV}
 
 
 @pytest.fixture(scope="module")

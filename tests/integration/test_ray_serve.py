@@ -19,8 +19,8 @@ import pytest
 
 pytest.importorskip("ray", reason="the `ray` extra is not installed")
 
-from ibllm_agent.ray_cluster import LOOPBACK_ENV, PACKAGE_ROOT, LocalCluster  # noqa: E402
-from ibllm_agent.serve.process import ServerProcess, free_port  # noqa: E402
+from ibllm_agent.ray_cluster import LOOPBACK_ENV, LocalCluster  # noqa: E402
+from ibllm_agent.serve.process import ServerProcess, checkout_pythonpath, free_port  # noqa: E402
 from ibllm_agent.serve.settings import REPLICA_HEADER  # noqa: E402
 
 LONG = {"temperature": 50.0, "top_p": 1.0, "seed": 3, "max_tokens": 1500}
@@ -98,8 +98,7 @@ def test_serve_run_deploys_the_documented_config(tmp_path, expected):
     port = free_port()
     config["http_options"]["port"] = port
     (tmp_path / "ray-serve.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(PACKAGE_ROOT), os.environ.get("PYTHONPATH"))
-                                                       if p), **LOOPBACK_ENV}
+    env = {**os.environ, "PYTHONPATH": checkout_pythonpath(), **LOOPBACK_ENV}
     log = (tmp_path / "serve.log").open("w+")
     process = subprocess.Popen([str(Path(sys.executable).with_name("serve")), "run", "--address", "local",
                                 str(tmp_path / "ray-serve.yaml")],
