@@ -265,7 +265,7 @@ def _decode_batch(batch, modalities: list[str]):
         except OSError as e:  # deleted or made unreadable since it was hashed
             error = f"{item.path}: {e.strerror or e}"
         keep = media is not None and media.modality in modalities
-        redecode = keep and media.tensor.numel() * media.tensor.element_size() > SHIP_LIMIT
+        redecode = keep and media.tensor.nbytes > SHIP_LIMIT
         tensor = media.tensor.contiguous().numpy() if keep and not redecode else np.zeros(0, np.float32)
         for key, value in (("id", row["id"]), ("position", row["position"]), ("path", row["path"]),
                            ("modality", media.modality if media else ""), ("name", media.name if media else ""), ("mime", media.mime if media else ""),
@@ -300,7 +300,7 @@ class _Embedder:
 
         rows = batch.to_pylist()
         vectors = np.zeros((len(rows), self.llm.feature_dim), np.float32)
-        inputs, ready, held = [], [], 0
+        inputs, ready = [], []
 
         def encode():
             if ready:
@@ -322,10 +322,8 @@ class _Embedder:
                 inputs.append(MediaInput(r["modality"], torch.from_numpy(np.frombuffer(r["tensor"], r["dtype"]).reshape(
                     json.loads(r["shape"])).copy()), r["name"], r["id"], r["mime"]))
             ready.append(j)
-            held += inputs[-1].tensor.numel() * inputs[-1].tensor.element_size()
-            if held >= CALL_BYTES:
+            if sum(i.tensor.nbytes for i in inputs) >= CALL_BYTES:
                 encode()
-                held = 0
         encode()
         columns = {k: np.array([r[k] for r in rows]) for k in ("id", "path", "meta", "error")}
         return {**columns, "position": np.array([r["position"] for r in rows], np.int64),
