@@ -35,6 +35,7 @@ import chromadb  # noqa: E402
 
 import ibllm_agent  # noqa: E402
 from ibllm_agent import modalities as registry  # noqa: E402
+from ibllm_agent.cache.build import BATCH_SIZE as BATCH  # noqa: E402
 from ibllm_agent.cache.build import build_from_media, list_media  # noqa: E402
 from ibllm_agent.cache.chroma import ChromaCache  # noqa: E402
 from ibllm_agent.cache.ray_data import RayBuildOptions, build_with_ray  # noqa: E402
@@ -43,7 +44,6 @@ from ibllm_agent.ray_cluster import LocalCluster, connect  # noqa: E402
 from ibllm_agent.toy import CONCEPT_NAMES, ToyWorld  # noqa: E402
 
 MEDIA = registry.MEDIA
-BATCH = 16
 
 
 def write_inputs(folder: Path, modality: str, count: int) -> list[Path]:

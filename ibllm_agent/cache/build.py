@@ -150,8 +150,12 @@ def _stat(path: Path) -> tuple[os.stat_result | None, str | None]:
     return st, f"not a regular file but {kind}"
 
 
+BATCH_SIZE = 16
+"""Files a single-process build encodes per model call."""
+
+
 def build_from_media(items: Sequence[MediaItem], cache: VisualCache,
-                     encode: Callable[[list], np.ndarray], *, batch_size: int = 16,
+                     encode: Callable[[list], np.ndarray], *, batch_size: int = BATCH_SIZE,
                      modalities: Iterable[str] = DEFAULT_MODALITIES, progress: bool = False,
                      load: Callable | None = None) -> BuildReport:
     """Encode `items` with `encode(list[MediaInput]) -> (n, dim)` and add the new ones to `cache`.

@@ -36,7 +36,7 @@ def register(subparsers) -> None:
                    help="write an exact FAISS index (knn.index format, ids and metadata in OUT.meta.sqlite) "
                         "instead of a Chroma collection: shards under OUT.shards/, merged at the end")
     _model_args(p)
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--batch-size", type=_positive, default=None,
                    help="files encoded at once (default: 16; with --ray 64, per decode task and actor call)")
     p.add_argument("--modalities", default=",".join(modalities.MEDIA),
                    help="comma-separated media kinds to keep (add `text` for text files)")
@@ -44,12 +44,12 @@ def register(subparsers) -> None:
     r.add_argument("--ray", action="store_true", help="decode in Ray tasks and embed in a pool of Ray actors")
     r.add_argument("--address", default=None,
                    help="the cluster: HEAD:6379 or ray://HEAD:10001 (default: start one on this machine)")
-    r.add_argument("--embed-actors", type=int, default=1, help="actors holding the model (one per GPU)")
+    r.add_argument("--embed-actors", type=_positive, default=1, help="actors holding the model (one per GPU)")
     r.add_argument("--gpus-per-actor", type=float, default=0.0)
     r.add_argument("--cpus-per-actor", type=float, default=1.0)
-    r.add_argument("--threads-per-actor", type=int, default=None,
+    r.add_argument("--threads-per-actor", type=_positive, default=None,
                    help="torch threads of an actor embedding on the CPU (default: its node's cores / --embed-actors)")
-    r.add_argument("--write-batch", type=int, default=128,
+    r.add_argument("--write-batch", type=_positive, default=128,
                    help="vectors per write to Chroma (at most its max batch size)")
     r.add_argument("--timeout", type=float, default=None,
                    help="seconds the whole build may take; past them it stops (rerun to finish)")
@@ -97,6 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return args.func(args)
+
+
+def _positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count of files, actors, threads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def _chroma_args(p: argparse.ArgumentParser, required: bool) -> None:
@@ -160,7 +171,7 @@ def _load_model(args):
 
 @_errors
 def _build(args) -> int:
-    from ibllm_agent.cache.build import build_from_media, list_media
+    from ibllm_agent.cache.build import BATCH_SIZE, build_from_media, list_media
 
     if (args.collection is None) == (args.faiss is None):
         raise CacheError("name one target: --collection NAME (Chroma) or --faiss OUT (a FAISS index)")
@@ -173,7 +184,7 @@ def _build(args) -> int:
     else:
         model = _load_model(args)
         cache = _open_build_target(args, model.feature_dim)
-        report = build_from_media(items, cache, model.encode, batch_size=args.batch_size or 16, modalities=wanted,
+        report = build_from_media(items, cache, model.encode, batch_size=args.batch_size or BATCH_SIZE, modalities=wanted,
                                   progress=True)
     if args.faiss is not None:
         cache = cache.merge()

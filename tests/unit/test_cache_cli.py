@@ -114,3 +114,13 @@ def test_build_into_a_faiss_index(tmp_path, capsys):
     assert code == 2 and "name one target" in err
     code, _, err = run(capsys, "build", media, "--faiss", out, "--collection", "c", "--model", "tiny")
     assert code == 2 and "name one target" in err
+
+
+@pytest.mark.parametrize("option", ["--batch-size", "--embed-actors", "--threads-per-actor", "--write-batch"])
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_build_counts_must_be_whole_numbers_of_at_least_one(tmp_path, capsys, option, value):
+    """A count of 0 had meant 'the default' (batch size) or reached Ray or torch (`set_num_threads(-3)`)."""
+    with pytest.raises(SystemExit) as stop:
+        main(["cache", "build", str(tmp_path), "--collection", "c", option, value])
+    assert stop.value.code == 2
+    assert f"argument {option}: expected a whole number of at least 1, got {value!r}" in capsys.readouterr().err
